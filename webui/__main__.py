@@ -1,0 +1,42 @@
+"""`python -m webui` launches the studio; `python -m webui generate ...` runs one job headless."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import cli
+
+    parser = argparse.ArgumentParser(
+        prog="img2img-webui", description="Stable Diffusion image-to-image studio.")
+    sub = parser.add_subparsers(dest="command")
+    cli.add_generate_parser(sub)
+    try:
+        from .ui import launch
+    except ImportError:
+        launch = None
+    if launch is not None:
+        launch.add_launch_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "generate":
+        from . import cli
+
+        return cli.run_generate(args)
+    try:
+        from .ui import launch
+    except ImportError:
+        parser.print_help()
+        return 0
+    return launch.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

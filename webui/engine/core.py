@@ -1,0 +1,386 @@
+"""The Engine: owns the pipeline, runs one job at a time, reports progress, honours cancel.
+
+Jobs go through one bounded queue served by one worker thread, because the GPU runs one
+diffusion at a time anyway and a single owner thread means the pipeline object is never shared
+between threads. The loaded pipeline stays resident; a job for the same model and precision
+reuses it, and changing sampler swaps only the scheduler.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .. import images as imaging
+from .. import infotext, schedulers
+from ..params import MAX_SEED, GenerationParams
+from . import outputs, previews
+from .errors import Cancelled, InputError, ModelError
+from .models import ModelRegistry, ModelSource, load
+
+
+@dataclass
+class Progress:
+    """A job's state: stage is 'queued', 'loading', 'sampling' or 'saving'."""
+
+    stage: str
+    step: int = 0
+    total: int = 0
+    image: int = 0  # index of the batch being sampled
+    images: int = 1  # batches in the job
+    position: int = 0  # jobs ahead in the queue
+    elapsed: float = 0.0
+    eta: float | None = None
+    preview: Any = None  # a PIL image, when one is ready
+
+
+@dataclass
+class ImageResult:
+    image: Any  # PIL image
+    seed: int
+    infotext: str
+    path: Path | None = None
+
+
+@dataclass
+class Result:
+    images: list[ImageResult]
+    params: GenerationParams
+    seed: int  # the job's first seed (the one a -1 turned into)
+    width: int
+    height: int
+    effective_steps: int
+    model: str
+    elapsed: float
+    interrupted: bool = False
+    notice: str = ""
+
+
+class Job:
+    """A submitted job: iterate `updates()` for progress, call `result()` for the outcome."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, engine: "Engine", params: GenerationParams, init_image, save: bool):
+        self.id = next(self._ids)
+        self.engine = engine
+        self.params = params
+        self.init_image = init_image
+        self.save = save
+        self.state = "queued"
+        self.cancel_requested = threading.Event()
+        self._done = threading.Event()
+        self._events: "queue.Queue[Progress | None]" = queue.Queue()
+        self._result: Result | None = None
+        self._error: BaseException | None = None
+
+    def cancel(self) -> None:
+        """Stop this job: at once if queued, within one sampling step if running."""
+        self.cancel_requested.set()
+
+    def position(self) -> int:
+        """How many jobs run or wait before this one (0 when running or finished)."""
+        return self.engine._position(self)
+
+    def updates(self, timeout: float | None = None) -> Iterator[Progress]:
+        """Progress until the job ends; then call result(). A queued job reports its position."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+            try:
+                event = self._events.get(timeout=wait)
+            except queue.Empty:
+                if self._done.is_set():
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                if self.state == "queued":
+                    yield Progress("queued", position=self.position())
+                continue
+            if event is None:
+                return
+            yield event
+
+    def result(self, timeout: float | None = None) -> Result:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"job {self.id} still running")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def _emit(self, progress: Progress) -> None:
+        self._events.put(progress)
+
+    def _finish(self, result: Result | None, error: BaseException | None) -> None:
+        self._result, self._error = result, error
+        self.state = "error" if error else ("cancelled" if result and result.interrupted else "done")
+        if isinstance(error, Cancelled):
+            self.state = "cancelled"
+        self._done.set()
+        self._events.put(None)
+
+
+class QueueFull(RuntimeError):
+    """The job queue is full; the message is meant for the artist."""
+
+
+class Engine:
+    """The img2img engine. Pass it explicitly to the UI, the API and the CLI.
+
+    models_dir: the models folder (models/Stable-diffusion, models/Lora).
+    outputs_dir: where PNGs are written (outputs/img2img/DATE/NNNNN-SEED.png).
+    model: the model used when a job names none (else the registry's default).
+    device: 'cuda', 'cpu', ... (default: CUDA when available, else the CPU).
+    max_pixels: largest output (width x height); larger init images are scaled down.
+    queue_size: jobs that may wait; one more gets QueueFull.
+    """
+
+    def __init__(self, models_dir="models", outputs_dir="outputs", model: str = "",
+                 device: str | None = None, max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
+                 queue_size: int = 16, hub_ids: tuple[str, ...] = ()):
+        self.registry = ModelRegistry(models_dir, hub_ids)
+        self.outputs_dir = Path(outputs_dir)
+        self.model = model or self.registry.default_name()
+        self._device = device
+        self.max_pixels = max_pixels
+        self.queue_size = queue_size
+        self._queue: "queue.Queue[Job]" = queue.Queue()
+        self._waiting: list[Job] = []
+        self._lock = threading.Lock()
+        self._pipe = None
+        self._pipe_key: tuple | None = None
+        self._base_scheduler_config = None
+        self._worker: threading.Thread | None = None
+        self.current: Job | None = None
+
+    # -- information -------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            import torch
+
+            self._device = "cuda" if torch.cuda.is_available() else "cpu"
+        return self._device
+
+    def models(self) -> list[str]:
+        """Names for the model picker (scanned checkpoints, hub ids, built-in models)."""
+        return self.registry.names()
+
+    def loaded_model(self) -> str | None:
+        return self._pipe_key[0][1] if self._pipe_key else None
+
+    def is_tiny(self, name: str = "") -> bool:
+        try:
+            return self.registry.resolve(name or self.model).kind == "tiny"
+        except ModelError:
+            return False
+
+    # -- jobs --------------------------------------------------------------------------------
+    def submit(self, params: GenerationParams, init_image, save: bool = True) -> Job:
+        """Queue a job. `init_image`: a PIL image, a path or bytes. Raises QueueFull."""
+        if not isinstance(params, GenerationParams):
+            raise TypeError("params must be a GenerationParams")
+        job = Job(self, params, init_image, save)
+        with self._lock:
+            if len(self._waiting) >= self.queue_size:
+                raise QueueFull(f"the studio is busy: {len(self._waiting)} jobs are waiting; "
+                                "try again in a moment")
+            self._waiting.append(job)
+            self._queue.put(job)
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._serve, name="img2img-engine",
+                                                daemon=True)
+                self._worker.start()
+        return job
+
+    def generate(self, params: GenerationParams, init_image, save: bool = True,
+                 on_progress: Callable[[Progress], None] | None = None) -> Result:
+        """Submit and wait: the simple synchronous call the CLI and tests use."""
+        job = self.submit(params, init_image, save)
+        for progress in job.updates():
+            if on_progress:
+                on_progress(progress)
+        return job.result()
+
+    def cancel_all(self) -> None:
+        with self._lock:
+            for job in list(self._waiting):
+                job.cancel()
+
+    def _position(self, job: Job) -> int:
+        with self._lock:
+            if job in self._waiting:
+                return self._waiting.index(job) + (1 if self.current is not None else 0)
+        return 0
+
+    def _serve(self) -> None:
+        while True:
+            job = self._queue.get()
+            with self._lock:
+                if job in self._waiting:
+                    self._waiting.remove(job)
+                self.current = job
+            try:
+                if job.cancel_requested.is_set():
+                    raise Cancelled("cancelled while waiting in the queue")
+                job.state = "running"
+                result = self._run(job)
+            except BaseException as exc:  # noqa: BLE001 - the worker must survive any job
+                job._finish(None, exc)
+            else:
+                job._finish(result, None)
+            finally:
+                with self._lock:
+                    self.current = None
+
+    # -- the pipeline ------------------------------------------------------------------------
+    def _torch_dtype(self, dtype: str):
+        import torch
+
+        if dtype == "auto":
+            dtype = "fp16" if self.device.startswith("cuda") else "fp32"
+        if dtype == "fp16" and self.device == "cpu":
+            raise InputError("dtype", "dtype fp16 needs a CUDA GPU; on the CPU use fp32 or bf16")
+        if dtype == "bf16" and self.device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+            raise InputError("dtype", "dtype bf16 is not supported by this GPU; use fp16 or fp32")
+        return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+
+    def pipeline(self, model: str = "", dtype: str = "auto"):
+        """The resident pipeline for (model, dtype), loading it (and dropping the old one) if
+        needed. Call only from the worker thread, or when no job can run."""
+        source = self.registry.resolve(model or self.model)
+        torch_dtype = self._torch_dtype(dtype)
+        key = (source.key, str(torch_dtype))
+        if self._pipe_key != key:
+            self.unload()
+            pipe = load(source, torch_dtype)
+            pipe = pipe.to(self.device)
+            pipe.set_progress_bar_config(disable=True)
+            self._pipe, self._pipe_key = pipe, key
+            self._pipe_source = source
+            self._base_scheduler_config = dict(pipe.scheduler.config)
+        return self._pipe
+
+    def unload(self) -> None:
+        """Drop the resident pipeline and give its memory back."""
+        if self._pipe is None:
+            return
+        self._pipe = self._pipe_key = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+    def family(self, pipe) -> str:
+        return "sdxl" if "XL" in type(pipe).__name__ else "sd1"
+
+    # -- one job -----------------------------------------------------------------------------
+    def _run(self, job: Job) -> Result:
+        started = time.monotonic()
+        params = job.params
+        init = imaging.load_image(job.init_image, "init_image")
+        width, height = imaging.target_size(init, params.width, params.height, self.max_pixels)
+        init = imaging.fit(init, width, height, params.resize_mode)
+        seed = params.seed if params.seed >= 0 else random.randint(0, MAX_SEED)
+        source = self.registry.resolve(params.model or self.model)
+        model_hash = self.registry.model_hash(source)
+        batches = params.batch_count
+        n = params.batch_size
+
+        def text_for(image_seed: int) -> str:
+            return infotext.format(params, seed=image_seed, width=width, height=height,
+                                   model_name=source.name, model_hash=model_hash)
+
+        results: list[ImageResult] = []
+        notice = ""
+        interrupted = False
+        if params.effective_steps < 1:
+            # Nothing to denoise: the library would fail deep inside the VAE; the guide says
+            # strength 0 returns the original, so every image is the resized init image.
+            notice = ("strength 0 returns the original image" if params.strength == 0 else
+                      f"steps x strength = {params.steps} x {params.strength:g} is below one step: "
+                      "the original image is returned")
+            for k in range(batches * n):
+                image_seed = (seed + k) % (MAX_SEED + 1)
+                results.append(ImageResult(init.copy(), image_seed, text_for(image_seed)))
+        else:
+            job._emit(Progress("loading", elapsed=time.monotonic() - started))
+            pipe = self.pipeline(params.model or self.model, params.dtype)
+            for b in range(batches):
+                if job.cancel_requested.is_set():
+                    interrupted = True
+                    break
+                seeds = [(seed + b * n + i) % (MAX_SEED + 1) for i in range(n)]
+                images, stopped = self._sample(pipe, job, params, init, seeds, b, batches, started)
+                results += [ImageResult(img, s, text_for(s)) for img, s in zip(images, seeds)]
+                if stopped:
+                    interrupted = True
+                    break
+        if job.cancel_requested.is_set() and not results:
+            raise Cancelled("interrupted before the first image was ready")
+        if job.save and not interrupted:
+            job._emit(Progress("saving", elapsed=time.monotonic() - started))
+            folder = outputs.day_folder(self.outputs_dir)
+            for item in results:
+                item.path = outputs.write_png(outputs.png_bytes(item.image, item.infotext),
+                                              folder, item.seed)
+        return Result(images=results, params=params, seed=seed, width=width, height=height,
+                      effective_steps=params.effective_steps, model=source.name,
+                      elapsed=time.monotonic() - started, interrupted=interrupted, notice=notice)
+
+    def _sample(self, pipe, job: Job, params: GenerationParams, init, seeds: list[int],
+                batch: int, batches: int, started: float):
+        import torch
+
+        pipe.scheduler = schedulers.build(params.scheduler, self._base_scheduler_config, seeds[0])
+        family = self.family(pipe)
+        generator_device = "cpu" if self.device == "mps" else self.device
+        generators = [torch.Generator(generator_device).manual_seed(s) for s in seeds]
+        image = [init] * len(seeds)
+        if params.strength >= 1.0:
+            # Strength 1 must ignore the picture entirely; the noise schedule never quite reaches
+            # pure noise, so start from empty latents instead of the encoded image.
+            f = pipe.vae_scale_factor
+            image = torch.zeros(len(seeds), pipe.vae.config.latent_channels, init.height // f,
+                                init.width // f, device=self.device, dtype=pipe.vae.dtype)
+        state = {"t0": time.monotonic(), "stopped": False}
+
+        def on_step(pipeline, step, timestep, kwargs):
+            total = pipeline.num_timesteps
+            now = time.monotonic()
+            done = step + 1
+            rate = (now - state["t0"]) / done
+            remaining = rate * (total - done) + rate * total * (batches - batch - 1)
+            preview = previews.latents_to_rgb(kwargs["latents"], family)[0]
+            job._emit(Progress("sampling", step=done, total=total, image=batch, images=batches,
+                               elapsed=now - started, eta=remaining, preview=preview))
+            if job.cancel_requested.is_set():
+                # The library checks this flag before the next step and still decodes what it has.
+                pipeline._interrupt = True
+                state["stopped"] = True
+            return kwargs
+
+        output = pipe(
+            prompt=[params.prompt] * len(seeds),
+            negative_prompt=[params.negative_prompt] * len(seeds) if params.negative_prompt else None,
+            image=image,
+            strength=params.strength,
+            num_inference_steps=params.steps,
+            guidance_scale=params.guidance_scale,
+            generator=generators,
+            callback_on_step_end=on_step,
+            callback_on_step_end_tensor_inputs=["latents"],
+        )
+        return output.images, state["stopped"]

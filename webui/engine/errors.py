@@ -1,0 +1,17 @@
+"""Errors the engine raises with a message meant for the artist, never a traceback."""
+
+
+class ModelError(RuntimeError):
+    """A model could not be found, read or loaded; the message says what to do."""
+
+
+class InputError(ValueError):
+    """An input (image, file, option) is unusable; `field` names the input."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+class Cancelled(RuntimeError):
+    """The job was interrupted before it produced anything."""

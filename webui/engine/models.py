@@ -1,0 +1,173 @@
+"""Where models come from: the built-in tiny ones, a models folder, single files, hub ids.
+
+`ModelRegistry.resolve(name)` turns whatever the artist typed or picked into a ModelSource;
+`load(source, dtype, device)` turns a source into a ready img2img pipeline. Only safetensors
+weights are ever loaded: pickle checkpoints can run arbitrary code when opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import tiny
+from .errors import ModelError
+
+CHECKPOINTS_SUBDIR = "Stable-diffusion"
+LORA_SUBDIR = "Lora"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model the engine can load. kind: 'tiny', 'folder', 'file' or 'hub'."""
+
+    kind: str
+    location: str
+    name: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.kind, self.location
+
+
+def refuse_pickle(path: Path) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelError(
+            f"{path.name}: {path.suffix} checkpoints are pickle files, which can run code when "
+            "opened, so they are refused. Use the .safetensors version of the model (most are "
+            "published as one) or convert it to safetensors."
+        )
+
+
+class ModelRegistry:
+    """The models an artist can pick: built-in, scanned from `models_dir`, and configured hub ids.
+
+    The folder follows the common convention: checkpoints (single .safetensors files or diffusers
+    folders) in `models/Stable-diffusion/`, LoRAs in `models/Lora/`.
+    """
+
+    def __init__(self, models_dir: str | os.PathLike = "models", hub_ids: tuple[str, ...] = ()):
+        self.models_dir = Path(models_dir)
+        self.hub_ids = tuple(hub_ids)
+        self._hashes: dict[tuple[str, float, int], str] = {}
+        self._hash_lock = threading.Lock()
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.models_dir / CHECKPOINTS_SUBDIR
+
+    def scan(self) -> list[ModelSource]:
+        """Checkpoints found under models/Stable-diffusion (sorted by name)."""
+        found: list[ModelSource] = []
+        root = self.checkpoints_dir
+        if not root.is_dir():
+            return found
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and path.suffix.lower() == ".safetensors":
+                # Skip the weights inside a diffusers folder: the folder is the model.
+                if any((p / "model_index.json").is_file() for p in path.parents if root in p.parents):
+                    continue
+                found.append(ModelSource("file", str(path), path.relative_to(root).as_posix()))
+            elif path.is_dir() and (path / "model_index.json").is_file():
+                found.append(ModelSource("folder", str(path), path.relative_to(root).as_posix()))
+        return found
+
+    def names(self) -> list[str]:
+        """Every model name for the picker: scanned checkpoints, hub ids, then the built-in ones."""
+        return [s.name for s in self.scan()] + list(self.hub_ids) + list(tiny.TINY_MODELS)
+
+    def default_name(self) -> str:
+        """The first scanned checkpoint, else the first configured hub id, else tiny-random."""
+        scanned = self.scan()
+        if scanned:
+            return scanned[0].name
+        return self.hub_ids[0] if self.hub_ids else tiny.TINY_SD
+
+    def resolve(self, name: str) -> ModelSource:
+        """A ModelSource for a picker name, a path, or a hub id; ModelError if none fits."""
+        name = (name or "").strip()
+        if not name:
+            name = self.default_name()
+        if name in tiny.TINY_MODELS:
+            return ModelSource("tiny", name, name)
+        for source in self.scan():
+            if name in (source.name, Path(source.name).stem):
+                return source
+        path = Path(name).expanduser()
+        if path.exists():
+            refuse_pickle(path)
+            if path.is_dir():
+                if not (path / "model_index.json").is_file():
+                    raise ModelError(f"{path}: a model folder needs a model_index.json (diffusers "
+                                     "format); for a single checkpoint give the .safetensors file")
+                return ModelSource("folder", str(path), path.name)
+            if path.suffix.lower() != ".safetensors":
+                raise ModelError(f"{path.name}: not a .safetensors checkpoint")
+            return ModelSource("file", str(path), path.stem)
+        refuse_pickle(path)
+        if _HUB_ID.match(name) and not name.startswith((".", "/")):
+            return ModelSource("hub", name, name)
+        raise ModelError(
+            f"unknown model {name!r}: not a file, a folder, a hub id (owner/name) or one of "
+            f"{', '.join(self.names())}"
+        )
+
+    def model_hash(self, source: ModelSource) -> str:
+        """First 10 hex digits of the checkpoint file's sha256 ('' for folders and built-ins).
+
+        Hashing a 7 GB file takes seconds, so each (path, mtime, size) is hashed once.
+        """
+        if source.kind != "file":
+            return ""
+        stat = os.stat(source.location)
+        key = (source.location, stat.st_mtime, stat.st_size)
+        with self._hash_lock:
+            if key not in self._hashes:
+                digest = hashlib.sha256()
+                with open(source.location, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+                self._hashes[key] = digest.hexdigest()[:10]
+            return self._hashes[key]
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def load(source: ModelSource, torch_dtype, models_dir: Path | None = None):
+    """An img2img pipeline for `source` (on the CPU; the caller moves it to its device)."""
+    if source.kind == "tiny":
+        import torch
+
+        pipe = tiny.build_pipeline(source.location)
+        return pipe if torch_dtype == torch.float32 else pipe.to(dtype=torch_dtype)
+    if source.kind == "file":
+        from .single_file import load_single_file
+
+        return load_single_file(source.location, torch_dtype=torch_dtype)
+    from diffusers import AutoPipelineForImage2Image
+
+    location = source.location
+    try:
+        pipe = AutoPipelineForImage2Image.from_pretrained(
+            location, torch_dtype=torch_dtype, use_safetensors=True,
+            local_files_only=source.kind == "folder" or _offline(),
+            safety_checker=None, requires_safety_checker=False,
+        )
+    except (OSError, ValueError, EnvironmentError) as exc:
+        if source.kind == "hub":
+            how = ("the machine is offline (HF_HUB_OFFLINE is set) and the model is not in the "
+                   "hub cache. Run once with network access so it is downloaded and cached, or "
+                   "download it elsewhere and put the folder in models/Stable-diffusion/."
+                   if _offline() else
+                   "check the id and your network access (gated models need `hf auth login`).")
+            raise ModelError(f"hub model {location!r} could not be loaded: {how} ({exc})") from None
+        raise ModelError(f"{location}: not a loadable diffusers model folder ({exc})") from None
+    return pipe

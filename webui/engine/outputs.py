@@ -1,0 +1,77 @@
+"""Output files: outputs/img2img/YYYY-MM-DD/NNNNN-SEED.png with the infotext inside.
+
+Files are written under a temporary name and linked into place, so a crash never leaves a
+half-written PNG under a real name and two writers never overwrite each other's file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+_NUMBERED = re.compile(r"^(\d{5,})-")
+
+
+def png_bytes(image: Image.Image, infotext: str) -> bytes:
+    """A PNG of `image` with `infotext` in its `parameters` text chunk."""
+    import io
+
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text("parameters", infotext)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=meta)
+    return buffer.getvalue()
+
+
+def read_infotext(image: Image.Image) -> str:
+    """The `parameters` text of a PNG (or the EXIF comment other tools put in JPEG/WebP)."""
+    text = image.info.get("parameters")
+    if text:
+        return text
+    exif = image.getexif().get_ifd(0x8769).get(0x9286)
+    if isinstance(exif, bytes):
+        # UserComment: an 8-byte charset prefix, then UTF-16 or ASCII.
+        body = exif[8:]
+        codec = "utf-16-be" if exif.startswith(b"UNICODE") else "utf-8"
+        return body.decode(codec, errors="ignore").strip("\x00")
+    return exif or ""
+
+
+def _next_number(folder: Path) -> int:
+    highest = -1
+    for entry in os.scandir(folder):
+        match = _NUMBERED.match(entry.name)
+        if match:
+            highest = max(highest, int(match[1]))
+    return highest + 1
+
+
+def day_folder(outputs_dir: str | os.PathLike, today: _dt.date | None = None) -> Path:
+    folder = Path(outputs_dir) / "img2img" / (today or _dt.date.today()).isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_png(data: bytes, folder: Path, seed: int, suffix: str = ".png") -> Path:
+    """Write `data` as the next NNNNN-SEED file in `folder`, never replacing an existing file."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        number = _next_number(folder)
+        while True:
+            target = folder / f"{number:05d}-{seed}{suffix}"
+            try:
+                os.link(tmp, target)
+                return target
+            except FileExistsError:
+                number += 1
+    finally:
+        os.unlink(tmp)

@@ -1,0 +1,147 @@
+"""The `parameters` text stored in output PNGs, in the layout the wider SD tool ecosystem reads.
+
+    a prompt, possibly over several lines
+    Negative prompt: a negative prompt
+    Steps: 25, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 123, Size: 512x512, ...
+
+`format()` writes it from GenerationParams; `parse()` reads it back (also text written by other
+tools, whose unknown keys are kept as extras and whose unusable values become warnings).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import schedulers
+from .params import GenerationParams, ParamsError, make
+
+VERSION = "img2img-webui"
+
+# key: "quoted, value" or plain value up to the next comma.
+_PAIR = re.compile(r'\s*([\w][\w \-/+().]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+_SIZE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
+
+
+def _quote(value: Any) -> str:
+    text = _number(value) if isinstance(value, float) else str(value)
+    if any(c in text for c in ',:"\n'):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def _number(value: float) -> str:
+    # 7.0 -> "7", 0.65 -> "0.65": what people type and what other tools write.
+    return f"{value:.6g}" if value != int(value) else str(int(value))
+
+
+def format(params: GenerationParams, *, seed: int, width: int, height: int,
+           model_name: str = "", model_hash: str = "", extra: dict[str, Any] | None = None) -> str:
+    """The infotext of one image: `seed` and the size are the ones actually used for it."""
+    sampler, schedule = schedulers.split_schedule(params.scheduler)
+    pairs: dict[str, Any] = {
+        "Steps": params.steps,
+        "Sampler": sampler,
+        "Schedule type": schedule,
+        "CFG scale": float(params.guidance_scale),
+        "Seed": seed,
+        "Size": f"{width}x{height}",
+        "Model hash": model_hash,
+        "Model": model_name or params.model,
+        "Denoising strength": float(params.strength),
+    }
+    if params.resize_mode != "just resize":
+        pairs["Resize mode"] = params.resize_mode.capitalize()
+    if params.batch_size > 1:
+        pairs["Batch size"] = params.batch_size
+    if params.dtype != "auto":
+        pairs["Dtype"] = params.dtype
+    pairs.update(extra or {})
+    pairs["Version"] = VERSION
+    line = ", ".join(f"{k}: {_quote(v)}" for k, v in pairs.items() if v not in ("", None))
+    lines = [params.prompt]
+    if params.negative_prompt:
+        lines.append(f"Negative prompt: {params.negative_prompt}")
+    lines.append(line)
+    return "\n".join(lines)
+
+
+@dataclass
+class Parsed:
+    """What was read: params (defaults where the text says nothing), the keys this tool does not
+    use, and one warning per value that could not be used."""
+
+    params: GenerationParams
+    extras: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    # Fields the text actually set, so a UI can fill only those.
+    fields: set[str] = field(default_factory=set)
+
+
+def _pairs(line: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in _PAIR.findall(line):
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                value = value[1:-1]
+        out[key.strip()] = value
+    return out
+
+
+def _is_settings_line(line: str) -> bool:
+    return len(_PAIR.findall(line)) >= 3 and "Steps:" in line
+
+
+def parse(text: str, base: GenerationParams | None = None) -> Parsed:
+    """Settings from an infotext; fields it does not mention keep their value in `base`."""
+    values = (base or GenerationParams()).model_dump()
+    lines = (text or "").strip().splitlines()
+    settings: dict[str, str] = {}
+    if lines and _is_settings_line(lines[-1]):
+        settings = _pairs(lines.pop())
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    result = Parsed(params=make(**values))
+    proposed: dict[str, Any] = {"prompt": "\n".join(prompt).strip()}
+    if in_negative:
+        proposed["negative_prompt"] = "\n".join(negative).strip()
+    simple = {"Steps": "steps", "CFG scale": "guidance_scale", "Seed": "seed",
+              "Denoising strength": "strength", "Model": "model", "Batch size": "batch_size",
+              "Dtype": "dtype"}
+    for key, value in settings.items():
+        if key in simple:
+            proposed[simple[key]] = value
+        elif key == "Size":
+            match = _SIZE.match(value)
+            if match:
+                proposed["width"], proposed["height"] = int(match[1]), int(match[2])
+            else:
+                result.warnings.append(f"Size: {value!r} is not WIDTHxHEIGHT; kept the current size")
+        elif key == "Resize mode":
+            proposed["resize_mode"] = value.lower()
+        elif key == "Sampler":
+            try:
+                proposed["scheduler"] = schedulers.join_schedule(value, settings.get("Schedule type"))
+            except ValueError:
+                result.warnings.append(f"Sampler: {value!r} is not available here; kept "
+                                       f"{values['scheduler']!r}")
+        elif key != "Schedule type":
+            result.extras[key] = value
+    # One field at a time, so a single bad value costs only that field.
+    for name, value in proposed.items():
+        try:
+            values = make(**{**values, name: value}).model_dump()
+            result.fields.add(name)
+        except ParamsError as exc:
+            result.warnings.append(str(exc))
+    result.params = make(**values)
+    return result
