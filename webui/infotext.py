@@ -58,6 +58,9 @@ def format(params: GenerationParams, *, seed: int, width: int, height: int,
         pairs["Batch size"] = params.batch_size
     if params.dtype != "auto":
         pairs["Dtype"] = params.dtype
+    for key, name in _MEMORY_KEYS.items():
+        if getattr(params, name) != "auto":
+            pairs[key] = getattr(params, name)
     pairs.update(extra or {})
     pairs["Version"] = VERSION
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in pairs.items() if v not in ("", None))
@@ -66,6 +69,10 @@ def format(params: GenerationParams, *, seed: int, width: int, height: int,
         lines.append(f"Negative prompt: {params.negative_prompt}")
     lines.append(line)
     return "\n".join(lines)
+
+
+_MEMORY_KEYS = {"Attention slicing": "attention_slicing", "VAE tiling": "vae_tiling",
+                "CPU offload": "cpu_offload"}
 
 
 @dataclass
@@ -116,7 +123,7 @@ def parse(text: str, base: GenerationParams | None = None) -> Parsed:
         proposed["negative_prompt"] = "\n".join(negative).strip()
     simple = {"Steps": "steps", "CFG scale": "guidance_scale", "Seed": "seed",
               "Denoising strength": "strength", "Model": "model", "Batch size": "batch_size",
-              "Dtype": "dtype"}
+              "Dtype": "dtype", **_MEMORY_KEYS}
     for key, value in settings.items():
         if key in simple:
             proposed[simple[key]] = value

@@ -17,6 +17,7 @@ from . import schedulers
 
 RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
 DTYPES = ("auto", "fp16", "bf16", "fp32")
+MEMORY_MODES = ("auto", "on", "off")
 MAX_SEED = 2**32 - 1
 
 # The guide's standard negative prompt set.
@@ -105,6 +106,21 @@ class GenerationParams(BaseModel):
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(
         "auto", description="Weights precision: auto is fp16 on CUDA and fp32 on the CPU."
     )
+    attention_slicing: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Compute attention in slices: less VRAM, slightly slower. auto turns it on "
+        "when free VRAM is low.",
+    )
+    vae_tiling: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Decode the picture in tiles: large images fit in little VRAM (tiles can "
+        "show faint seams). auto turns it on for large images when free VRAM is low.",
+    )
+    cpu_offload: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Keep only the running part of the model on the GPU: fits small GPUs, "
+        "slower. CUDA only; auto turns it on when the model does not fit.",
+    )
     model: str = Field(
         "", max_length=1000,
         description="Model name, folder, .safetensors file or hub id; empty uses the studio's "
@@ -188,6 +204,8 @@ def _num(value: float) -> str:
 
 
 def _choices(field: str) -> tuple:
+    if field in ("attention_slicing", "vae_tiling", "cpu_offload"):
+        return MEMORY_MODES
     return {"resize_mode": RESIZE_MODES, "dtype": DTYPES}.get(field, ())
 
 

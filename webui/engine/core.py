@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 from .. import images as imaging
 from .. import infotext, schedulers
 from ..params import MAX_SEED, GenerationParams
-from . import outputs, previews
+from . import memory, outputs, previews
 from .errors import Cancelled, InputError, ModelError
 from .models import ModelRegistry, ModelSource, load
 
@@ -304,6 +304,7 @@ class Engine:
                                    model_name=source.name, model_hash=model_hash)
 
         results: list[ImageResult] = []
+        self._notices: dict[str, None] = {}
         notice = ""
         interrupted = False
         if params.effective_steps < 1:
@@ -330,6 +331,7 @@ class Engine:
                     break
         if job.cancel_requested.is_set() and not results:
             raise Cancelled("interrupted before the first image was ready")
+        notice = "; ".join([notice, *self._notices] if notice else self._notices)
         if job.save and not interrupted:
             job._emit(Progress("saving", elapsed=time.monotonic() - started))
             folder = outputs.day_folder(self.outputs_dir)
@@ -345,6 +347,7 @@ class Engine:
         import torch
 
         pipe.scheduler = schedulers.build(params.scheduler, self._base_scheduler_config, seeds[0])
+        self._notices.update(dict.fromkeys(memory.apply(pipe, params, self.device, init.width * init.height)))
         family = self.family(pipe)
         generator_device = "cpu" if self.device == "mps" else self.device
         generators = [torch.Generator(generator_device).manual_seed(s) for s in seeds]

@@ -1,0 +1,76 @@
+"""Memory modes: attention slicing, VAE tiling and model CPU offload, each on, off or auto.
+
+auto decides from the free VRAM at the time of the job, so a studio shared by several people
+adapts when another process holds memory. On the CPU the GPU-only modes are explained in the
+result's notice instead of failing.
+"""
+
+from __future__ import annotations
+
+GiB = 1024**3
+# Below this much free VRAM, slice attention (the UNet's largest transient buffers).
+SLICE_BELOW = 4 * GiB
+# Decoding a 2048x2048 picture needs several GB in the VAE; tile above this many pixels when
+# free VRAM is also short.
+TILE_ABOVE_PIXELS = 1536 * 1536
+TILE_BELOW = 8 * GiB
+
+
+def free_vram(device: str) -> int | None:
+    """Free bytes on a CUDA device, None elsewhere."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return free
+
+
+def model_bytes(pipe) -> int:
+    total = 0
+    for module in pipe.components.values():
+        if hasattr(module, "parameters"):
+            total += sum(p.numel() * p.element_size() for p in module.parameters())
+    return total
+
+
+def _state(pipe) -> dict:
+    if not hasattr(pipe, "_webui_memory"):
+        pipe._webui_memory = {"slicing": False, "tiling": False, "offload": False}
+    return pipe._webui_memory
+
+
+def apply(pipe, params, device: str, pixels: int) -> list[str]:
+    """Set the three modes on `pipe` for this job; returns notices for the artist."""
+    notices: list[str] = []
+    state = _state(pipe)
+    free = free_vram(device)
+    on_gpu = free is not None
+
+    slicing = params.attention_slicing == "on" or (
+        params.attention_slicing == "auto" and on_gpu and free < SLICE_BELOW)
+    if slicing != state["slicing"]:
+        pipe.enable_attention_slicing() if slicing else pipe.disable_attention_slicing()
+        state["slicing"] = slicing
+
+    tiling = params.vae_tiling == "on" or (
+        params.vae_tiling == "auto" and on_gpu and pixels > TILE_ABOVE_PIXELS and free < TILE_BELOW)
+    if tiling != state["tiling"]:
+        pipe.vae.enable_tiling() if tiling else pipe.vae.disable_tiling()
+        state["tiling"] = tiling
+
+    offload = params.cpu_offload == "on" or (
+        params.cpu_offload == "auto" and on_gpu and model_bytes(pipe) > free * 0.9)
+    if offload and not on_gpu:
+        if params.cpu_offload == "on":
+            notices.append("CPU offload moves the model between a GPU and the CPU; there is no "
+                           "GPU here, so it is off")
+        offload = False
+    if offload != state["offload"]:
+        if offload:
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.remove_all_hooks()
+            pipe.to(device)
+        state["offload"] = offload
+    return notices
