@@ -15,6 +15,9 @@ from pathlib import Path
 TINY_SD = "tiny-random"
 TINY_SDXL = "tiny-random-xl"
 TINY_MODELS = (TINY_SD, TINY_SDXL)
+# Random weights in the real SD1.5 / SDXL layer shapes: the same FLOPs and memory as a real
+# checkpoint, so the benchmark's figures are honest without any download. Not in the picker.
+FULL_SIZE_MODELS = ("random-sd15", "random-sdxl")
 
 # The CLIP tokenizer's byte-level alphabet. transformers 5 no longer exports it, and we need it to
 # build a tokenizer without downloading one.
@@ -154,12 +157,68 @@ def get_dummy_components(kind: str = TINY_SD) -> dict:
     return components
 
 
+def get_full_size_components(kind: str) -> dict:
+    """Random components with the layer shapes of SD1.5 ('random-sd15') or SDXL ('random-sdxl')."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def clip(hidden, layers, heads, inter, act, projection=None):
+        extra = {"projection_dim": projection} if projection else {}
+        return CLIPTextConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                              intermediate_size=inter, hidden_act=act, vocab_size=49408,
+                              max_position_embeddings=77, bos_token_id=512, eos_token_id=513,
+                              pad_token_id=513, **extra)
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=2,
+        sample_size=1024 if kind == "random-sdxl" else 512,
+        scaling_factor=0.13025 if kind == "random-sdxl" else 0.18215,
+        force_upcast=kind == "random-sdxl",
+    )
+    if kind == "random-sd15":
+        unet = UNet2DConditionModel(
+            sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+            block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+        )
+        text_encoder = CLIPTextModel(clip(768, 12, 12, 3072, "quick_gelu"))
+        extra = {"safety_checker": None, "feature_extractor": None, "image_encoder": None}
+    elif kind == "random-sdxl":
+        unet = UNet2DConditionModel(
+            sample_size=128, cross_attention_dim=2048, attention_head_dim=(5, 10, 20),
+            block_out_channels=(320, 640, 1280), layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+        )
+        text_encoder = CLIPTextModel(clip(768, 12, 12, 3072, "quick_gelu"))
+        extra = {"text_encoder_2": CLIPTextModelWithProjection(clip(1280, 32, 20, 5120, "gelu", 1280)),
+                 "tokenizer_2": build_tokenizer(), "image_encoder": None, "feature_extractor": None,
+                 "requires_aesthetics_score": False, "force_zeros_for_empty_prompt": True}
+    else:
+        raise ValueError(f"unknown full-size model {kind!r}")
+    components = {"unet": unet, "vae": vae, "text_encoder": text_encoder,
+                  "tokenizer": build_tokenizer(), "scheduler": _scheduler(), **extra}
+    for module in components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()
+    return components
+
+
 def build_pipeline(kind: str = TINY_SD):
-    """A tiny img2img pipeline of the same class a real checkpoint of that family loads into."""
+    """An img2img pipeline of the same class a real checkpoint of that family loads into."""
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 
-    components = get_dummy_components(kind)
-    cls = StableDiffusionXLImg2ImgPipeline if kind == TINY_SDXL else StableDiffusionImg2ImgPipeline
+    xl = kind in (TINY_SDXL, "random-sdxl")
+    if kind in FULL_SIZE_MODELS:
+        components = get_full_size_components(kind)
+    else:
+        components = get_dummy_components(kind)
+    cls = StableDiffusionXLImg2ImgPipeline if xl else StableDiffusionImg2ImgPipeline
     if cls is StableDiffusionImg2ImgPipeline:
         components.setdefault("requires_safety_checker", False)
     return cls(**components)

@@ -94,7 +94,7 @@ class ModelRegistry:
         name = (name or "").strip()
         if not name:
             name = self.default_name()
-        if name in tiny.TINY_MODELS:
+        if name in tiny.TINY_MODELS + tiny.FULL_SIZE_MODELS:
             return ModelSource("tiny", name, name)
         for source in self.scan():
             if name in (source.name, Path(source.name).stem):
