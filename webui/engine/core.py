@@ -9,6 +9,7 @@ reuses it, and changing sampler swaps only the scheduler.
 from __future__ import annotations
 
 import gc
+import os
 import itertools
 import queue
 import random
@@ -84,6 +85,7 @@ class Job:
     def cancel(self) -> None:
         """Stop this job: at once if queued, within one sampling step if running."""
         self.cancel_requested.set()
+        self.engine._drop_queued(self)
 
     def position(self) -> int:
         """How many jobs run or wait before this one (0 when running or finished)."""
@@ -137,7 +139,8 @@ class Engine:
 
     models_dir: the models folder (models/Stable-diffusion, models/Lora).
     outputs_dir: where PNGs are written (outputs/img2img/DATE/NNNNN-SEED.png).
-    model: the model used when a job names none (else the registry's default).
+    model: the model used when a job names none (else $IMG2IMG_MODEL, else the registry's
+        default: a checkpoint in models/Stable-diffusion, else tiny-random).
     device: 'cuda', 'cpu', ... (default: CUDA when available, else the CPU).
     max_pixels: largest output (width x height); larger init images are scaled down.
     queue_size: jobs that may wait; one more gets QueueFull.
@@ -148,7 +151,8 @@ class Engine:
                  queue_size: int = 16, hub_ids: tuple[str, ...] = ()):
         self.registry = ModelRegistry(models_dir, hub_ids)
         self.outputs_dir = Path(outputs_dir)
-        self.model = model or self.registry.default_name()
+        # The configured model: the argument, else the environment, else the registry's choice.
+        self.model = model or os.environ.get("IMG2IMG_MODEL", "") or self.registry.default_name()
         self._device = device
         self.max_pixels = max_pixels
         self.queue_size = queue_size
@@ -212,8 +216,9 @@ class Engine:
 
     def cancel_all(self) -> None:
         with self._lock:
-            for job in list(self._waiting):
-                job.cancel()
+            jobs = list(self._waiting)
+        for job in jobs:  # outside the lock: cancel() takes it to drop a waiting job
+            job.cancel()
 
     def _position(self, job: Job) -> int:
         with self._lock:
@@ -221,10 +226,20 @@ class Engine:
                 return self._waiting.index(job) + (1 if self.current is not None else 0)
         return 0
 
+    def _drop_queued(self, job: Job) -> None:
+        """Finish a cancelled job that is still waiting, without waiting for the running one."""
+        with self._lock:
+            if job not in self._waiting:
+                return
+            self._waiting.remove(job)
+            job._finish(None, Cancelled("cancelled while waiting in the queue"))
+
     def _serve(self) -> None:
         while True:
             job = self._queue.get()
             with self._lock:
+                if job._done.is_set():
+                    continue  # cancelled while it waited: already finished
                 if job in self._waiting:
                     self._waiting.remove(job)
                 self.current = job
@@ -346,7 +361,9 @@ class Engine:
                 batch: int, batches: int, started: float):
         import torch
 
-        pipe.scheduler = schedulers.build(params.scheduler, self._base_scheduler_config, seeds[0])
+        # One Brownian tree per image (DPM++ SDE), so image k reproduces alone with its seed.
+        noise_seed = seeds if len(seeds) > 1 else seeds[0]
+        pipe.scheduler = schedulers.build(params.scheduler, self._base_scheduler_config, noise_seed)
         self._notices.update(dict.fromkeys(memory.apply(pipe, params, self.device, init.width * init.height)))
         family = self.family(pipe)
         generator_device = "cpu" if self.device == "mps" else self.device
