@@ -1,4 +1,5 @@
-"""`python -m webui` launches the studio; `python -m webui generate ...` runs one job headless."""
+"""`python -m webui` launches the studio; `python -m webui generate ...` runs one job headless;
+`python -m webui import-styles FILE` turns a styles.csv into user presets."""
 
 from __future__ import annotations
 
@@ -13,6 +14,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="img2img-webui", description="Stable Diffusion image-to-image studio.")
     sub = parser.add_subparsers(dest="command")
     cli.add_generate_parser(sub)
+    styles = sub.add_parser("import-styles", help="import a styles.csv as user presets",
+                            description="Each style (columns name, prompt, negative_prompt) "
+                            "becomes a user preset.")
+    styles.add_argument("file", metavar="FILE", help="the styles.csv file")
+    styles.add_argument("--user-presets", metavar="DIR", default=None,
+                        help="user presets folder (default: user-presets)")
+    styles.add_argument("--on-conflict", choices=("skip", "rename", "overwrite"), default="skip",
+                        help="when a style's name is taken (default: skip)")
     try:
         from .ui import launch
     except ImportError:
@@ -30,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import cli
 
         return cli.run_generate(args)
+    if args.command == "import-styles":
+        from . import cli
+
+        return cli.run_import_styles(args)
     try:
         from .ui import launch
     except ImportError:

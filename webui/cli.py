@@ -43,6 +43,10 @@ def add_generate_parser(sub) -> argparse.ArgumentParser:
     for flag, field in FLAGS.items():
         # No argparse type or choices: GenerationParams validates, with one message style.
         gen.add_argument(flag, dest=field, default=None, help=_help(field))
+    gen.add_argument("--preset", metavar="NAME", help="start from this preset (shipped or from "
+                     "--user-presets); flags given explicitly win over it")
+    gen.add_argument("--user-presets", metavar="DIR", default=None,
+                     help="user presets folder (default: user-presets)")
     gen.add_argument("--out", metavar="PATH|DIR", help="write here instead of "
                      "outputs/img2img/DATE/: a .png file name (single image) or a folder")
     gen.add_argument("--models-dir", default="models", help="models folder (default: models)")
@@ -66,10 +70,36 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     return code
 
 
+def preset_base(args: argparse.Namespace, base: dict | None = None
+                ) -> tuple[dict | None, argparse.Namespace]:
+    """(base values with --preset applied, args to collect over them).
+
+    The preset's template must wrap --prompt rather than be replaced by it, so the wrapped prompt
+    goes into the base and --prompt is taken out of the flags that override it.
+    """
+    name = getattr(args, "preset", None)
+    if not name:
+        return base, args
+    from . import presets
+
+    store = presets.PresetStore(args.user_presets or presets.DEFAULT_USER_DIR)
+    preset = store.get(name)
+    start = P.make(**(base or {}))
+    applied = presets.apply(preset, start, args.prompt if args.prompt is not None else start.prompt)
+    return applied.model_dump(), argparse.Namespace(**{**vars(args), "prompt": None})
+
+
 def run_generate(args: argparse.Namespace, base: dict | None = None) -> int:
     from .engine.core import Engine
     from .engine.errors import InputError, ModelError
+    from .presets import PresetError
 
+    try:
+        base, args = preset_base(args, base)
+    except PresetError as exc:
+        return _fail(f"--preset: {exc}")
+    except P.ParamsError as exc:
+        return _fail(str(exc))
     try:
         params = collect_params(args, base)
     except P.ParamsError as exc:
@@ -90,7 +120,11 @@ def run_generate(args: argparse.Namespace, base: dict | None = None) -> int:
     try:
         result = engine.generate(params, init, save=out is None)
     except (InputError, P.ParamsError) as exc:
-        return _fail(str(exc))
+        # Name the flag, as for the settings above: --init for the init image.
+        field = getattr(exc, "field", "")
+        flag = "--init" if field == "init_image" else next(
+            (f for f, name in FLAGS.items() if name == field), "")
+        return _fail(f"{flag}: {exc}" if flag else str(exc))
     except ModelError as exc:
         return _fail(str(exc), EXIT_FAILED)
     from .engine import outputs
@@ -115,6 +149,28 @@ def run_generate(args: argparse.Namespace, base: dict | None = None) -> int:
         print(f"note: {result.notice}", file=sys.stderr)
     print(f"effective steps: {result.effective_steps} (steps x strength), "
           f"seed: {result.seed}, {result.elapsed:.1f} s", file=sys.stderr)
+    return 0
+
+
+def run_import_styles(args: argparse.Namespace) -> int:
+    """`import-styles FILE`: styles.csv rows from other SD tools become user presets."""
+    from . import presets
+
+    path = Path(args.file)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return _fail(f"{path}: cannot be read ({exc.strerror})")
+    store = presets.PresetStore(args.user_presets or presets.DEFAULT_USER_DIR)
+    try:
+        report = presets.import_styles(data, store, file=path.name, on_conflict=args.on_conflict)
+    except presets.PresetError as exc:
+        return _fail(str(exc))
+    for preset in report.imported:
+        print(f"imported: {preset.name} -> {preset.path}")
+    for name, reason in report.skipped:
+        print(f"skipped: {name}: {reason}", file=sys.stderr)
+    print(f"{len(report.imported)} imported, {len(report.skipped)} skipped", file=sys.stderr)
     return 0
 
 
