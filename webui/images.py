@@ -63,7 +63,10 @@ def _decode(source, field: str) -> Image.Image:
         image.load()
     except InputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses before our own limit is reached: a huge picture, not a non-image.
+        raise InputError(field, f"{field}: the image is too large to open ({exc})") from None
+    except UnidentifiedImageError:
         raise InputError(field, f"{field}: not an image file (PNG, JPEG, WebP, ...)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(field, f"{field}: the image is damaged or truncated ({exc})") from None
@@ -118,7 +121,11 @@ def target_size(image: Image.Image, width: int | None, height: int | None,
     if w * h > max_pixels:
         scale = math.sqrt(max_pixels / (w * h))
         w, h = w * scale, h * scale
-    return snap8(round(w)), snap8(round(h))
+    w, h = snap8(round(w)), snap8(round(h))
+    # Rounding up can land the product just above the limit: take 8 px off the longer side.
+    while w * h > max_pixels and max(w, h) > 8:
+        w, h = (w - 8, h) if w >= h else (w, h - 8)
+    return w, h
 
 
 def fit(image: Image.Image, width: int, height: int, mode: str = "just resize",

@@ -1,0 +1,203 @@
+"""`python -m webui generate`: a few real subprocess runs (each pays the imports), the rest through
+`webui.__main__.main([...])` in-process, which returns the exit code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from webui import infotext
+from webui.__main__ import main
+from webui.engine import outputs
+
+
+def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "webui", "generate", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def error_line(stderr: str) -> str:
+    """The one `error:` line; fails if there is none or more than one."""
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def printed(stdout: str) -> list[tuple[str, str]]:
+    """(path, infotext) blocks as printed: a path line, the infotext (whose last line is the
+    settings line, while its prompt may be empty or hold blank lines), a blank line."""
+    blocks, lines = [], stdout.splitlines()
+    while lines:
+        path = lines.pop(0)
+        end = next(i for i, line in enumerate(lines) if line.startswith("Steps: "))
+        blocks.append((path, "\n".join(lines[: end + 1])))
+        assert lines[end + 1] == "", stdout
+        lines = lines[end + 2:]
+    return blocks
+
+
+def png_text(path: Path) -> str:
+    with Image.open(path) as image:
+        return outputs.read_infotext(image)
+
+
+@pytest.fixture
+def init_png(tmp_path, make_image) -> Path:
+    path = tmp_path / "in.png"
+    make_image(32, 32, seed=5).save(path)
+    return path
+
+
+@pytest.fixture
+def gen(tmp_path, monkeypatch, init_png, capsys):
+    """gen(*flags) -> (exit code, stdout, stderr) of an in-process `generate --init in.png ...`."""
+    monkeypatch.chdir(tmp_path)
+
+    def call(*flags: str, init: str | None = None):
+        argv = ["generate", "--init", init or str(init_png), "--models-dir", str(tmp_path / "models"),
+                "--outputs-dir", str(tmp_path / "outputs"), "--device", "cpu", *flags]
+        code = main(argv)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
+
+
+# -- subprocess ----------------------------------------------------------------------------------
+def test_subprocess_success_prints_path_and_infotext(tmp_path, init_png):
+    proc = run_cli(tmp_path, "--init", "in.png", "--steps", "2", "--strength", "0.5", "--seed", "5",
+                   "--prompt", 'a fox, "sly"', "--scheduler", "DPMSolverMultistepScheduler",
+                   "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    [(path, text)] = printed(proc.stdout)
+    written = tmp_path / path
+    assert written.is_file()
+    assert written.parent.parent == tmp_path / "outputs" / "img2img"
+    assert written.name == "00000-5.png"
+    assert png_text(written) == text
+    parsed = infotext.parse(text)
+    assert parsed.params.prompt == 'a fox, "sly"'
+    assert (parsed.params.seed, parsed.params.steps, parsed.params.strength) == (5, 2, 0.5)
+    assert parsed.params.scheduler == "DPM++ 2M"
+    assert "effective steps: 1" in proc.stderr
+
+
+def test_subprocess_bad_strength(tmp_path, init_png):
+    proc = run_cli(tmp_path, "--init", "in.png", "--strength", "2")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.strip() == error_line(proc.stderr)  # one line, nothing else
+    assert "--strength" in proc.stderr and "from 0 to 1" in proc.stderr
+
+
+def test_subprocess_pickle_model_refused(tmp_path, init_png):
+    (tmp_path / "model.ckpt").write_bytes(b"pretend pickle")
+    proc = run_cli(tmp_path, "--init", "in.png", "--model", "model.ckpt", "--steps", "2")
+    assert proc.returncode != 0
+    assert "pickle" in error_line(proc.stderr)
+    assert "Traceback" not in proc.stderr
+
+
+# -- in-process ----------------------------------------------------------------------------------
+def test_out_file(gen, tmp_path):
+    target = tmp_path / "sub" / "result.png"
+    code, out, err = gen("--steps", "2", "--strength", "0.5", "--seed", "9", "--out", str(target))
+    assert code == 0, err
+    [(path, text)] = printed(out)
+    assert path == str(target)
+    assert target.is_file()
+    assert png_text(target) == text
+    assert "Seed: 9," in text
+    assert not (tmp_path / "outputs").exists()  # --out replaces the outputs folder
+    assert not [p for p in target.parent.iterdir() if p.name != "result.png"]  # no temp file left
+
+
+def test_out_dir(gen, tmp_path):
+    folder = tmp_path / "renders"
+    code, out, err = gen("--steps", "2", "--strength", "0.5", "--seed", "4", "--batch-size", "2",
+                         "--out", str(folder))
+    assert code == 0, err
+    blocks = printed(out)
+    assert [Path(p).name for p, _ in blocks] == ["00000-4.png", "00001-5.png"]
+    for path, text in blocks:
+        assert Path(path).parent == folder
+        assert png_text(Path(path)) == text
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_out_file_with_several_images(gen, tmp_path):
+    code, out, err = gen("--batch-count", "2", "--out", str(tmp_path / "one.png"))
+    assert code == 2
+    assert "--out" in error_line(err) and "folder" in err
+    assert not (tmp_path / "one.png").exists()
+
+
+@pytest.mark.parametrize("flag,value,expect", [
+    ("--strength", "-0.1", "from 0 to 1"),
+    ("--strength", "abc", "from 0 to 1"),
+    ("--steps", "0", "from 1 to 150"),
+    ("--steps", "2.5", "whole number"),
+    ("--cfg", "nan", "from 0 to 30"),
+    ("--seed", "-2", "from -1 to"),
+    ("--width", "10", "from 64 to 4096"),
+    ("--scheduler", "Restart", "Euler a"),
+    ("--resize-mode", "stretch", "crop and resize"),
+    ("--dtype", "fp8", "fp32"),
+    ("--batch-size", "9", "from 1 to 8"),
+])
+def test_bad_flag_exits_2_naming_it(gen, tmp_path, flag, value, expect):
+    code, out, err = gen(flag, value)
+    assert code == 2
+    assert out == ""
+    line = error_line(err)
+    assert err.strip() == line  # nothing but the one line
+    assert line.startswith(f"error: {flag}:")
+    assert expect in line
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_missing_init(gen, tmp_path):
+    code, out, err = gen(init=str(tmp_path / "missing.png"))
+    assert code == 2
+    assert error_line(err).startswith("error: --init: no such file")
+    assert "missing.png" in err
+
+
+def test_text_file_as_init(gen, tmp_path):
+    notes = tmp_path / "notes.png"
+    notes.write_text("just some text\n")
+    code, out, err = gen("--steps", "2", init=str(notes))
+    assert code == 2
+    line = error_line(err)
+    assert line.startswith("error: --init:") and "not an image file" in line
+    assert "Traceback" not in err and out == ""
+
+
+def test_fp16_on_the_cpu(gen):
+    code, out, err = gen("--steps", "2", "--dtype", "fp16")
+    assert code == 2
+    line = error_line(err)
+    assert line.startswith("error: --dtype:") and "fp16" in line
+
+
+def test_strength_zero_writes_the_original(gen, init_png):
+    code, out, err = gen("--strength", "0", "--seed", "3")
+    assert code == 0, err
+    [(path, text)] = printed(out)
+    with Image.open(path) as saved, Image.open(init_png) as original:
+        assert saved.convert("RGB").tobytes() == original.convert("RGB").tobytes()
+    assert "note: strength 0 returns the original image" in err
+    assert "Denoising strength: 0," in text
+
+
+def test_missing_init_flag_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "--strength", "0.5"])
+    assert info.value.code == 2
+    assert "--init" in capsys.readouterr().err

@@ -1,0 +1,419 @@
+"""The engine on the CPU with the tiny-random models: every sampler, strength 0 / 1, seeds, batches,
+output files and their infotext, progress, cancel, the queue, the resident pipeline and model errors.
+
+Images are 32-64 px and jobs 1-4 steps, so each job takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from webui import images as imaging
+from webui import infotext, schedulers
+from webui.engine import core, outputs
+from webui.engine.core import Engine, QueueFull
+from webui.engine.errors import Cancelled, InputError, ModelError
+from webui.params import MAX_SEED, make
+from webui.tiny import TINY_SD, TINY_SDXL
+
+FILE_NAME = re.compile(r"^(\d{5})-(\d+)\.png$")
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB")).astype(int)
+
+
+def long_job(engine, make_image, **extra):
+    """Submit a job that would take many seconds, and wait until it is sampling."""
+    job = engine.submit(make(steps=150, strength=1.0, seed=3, **extra), make_image(64, 64, seed=9),
+                        save=False)
+    for progress in job.updates(timeout=120):
+        if progress.stage == "sampling":
+            return job, progress
+    raise AssertionError(f"the long job never started sampling (state {job.state})")
+
+
+# -- every sampler ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("strength", [0.3, 1.0])
+@pytest.mark.parametrize("class_name", list(schedulers.CLASS_NAMES))
+def test_every_scheduler_class_runs(engine, make_image, class_name, strength):
+    init = make_image(32, 32, seed=1)
+    params = make(steps=4, strength=strength, seed=11, scheduler=class_name)
+    assert params.scheduler == schedulers.CLASS_NAMES[class_name]
+    result = engine.generate(params, init, save=False)
+    assert result.effective_steps == int(4 * strength) >= 1
+    assert not result.interrupted
+    assert [img.seed for img in result.images] == [11]
+    out = result.images[0].image
+    assert isinstance(out, Image.Image)
+    assert out.size == (32, 32) and (result.width, result.height) == (32, 32)
+    assert out.tobytes() != init.tobytes()  # the pipeline really ran
+    assert type(engine._pipe.scheduler).__name__ == class_name
+    assert f"Denoising strength: {strength:g}" in result.images[0].infotext
+
+
+# -- strength 0 and below one step -------------------------------------------------------------------
+def test_strength_zero_returns_the_original_without_loading(fresh_engine, make_image):
+    init = make_image(48, 40, seed=2)
+    result = fresh_engine.generate(make(strength=0.0, seed=5), init, save=True)
+    assert fresh_engine.loaded_model() is None
+    assert result.images[0].image.tobytes() == init.tobytes()
+    assert result.images[0].image.size == (48, 40)
+    assert result.effective_steps == 0
+    assert "original" in result.notice
+    # The saved file holds the same pixels.
+    with Image.open(result.images[0].path) as saved:
+        assert saved.convert("RGB").tobytes() == init.tobytes()
+
+
+def test_strength_zero_returns_the_resized_original(fresh_engine, make_image):
+    init = make_image(64, 48, seed=3)
+    params = make(strength=0.0, width=64, height=64, resize_mode="crop and resize", seed=1,
+                  batch_size=2)
+    result = fresh_engine.generate(params, init, save=False)
+    expected = imaging.fit(init, 64, 64, "crop and resize")
+    assert [img.image.tobytes() for img in result.images] == [expected.tobytes()] * 2
+    assert [img.seed for img in result.images] == [1, 2]
+    assert fresh_engine.loaded_model() is None
+
+
+def test_below_one_step_returns_the_original_with_a_notice(fresh_engine, make_image):
+    init = make_image(32, 32, seed=4)
+    params = make(steps=3, strength=0.3, seed=8)  # int(0.9) == 0 steps
+    result = fresh_engine.generate(params, init, save=False)
+    assert result.images[0].image.tobytes() == init.tobytes()
+    assert result.effective_steps == 0
+    assert "below one step" in result.notice and "3 x 0.3" in result.notice
+    assert fresh_engine.loaded_model() is None
+
+
+def test_seeds_wrap_around(fresh_engine, make_image):
+    result = fresh_engine.generate(make(strength=0.0, seed=MAX_SEED, batch_size=2),
+                                   make_image(32, 32), save=False)
+    assert [img.seed for img in result.images] == [MAX_SEED, 0]
+
+
+# -- what strength means ------------------------------------------------------------------------------
+def test_strength_one_ignores_the_init_image(engine, make_image):
+    params = make(steps=4, strength=1.0, seed=21)
+    a = engine.generate(params, make_image(32, 32, seed=1), save=False).images[0].image
+    b = engine.generate(params, make_image(32, 32, seed=2), save=False).images[0].image
+    assert a.tobytes() == b.tobytes()
+
+
+def test_low_strength_follows_the_init_image(engine, make_image):
+    params = make(steps=4, strength=0.5, seed=21)
+    a = engine.generate(params, make_image(32, 32, seed=1), save=False).images[0].image
+    b = engine.generate(params, make_image(32, 32, seed=2), save=False).images[0].image
+    assert a.tobytes() != b.tobytes()
+
+
+# -- seeds ----------------------------------------------------------------------------------------
+def test_same_seed_gives_byte_identical_files(engine, make_image):
+    params = make(prompt="a fox", steps=4, strength=0.5, seed=1234, scheduler="DPM++ SDE")
+    first = engine.generate(params, make_image(32, 32), save=True).images[0].path
+    second = engine.generate(params, make_image(32, 32), save=True).images[0].path
+    assert first != second and first.exists() and second.exists()
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_random_seed_is_reported_and_reproduces(engine, make_image):
+    params = make(steps=4, strength=0.5, seed=-1)
+    first = engine.generate(params, make_image(32, 32), save=False)
+    assert 0 <= first.seed <= MAX_SEED
+    assert first.images[0].seed == first.seed
+    assert f"Seed: {first.seed}," in first.images[0].infotext
+    again = engine.generate(params.replace(seed=first.seed), make_image(32, 32), save=False)
+    assert again.images[0].image.tobytes() == first.images[0].image.tobytes()
+
+
+def test_batches_use_consecutive_seeds_and_write_every_file(engine, make_image):
+    params = make(steps=2, strength=0.5, seed=100, batch_size=2, batch_count=2)
+    result = engine.generate(params, make_image(32, 32), save=True)
+    seeds = [img.seed for img in result.images]
+    assert seeds == [100, 101, 102, 103]
+    assert result.seed == 100
+    names = sorted(img.path.name for img in result.images)
+    assert names == ["00000-100.png", "00001-101.png", "00002-102.png", "00003-103.png"]
+    folder = result.images[0].path.parent
+    assert sorted(p.name for p in folder.iterdir()) == names  # no temporary files left behind
+    # Four different pictures.
+    assert len({img.image.tobytes() for img in result.images}) == 4
+
+
+@pytest.mark.parametrize("scheduler", ["Euler a", "DPM++ SDE"])
+def test_batch_image_k_reproduces_alone_with_seed_plus_k(engine, make_image, scheduler):
+    init = make_image(32, 32, seed=6)
+    batch = engine.generate(make(steps=4, strength=0.5, seed=10, batch_size=2, scheduler=scheduler),
+                            init, save=False)
+    alone = engine.generate(make(steps=4, strength=0.5, seed=11, scheduler=scheduler), init,
+                            save=False)
+    # Batched arithmetic may differ in the last bit; a different noise would differ by far more.
+    assert np.abs(pixels(batch.images[1].image) - pixels(alone.images[0].image)).max() <= 2
+
+
+# -- output files ---------------------------------------------------------------------------------
+def test_output_path_pattern(engine, make_image):
+    before = dt.date.today().isoformat()
+    result = engine.generate(make(steps=2, strength=0.5, seed=77), make_image(32, 32), save=True)
+    after = dt.date.today().isoformat()
+    path = result.images[0].path
+    assert path.parent.parent == engine.outputs_dir / "img2img"
+    assert path.parent.name in (before, after)
+    assert FILE_NAME.match(path.name)
+    assert path.name == "00000-77.png"
+
+
+def test_numbering_never_overwrites(engine, make_image):
+    folder = outputs.day_folder(engine.outputs_dir)
+    keep = folder / "00004-1.png"
+    keep.write_bytes(b"an older picture")
+    (folder / "notes.txt").write_text("not numbered")
+    result = engine.generate(make(steps=2, strength=0.5, seed=1), make_image(32, 32), save=True)
+    assert result.images[0].path.name == "00005-1.png"
+    assert keep.read_bytes() == b"an older picture"
+
+
+def test_write_png_skips_a_taken_name(tmp_path, monkeypatch):
+    (tmp_path / "00000-7.png").write_bytes(b"first")
+    (tmp_path / "00001-7.png").write_bytes(b"second")
+    # As if another writer took the names between the scan and the link.
+    monkeypatch.setattr(outputs, "_next_number", lambda folder: 0)
+    path = outputs.write_png(b"third", tmp_path, 7)
+    assert path.name == "00002-7.png" and path.read_bytes() == b"third"
+    assert (tmp_path / "00000-7.png").read_bytes() == b"first"
+    assert (tmp_path / "00001-7.png").read_bytes() == b"second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000-7.png", "00001-7.png", "00002-7.png"]
+
+
+def test_png_infotext_parses_back_to_the_job(engine, make_image):
+    params = make(prompt='a red fox, "sly"\nin snow', negative_prompt="blurry, ugly", steps=4,
+                  strength=0.5, guidance_scale=6.5, seed=-1, scheduler="DPM++ 2M Karras",
+                  width=64, height=64, resize_mode="crop and resize")
+    result = engine.generate(params, make_image(96, 64, seed=4), save=True)
+    item = result.images[0]
+    with Image.open(item.path) as saved:
+        assert saved.size == (64, 64)
+        text = outputs.read_infotext(saved)
+    assert text == item.infotext
+    parsed = infotext.parse(text)
+    assert parsed.warnings == []
+    assert parsed.params == params.replace(seed=result.seed, width=64, height=64, model=TINY_SD)
+    assert parsed.params.seed == item.seed == result.seed != -1
+
+
+def test_inherited_size_is_written_into_the_infotext(engine, make_image):
+    result = engine.generate(make(steps=2, strength=0.5, seed=3), make_image(71, 66), save=False)
+    assert (result.width, result.height) == (64, 64)
+    assert result.images[0].image.size == (64, 64)
+    assert "Size: 64x64" in result.images[0].infotext
+
+
+# -- progress -------------------------------------------------------------------------------------
+def test_progress_reports_steps_and_previews(engine, make_image):
+    seen = []
+    result = engine.generate(make(steps=4, strength=1.0, seed=2), make_image(64, 64), save=True,
+                             on_progress=seen.append)
+    stages = [p.stage for p in seen]
+    assert stages[0] == "loading" and stages[-1] == "saving"
+    sampling = [p for p in seen if p.stage == "sampling"]
+    assert [p.step for p in sampling] == [1, 2, 3, 4]
+    assert {p.total for p in sampling} == {result.effective_steps} == {4}
+    for p in sampling:
+        assert isinstance(p.preview, Image.Image)
+        assert p.preview.width >= 8 and p.preview.height >= 8
+        assert p.eta is not None and p.eta >= 0
+        assert p.elapsed >= 0
+    assert sampling[-1].eta == 0
+
+
+def test_progress_of_a_low_strength_job(engine, make_image):
+    seen = []
+    result = engine.generate(make(steps=8, strength=0.5, seed=2, batch_count=2), make_image(32, 32),
+                             save=False, on_progress=seen.append)
+    sampling = [p for p in seen if p.stage == "sampling"]
+    assert result.effective_steps == 4
+    assert [(p.image, p.step, p.total, p.images) for p in sampling] == [
+        (b, s, 4, 2) for b in (0, 1) for s in (1, 2, 3, 4)]
+
+
+# -- cancel and the queue ------------------------------------------------------------------------
+def test_cancel_a_running_job(engine, make_image):
+    job, first = long_job(engine, make_image)
+    assert first.total == 150
+    job.cancel()
+    steps = [p.step for p in job.updates(timeout=120) if p.stage == "sampling"]
+    try:
+        result = job.result(timeout=60)
+    except Cancelled:
+        pass
+    else:
+        assert result.interrupted
+        assert result.images and result.images[0].image.size == (64, 64)
+    assert job.state == "cancelled"
+    assert max([first.step, *steps]) < 150  # stopped early (the exact step is a race)
+    # The engine carries on normally.
+    after = engine.generate(make(steps=4, strength=0.5, seed=1), make_image(32, 32), save=False)
+    assert not after.interrupted and len(after.images) == 1
+    assert after.images[0].image.size == (32, 32)
+
+
+def test_cancel_stops_within_one_step(engine, make_image, monkeypatch):
+    emit = core.Job._emit
+
+    def emit_and_cancel_at_step_2(job, progress):
+        emit(job, progress)
+        if progress.stage == "sampling" and progress.step == 2:
+            job.cancel()  # as if the artist clicked during step 2: deterministic, in the worker
+
+    monkeypatch.setattr(core.Job, "_emit", emit_and_cancel_at_step_2)
+    seen = []
+    result = engine.generate(make(steps=150, strength=1.0, seed=3), make_image(64, 64), save=True,
+                             on_progress=seen.append)
+    assert [p.step for p in seen if p.stage == "sampling"] == [1, 2]
+    assert result.interrupted
+    assert result.images[0].image.size == (64, 64)  # the partial picture is still decoded
+
+
+def test_cancel_a_queued_job(engine, make_image):
+    running, _ = long_job(engine, make_image)
+    queued = engine.submit(make(steps=4, strength=0.5, seed=1), make_image(32, 32), save=True)
+    assert queued.state == "queued"
+    assert queued.position() == 1
+    queued.cancel()
+    # It ends at once, while the job ahead of it is still sampling.
+    with pytest.raises(Cancelled):
+        queued.result(timeout=10)
+    assert queued.state == "cancelled"
+    assert not running._done.is_set()
+    running.cancel()
+    running._done.wait(60)
+    assert not (engine.outputs_dir / "img2img").exists()  # the queued job never wrote anything
+    after = engine.generate(make(steps=2, strength=0.5, seed=1), make_image(32, 32), save=False)
+    assert not after.interrupted
+
+
+def test_cancel_all_finishes_waiting_jobs(engine, make_image):
+    running, _ = long_job(engine, make_image)
+    waiting = [engine.submit(make(steps=2, strength=0.5, seed=s), make_image(32, 32), save=False)
+               for s in (1, 2)]
+    done = threading.Event()
+    threading.Thread(target=lambda: (engine.cancel_all(), done.set()), daemon=True).start()
+    assert done.wait(10), "cancel_all did not return"
+    for job in waiting:
+        with pytest.raises(Cancelled):
+            job.result(timeout=10)
+    running.cancel()
+    running._done.wait(60)
+
+
+def test_queue_full(engine, make_image, monkeypatch):
+    monkeypatch.setattr(engine, "queue_size", 1)
+    running, _ = long_job(engine, make_image)
+    waiting = engine.submit(make(steps=2, strength=0.5, seed=1), make_image(32, 32), save=False)
+    with pytest.raises(QueueFull) as info:
+        engine.submit(make(steps=2, strength=0.5, seed=2), make_image(32, 32), save=False)
+    assert "busy" in str(info.value)
+    waiting.cancel()
+    running.cancel()
+    running._done.wait(60)
+    # Room again.
+    assert engine.generate(make(steps=2, strength=0.5, seed=1), make_image(32, 32), save=False).images
+
+
+def test_submit_needs_params(engine, make_image):
+    with pytest.raises(TypeError):
+        engine.submit({"strength": 0.5}, make_image(32, 32))
+
+
+# -- the resident pipeline -------------------------------------------------------------------------
+def test_pipeline_stays_resident_across_schedulers(engine, make_image):
+    engine.generate(make(steps=2, strength=0.5, seed=1, scheduler="Euler a"), make_image(32, 32),
+                    save=False)
+    pipe = engine._pipe
+    assert engine.loaded_model() == TINY_SD
+    engine.generate(make(steps=2, strength=0.5, seed=1, scheduler="DDIM"), make_image(32, 32),
+                    save=False)
+    assert engine._pipe is pipe
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    engine.generate(make(steps=2, strength=0.5, seed=1, scheduler="DPM++ 2M Karras"),
+                    make_image(32, 32), save=False)
+    assert engine._pipe is pipe
+    assert pipe.scheduler.config.use_karras_sigmas is True
+
+
+def test_sdxl_tiny_model_runs(fresh_engine, make_image):
+    params = make(prompt="a fox", steps=2, strength=0.5, seed=4, model=TINY_SDXL)
+    result = fresh_engine.generate(params, make_image(64, 64), save=True)
+    assert fresh_engine.loaded_model() == TINY_SDXL
+    assert type(fresh_engine._pipe).__name__ == "StableDiffusionXLImg2ImgPipeline"
+    assert result.model == TINY_SDXL
+    assert result.images[0].image.size == (64, 64)
+    assert result.images[0].path.exists()
+    assert f"Model: {TINY_SDXL}" in result.images[0].infotext
+
+
+# -- errors ---------------------------------------------------------------------------------------
+def test_unknown_model_name(engine, make_image):
+    with pytest.raises(ModelError) as info:
+        engine.generate(make(steps=2, strength=0.5, model="no-such-model"), make_image(32, 32))
+    assert "unknown model 'no-such-model'" in str(info.value)
+    assert TINY_SD in str(info.value)  # says what is available
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_pickle_checkpoint_refused(engine, make_image, tmp_path, exists):
+    path = tmp_path / "model.ckpt"
+    if exists:
+        path.write_bytes(b"not really a pickle")
+    with pytest.raises(ModelError) as info:
+        engine.generate(make(steps=2, strength=0.5, model=str(path)), make_image(32, 32))
+    assert "pickle" in str(info.value)
+    assert "safetensors" in str(info.value)
+
+
+def test_hub_id_offline_fails_clearly(engine, make_image, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    job = engine.submit(make(steps=2, strength=0.5, model="someone/not-cached-model"),
+                        make_image(32, 32), save=False)
+    with pytest.raises(ModelError) as info:
+        job.result(timeout=300)  # a hang would fail here, not block the suite
+    message = str(info.value)
+    assert "someone/not-cached-model" in message
+    assert "offline" in message and "HF_HUB_OFFLINE" in message
+
+
+def test_fp16_on_the_cpu(engine, make_image):
+    engine.generate(make(steps=2, strength=0.5, seed=1), make_image(32, 32), save=False)
+    pipe = engine._pipe
+    with pytest.raises(InputError) as info:
+        engine.generate(make(steps=2, strength=0.5, dtype="fp16"), make_image(32, 32))
+    assert info.value.field == "dtype"
+    assert "fp16" in str(info.value) and "fp32" in str(info.value)
+    assert engine._pipe is pipe  # the resident pipeline survives the refusal
+
+
+def test_bad_init_image_is_an_input_error(engine, tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("hello")
+    with pytest.raises(InputError) as info:
+        engine.generate(make(steps=2, strength=0.5), path)
+    assert info.value.field == "init_image"
+    assert "not an image file" in str(info.value)
+
+
+def test_explicit_size_over_the_engine_limit(tmp_path, make_image):
+    small = Engine(models_dir=tmp_path / "m", outputs_dir=tmp_path / "o", device="cpu",
+                   max_pixels=64 * 64)
+    with pytest.raises(InputError) as info:
+        small.generate(make(strength=0.0, width=128, height=128), make_image(32, 32))
+    assert "128x128" in str(info.value)
+    # An inherited size is scaled down instead.
+    result = small.generate(make(strength=0.0), make_image(128, 64), save=False)
+    assert result.width * result.height <= 64 * 64
