@@ -127,6 +127,15 @@ class GenerationParams(BaseModel):
         "current model.",
     )
 
+    @field_validator("strength", "guidance_scale", "steps", "seed", "width", "height",
+                     "batch_count", "batch_size", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any) -> Any:
+        # True would silently become 1 step or seed 1.
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not true/false")
+        return value
+
     @field_validator("scheduler")
     @classmethod
     def _known_scheduler(cls, value: str) -> str:

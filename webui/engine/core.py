@@ -319,7 +319,7 @@ class Engine:
                                    model_name=source.name, model_hash=model_hash)
 
         results: list[ImageResult] = []
-        self._notices: dict[str, None] = {}
+        notices: dict[str, None] = {}  # ordered, without repeats across batches
         notice = ""
         interrupted = False
         if params.effective_steps < 1:
@@ -339,14 +339,15 @@ class Engine:
                     interrupted = True
                     break
                 seeds = [(seed + b * n + i) % (MAX_SEED + 1) for i in range(n)]
-                images, stopped = self._sample(pipe, job, params, init, seeds, b, batches, started)
+                images, stopped = self._sample(pipe, job, params, init, seeds, b, batches, started,
+                                               notices)
                 results += [ImageResult(img, s, text_for(s)) for img, s in zip(images, seeds)]
                 if stopped:
                     interrupted = True
                     break
         if job.cancel_requested.is_set() and not results:
             raise Cancelled("interrupted before the first image was ready")
-        notice = "; ".join([notice, *self._notices] if notice else self._notices)
+        notice = "; ".join(filter(None, [notice, *notices]))
         if job.save and not interrupted:
             job._emit(Progress("saving", elapsed=time.monotonic() - started))
             folder = outputs.day_folder(self.outputs_dir)
@@ -358,13 +359,13 @@ class Engine:
                       elapsed=time.monotonic() - started, interrupted=interrupted, notice=notice)
 
     def _sample(self, pipe, job: Job, params: GenerationParams, init, seeds: list[int],
-                batch: int, batches: int, started: float):
+                batch: int, batches: int, started: float, notices: dict[str, None]):
         import torch
 
         # One Brownian tree per image (DPM++ SDE), so image k reproduces alone with its seed.
         noise_seed = seeds if len(seeds) > 1 else seeds[0]
         pipe.scheduler = schedulers.build(params.scheduler, self._base_scheduler_config, noise_seed)
-        self._notices.update(dict.fromkeys(memory.apply(pipe, params, self.device, init.width * init.height)))
+        notices.update(dict.fromkeys(memory.apply(pipe, params, self.device, init.width * init.height)))
         family = self.family(pipe)
         generator_device = "cpu" if self.device == "mps" else self.device
         generators = [torch.Generator(generator_device).manual_seed(s) for s in seeds]
