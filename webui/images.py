@@ -22,11 +22,12 @@ DECODE_LIMIT_PIXELS = 20_000 * 20_000
 DEFAULT_BACKGROUND = (255, 255, 255)
 
 
-def load_image(source, field: str = "init_image", background=DEFAULT_BACKGROUND) -> Image.Image:
+def load_image(source, field: str = "init_image", background=DEFAULT_BACKGROUND,
+               keep_alpha: bool = False) -> Image.Image:
     """An RGB image from a path, bytes, file object or PIL image; EXIF rotation applied.
 
-    Transparent images are composited over `background`; palette, grey, CMYK and 16-bit images are
-    converted. Raises InputError naming `field` for a missing, empty, truncated or non-image file.
+    Transparent images are composited over `background` (kept as RGBA with `keep_alpha`, for
+    masks painted on a transparent layer); palette, grey, CMYK and 16-bit images are converted. Raises InputError naming `field` for a missing, empty, truncated or non-image file.
     """
     if source is None:
         raise InputError(field, f"{field}: no image given")
@@ -36,6 +37,8 @@ def load_image(source, field: str = "init_image", background=DEFAULT_BACKGROUND)
         image = _decode(source, field)
     try:
         image = ImageOps.exif_transpose(image)
+        if keep_alpha and ("A" in image.mode or "transparency" in image.info):
+            return image.convert("RGBA")
         return _to_rgb(image, background)
     except (OSError, ValueError) as exc:
         raise InputError(field, f"{field}: the image could not be read ({exc})") from None

@@ -38,8 +38,10 @@ def _number(value: float) -> str:
 
 
 def format(params: GenerationParams, *, seed: int, width: int, height: int,
-           model_name: str = "", model_hash: str = "", extra: dict[str, Any] | None = None) -> str:
-    """The infotext of one image: `seed` and the size are the ones actually used for it."""
+           model_name: str = "", model_hash: str = "", inpaint: bool = False,
+           extra: dict[str, Any] | None = None) -> str:
+    """The infotext of one image: `seed` and the size are the ones actually used for it;
+    `inpaint` adds the inpaint settings (they mean nothing without a mask)."""
     sampler, schedule = schedulers.split_schedule(params.scheduler)
     pairs: dict[str, Any] = {
         "Steps": params.steps,
@@ -61,6 +63,20 @@ def format(params: GenerationParams, *, seed: int, width: int, height: int,
     for key, name in _MEMORY_KEYS.items():
         if getattr(params, name) != "auto":
             pairs[key] = getattr(params, name)
+    if params.loras:
+        pairs["LoRAs"] = ", ".join(f"{l.name}:{_number(float(l.weight))}" for l in params.loras)
+    if params.ip_adapter:
+        pairs["IP-Adapter"] = params.ip_adapter
+        pairs["IP-Adapter scale"] = float(params.ip_adapter_scale)
+    pairs["PAG scale"] = float(params.pag_scale)
+    if inpaint:
+        pairs["Mask blur"] = params.mask_blur
+        pairs["Inpaint area"] = params.inpaint_area.capitalize()
+        pairs["Masked area padding"] = params.inpaint_padding
+        pairs["Masked content"] = params.masked_content
+    for index, unit in enumerate(params.controlnets):
+        pairs[f"ControlNet {index}"] = ", ".join(
+            f"{k}: {_number(v) if isinstance(v, float) else v}" for k, v in unit.model_dump().items())
     pairs.update(extra or {})
     pairs["Version"] = VERSION
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in pairs.items() if v not in ("", None))
@@ -100,6 +116,11 @@ def _pairs(line: str) -> dict[str, str]:
     return out
 
 
+def _lora(item: str) -> dict[str, Any]:
+    name, _, weight = item.strip().rpartition(":")
+    return {"name": name, "weight": weight} if name else {"name": weight}
+
+
 def _is_settings_line(line: str) -> bool:
     return len(_PAIR.findall(line)) >= 3 and "Steps:" in line
 
@@ -123,7 +144,9 @@ def parse(text: str, base: GenerationParams | None = None) -> Parsed:
         proposed["negative_prompt"] = "\n".join(negative).strip()
     simple = {"Steps": "steps", "CFG scale": "guidance_scale", "Seed": "seed",
               "Denoising strength": "strength", "Model": "model", "Batch size": "batch_size",
-              "Dtype": "dtype", **_MEMORY_KEYS}
+              "Dtype": "dtype", "IP-Adapter": "ip_adapter", "IP-Adapter scale": "ip_adapter_scale",
+              "PAG scale": "pag_scale", "Mask blur": "mask_blur",
+              "Masked area padding": "inpaint_padding", **_MEMORY_KEYS}
     for key, value in settings.items():
         if key in simple:
             proposed[simple[key]] = value
@@ -133,8 +156,15 @@ def parse(text: str, base: GenerationParams | None = None) -> Parsed:
                 proposed["width"], proposed["height"] = int(match[1]), int(match[2])
             else:
                 result.warnings.append(f"Size: {value!r} is not WIDTHxHEIGHT; kept the current size")
-        elif key == "Resize mode":
-            proposed["resize_mode"] = value.lower()
+        elif key in ("Resize mode", "Inpaint area", "Masked content"):
+            name = {"Resize mode": "resize_mode", "Inpaint area": "inpaint_area",
+                    "Masked content": "masked_content"}[key]
+            proposed[name] = value.lower()
+        elif key == "LoRAs":
+            proposed["loras"] = [_lora(item) for item in value.split(",") if item.strip()]
+        elif re.fullmatch(r"ControlNet \d", key):
+            units = proposed.setdefault("controlnets", [])
+            units.append(dict(part.split(": ", 1) for part in value.split(", ") if ": " in part))
         elif key == "Sampler":
             try:
                 proposed["scheduler"] = schedulers.join_schedule(value, settings.get("Schedule type"))

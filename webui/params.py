@@ -9,7 +9,7 @@ be written into a PNG's infotext or a preset file unchanged.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -18,6 +18,7 @@ from . import schedulers
 RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
 DTYPES = ("auto", "fp16", "bf16", "fp32")
 MEMORY_MODES = ("auto", "on", "off")
+MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")
 MAX_SEED = 2**32 - 1
 
 # The guide's standard negative prompt set.
@@ -48,6 +49,40 @@ class ParamsError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(message)
         self.field = field
+
+
+class LoraWeight(BaseModel):
+    """One LoRA from the LoRA folder and how strongly it applies."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    name: str = Field(..., min_length=1, max_length=200,
+                      description="File name under models/Lora, without .safetensors.")
+    weight: float = Field(1.0, ge=-4.0, le=4.0,
+                          description="0 = no effect, 1 = as trained; negative inverts it.")
+
+
+class ControlNetUnit(BaseModel):
+    """One ControlNet: a structure ("blueprint") the picture must follow."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    model: str = Field(..., min_length=1, max_length=1000,
+                       description="ControlNet model: a diffusers folder or .safetensors file.")
+    source: Literal["init image", "upload"] = Field(
+        "init image", description="Where the control picture comes from: the init image itself "
+        "or an uploaded control image.")
+    preprocessor: Literal["canny", "none"] = Field(
+        "canny", description="canny: edges of the control picture; none: use it as it is (an "
+        "edge, pose or depth map made elsewhere).")
+    scale: float = Field(1.0, ge=0.0, le=2.0, description="Conditioning scale: how strictly "
+                         "the structure is followed.")
+    start: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of the steps after which "
+                         "it starts acting.")
+    end: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of the steps after which it "
+                       "stops acting.")
+    low: int = Field(100, ge=1, le=255, description="Canny low threshold.")
+    high: int = Field(200, ge=1, le=255, description="Canny high threshold.")
 
 
 class GenerationParams(BaseModel):
@@ -121,6 +156,41 @@ class GenerationParams(BaseModel):
         description="Keep only the running part of the model on the GPU: fits small GPUs, "
         "slower. CUDA only; auto turns it on when the model does not fit.",
     )
+    loras: list[LoraWeight] = Field(
+        default_factory=list, max_length=16,
+        description="LoRAs with weights (also written in the prompt as <lora:name:weight>).",
+    )
+    ip_adapter: str = Field(
+        "", max_length=1000,
+        description="IP-Adapter model (a folder with models/image_encoder, or a hub id); empty = "
+        "none. It applies when a reference image is given.",
+    )
+    ip_adapter_scale: float = Field(
+        0.5, ge=0.0, le=1.0, description="How strongly the reference image steers the result."
+    )
+    pag_scale: float = Field(
+        3.0, ge=0.0, le=10.0,
+        description="Perturbed-attention guidance: sharper structure at about 1.5x the time per "
+        "step; 0 turns it off.",
+    )
+    mask_blur: int = Field(4, ge=0, le=64, description="Inpaint: mask edge blur in pixels.")
+    inpaint_area: Literal["whole picture", "only masked"] = Field(
+        "whole picture", description="Inpaint: repaint at the whole picture's scale, or cut out "
+        "the masked area (plus padding), repaint it at full size and paste it back.",
+    )
+    inpaint_padding: int = Field(
+        32, ge=0, le=256, description="Inpaint only masked: context pixels around the mask."
+    )
+    masked_content: Literal["original", "fill", "latent noise", "latent nothing"] = Field(
+        "original", description="Inpaint: what the masked area starts from.",
+    )
+    controlnets: list[ControlNetUnit] = Field(
+        default_factory=list, max_length=3, description="ControlNets, applied together."
+    )
+    output_type: Literal["image", "latent"] = Field(
+        "image", description="image: a PNG; latent: the raw latents as .safetensors, to continue "
+        "from later.",
+    )
     model: str = Field(
         "", max_length=1000,
         description="Model name, folder, .safetensors file or hub id; empty uses the studio's "
@@ -165,57 +235,92 @@ class GenerationParams(BaseModel):
         return make(**{**self.model_dump(), **changes})
 
 
-def field_range(name: str) -> tuple[float | None, float | None]:
+def _numeric_info(name: str, model: type[BaseModel] | None = None):
+    return (model or GenerationParams).model_fields[name]
+
+
+def field_range(name: str, model: type[BaseModel] | None = None
+                ) -> tuple[float | None, float | None]:
     """(min, max) of a numeric field, from its declaration."""
     lo = hi = None
-    for meta in GenerationParams.model_fields[name].metadata:
+    for meta in _numeric_info(name, model).metadata:
         lo = getattr(meta, "ge", lo)
         hi = getattr(meta, "le", hi)
     return lo, hi
 
 
 def default(name: str) -> Any:
-    return GenerationParams.model_fields[name].default
+    info = GenerationParams.model_fields[name]
+    return info.default_factory() if info.default_factory else info.default
 
 
-def _explain(field: str, error: dict) -> str:
-    """One sentence naming the field, the allowed values and what was given."""
+def choices(name: str, model: type[BaseModel] | None = None) -> tuple:
+    """The allowed values of a Literal field, from its declaration."""
+    return tuple(get_args(_numeric_info(name, model).annotation))
+
+
+def _locate(loc: tuple) -> tuple[str, type[BaseModel] | None, str | None]:
+    """('loras[0].weight', LoraWeight, 'weight'): the path, the model holding the field, its name.
+    The model is None when the location names no known field."""
+    model: type[BaseModel] | None = GenerationParams
+    owner, path, leaf = None, "", None
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+            continue
+        path += ("." if path else "") + str(part)
+        if model is None or part not in model.model_fields:
+            return path, None, None
+        owner, leaf = model, str(part)
+        inner = [a for a in get_args(model.model_fields[leaf].annotation)
+                 if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = inner[0] if inner else None
+    return path, owner, leaf
+
+
+def explain(error: dict) -> tuple[str, str]:
+    """(field path, one sentence naming it, the allowed values and what was given)."""
+    loc = tuple(error.get("loc") or ("params",))
+    field, owner, leaf = _locate(loc)
     got = error.get("input")
-    info = GenerationParams.model_fields.get(field)
     kind = error.get("type", "")
-    if info is None:
+    if owner is None or leaf is None:
         known = ", ".join(GenerationParams.model_fields)
-        return f"{field}: unknown setting (known settings: {known})"
+        return field, f"{field}: unknown setting (known settings: {known})"
+    info = owner.model_fields[leaf]
     if kind.startswith("literal") or kind == "enum":
-        return f"{field} must be one of: {', '.join(map(str, _choices(field)))} (got {got!r})"
-    lo, hi = field_range(field)
+        allowed = ", ".join(map(str, choices(leaf, owner)))
+        return field, f"{field} must be one of: {allowed} (got {got!r})"
+    lo, hi = field_range(leaf, owner)
     annotation = str(info.annotation)
     noun = "a whole number" if "int" in annotation else "a number"
-    if field in ("width", "height"):
+    if leaf in ("width", "height") and owner is GenerationParams:
         noun = "a whole number of pixels (or empty for the init image's size)"
-    if lo is not None and hi is not None:
+    if lo is not None and hi is not None and not kind.startswith(("list", "too_", "string")):
         span = f"from {_num(lo)} to {_num(hi)}"
         if isinstance(got, float) and not math.isfinite(got):
-            return f"{field} must be {noun} {span}, not {got}"
-        return f"{field} must be {noun} {span} (got {got!r})"
+            return field, f"{field} must be {noun} {span}, not {got}"
+        return field, f"{field} must be {noun} {span} (got {got!r})"
     if kind == "string_too_long":
-        return f"{field} is too long (at most {info.metadata[0].max_length} characters)"
+        return field, f"{field} is too long (at most {error['ctx']['max_length']} characters)"
+    if kind == "string_too_short":
+        return field, f"{field} must not be empty"
+    if kind == "too_long":
+        return field, f"{field}: at most {error['ctx']['max_length']} entries"
     if kind == "string_type":
-        return f"{field} must be text (got {type(got).__name__})"
+        return field, f"{field} must be text (got {type(got).__name__})"
+    if kind == "list_type":
+        return field, f"{field} must be a list (got {type(got).__name__})"
+    if kind in ("model_type", "dict_type"):
+        return field, f"{field} must be an object with named settings (got {got!r})"
     msg = error.get("msg", "is invalid")
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    return f"{field} {msg} (got {got!r})"
+    return field, f"{field} {msg} (got {got!r})"
 
 
 def _num(value: float) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _choices(field: str) -> tuple:
-    if field in ("attention_slicing", "vae_tiling", "cpu_offload"):
-        return MEMORY_MODES
-    return {"resize_mode": RESIZE_MODES, "dtype": DTYPES}.get(field, ())
 
 
 def make(**values: Any) -> GenerationParams:
@@ -223,6 +328,5 @@ def make(**values: Any) -> GenerationParams:
     try:
         return GenerationParams(**values)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field = str(error["loc"][0]) if error.get("loc") else "params"
-        raise ParamsError(field, _explain(field, error)) from None
+        field, message = explain(exc.errors()[0])
+        raise ParamsError(field, message) from None

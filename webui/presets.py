@@ -300,9 +300,8 @@ def validate_settings(settings: dict[str, Any], file: str = "preset") -> dict[st
     try:
         checked = P.GenerationParams.model_validate_json(json.dumps(values), strict=True)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = str(error["loc"][0]) if error.get("loc") else "settings"
-        raise PresetError(file, where, P._explain(where, error)) from None
+        where, message = P.explain(exc.errors()[0])
+        raise PresetError(file, where, message) from None
     except (TypeError, ValueError) as exc:
         raise PresetError(file, None, f"settings are not plain JSON values: {exc}") from None
     return {k: getattr(checked, k) for k in P.GenerationParams.model_fields if k in values}

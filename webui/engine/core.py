@@ -24,7 +24,8 @@ from .. import infotext, schedulers
 from ..params import MAX_SEED, GenerationParams
 from . import memory, outputs, previews
 from .errors import Cancelled, InputError, ModelError
-from .models import ModelRegistry, ModelSource, load
+from .adapters import Adapters, ControlNetSpec, IPAdapterSpec, load_latents, save_latents
+from .models import LORA_SUBDIR, ModelRegistry, ModelSource, load
 
 
 @dataclass
@@ -44,10 +45,11 @@ class Progress:
 
 @dataclass
 class ImageResult:
-    image: Any  # PIL image
+    image: Any  # PIL image (for latent output: a preview of the latents)
     seed: int
     infotext: str
     path: Path | None = None
+    latents: Any = None  # the latent tensor, for latent output
 
 
 @dataclass
@@ -64,16 +66,36 @@ class Result:
     notice: str = ""
 
 
+@dataclass
+class Inputs:
+    """The pictures and files a job uses beside its settings (they are not settings: they never
+    go into infotext or presets).
+
+    ip_image: the IP-Adapter reference image (used when params.ip_adapter is set).
+    mask: inpaint mask, white = repaint (switches the job to inpainting).
+    control_images: one per ControlNet unit whose source is 'upload' (None for the others).
+    latents: a (1, 4, h/8, w/8) tensor or a .safetensors latent file to start from instead of
+        the init image.
+    """
+
+    ip_image: Any = None
+    mask: Any = None
+    control_images: list | None = None
+    latents: Any = None
+
+
 class Job:
     """A submitted job: iterate `updates()` for progress, call `result()` for the outcome."""
 
     _ids = itertools.count(1)
 
-    def __init__(self, engine: "Engine", params: GenerationParams, init_image, save: bool):
+    def __init__(self, engine: "Engine", params: GenerationParams, init_image, save: bool,
+                 inputs: "Inputs"):
         self.id = next(self._ids)
         self.engine = engine
         self.params = params
         self.init_image = init_image
+        self.inputs = inputs
         self.save = save
         self.state = "queued"
         self.cancel_requested = threading.Event()
@@ -161,6 +183,7 @@ class Engine:
         self._lock = threading.Lock()
         self._pipe = None
         self._pipe_key: tuple | None = None
+        self.adapters: Adapters | None = None
         self._base_scheduler_config = None
         self._worker: threading.Thread | None = None
         self.current: Job | None = None
@@ -188,11 +211,13 @@ class Engine:
             return False
 
     # -- jobs --------------------------------------------------------------------------------
-    def submit(self, params: GenerationParams, init_image, save: bool = True) -> Job:
-        """Queue a job. `init_image`: a PIL image, a path or bytes. Raises QueueFull."""
+    def submit(self, params: GenerationParams, init_image, save: bool = True,
+               inputs: Inputs | None = None) -> Job:
+        """Queue a job. `init_image`: a PIL image, a path or bytes (None only with latents in
+        `inputs`). Raises QueueFull."""
         if not isinstance(params, GenerationParams):
             raise TypeError("params must be a GenerationParams")
-        job = Job(self, params, init_image, save)
+        job = Job(self, params, init_image, save, inputs or Inputs())
         with self._lock:
             if len(self._waiting) >= self.queue_size:
                 raise QueueFull(f"the studio is busy: {len(self._waiting)} jobs are waiting; "
@@ -206,9 +231,10 @@ class Engine:
         return job
 
     def generate(self, params: GenerationParams, init_image, save: bool = True,
-                 on_progress: Callable[[Progress], None] | None = None) -> Result:
+                 on_progress: Callable[[Progress], None] | None = None,
+                 inputs: Inputs | None = None) -> Result:
         """Submit and wait: the simple synchronous call the CLI and tests use."""
-        job = self.submit(params, init_image, save)
+        job = self.submit(params, init_image, save, inputs)
         for progress in job.updates():
             if on_progress:
                 on_progress(progress)
@@ -282,13 +308,14 @@ class Engine:
             self._pipe, self._pipe_key = pipe, key
             self._pipe_source = source
             self._base_scheduler_config = dict(pipe.scheduler.config)
+            self.adapters = Adapters(pipe, lora_dir=self.registry.models_dir / LORA_SUBDIR)
         return self._pipe
 
     def unload(self) -> None:
         """Drop the resident pipeline and give its memory back."""
         if self._pipe is None:
             return
-        self._pipe = self._pipe_key = None
+        self._pipe = self._pipe_key = self.adapters = None
         gc.collect()
         try:
             import torch
@@ -304,10 +331,26 @@ class Engine:
     # -- one job -----------------------------------------------------------------------------
     def _run(self, job: Job) -> Result:
         started = time.monotonic()
-        params = job.params
-        init = imaging.load_image(job.init_image, "init_image")
-        width, height = imaging.target_size(init, params.width, params.height, self.max_pixels)
-        init = imaging.fit(init, width, height, params.resize_mode)
+        params, inputs = job.params, job.inputs
+        latents = self._latent_input(inputs.latents)
+        init = None
+        if latents is not None:
+            # Latents fix the size; an init image, if any, is only the inpaint/ControlNet source.
+            height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
+            if job.init_image is not None:
+                init = imaging.fit(imaging.load_image(job.init_image, "init_image"), width, height,
+                                   params.resize_mode)
+        else:
+            init = imaging.load_image(job.init_image, "init_image")
+            width, height = imaging.target_size(init, params.width, params.height,
+                                                self.max_pixels)
+            init = imaging.fit(init, width, height, params.resize_mode)
+        mask = None
+        if inputs.mask is not None:
+            # A mask painted over the uploaded picture follows it through the resize.
+            mask = imaging.load_image(inputs.mask, "mask", keep_alpha=True)
+            if mask.size != (width, height):
+                mask = imaging.fit(mask, width, height, params.resize_mode)
         seed = params.seed if params.seed >= 0 else random.randint(0, MAX_SEED)
         source = self.registry.resolve(params.model or self.model)
         model_hash = self.registry.model_hash(source)
@@ -316,13 +359,17 @@ class Engine:
 
         def text_for(image_seed: int) -> str:
             return infotext.format(params, seed=image_seed, width=width, height=height,
-                                   model_name=source.name, model_hash=model_hash)
+                                   model_name=source.name, model_hash=model_hash,
+                                   inpaint=mask is not None)
 
         results: list[ImageResult] = []
         notices: dict[str, None] = {}  # ordered, without repeats across batches
         notice = ""
         interrupted = False
         if params.effective_steps < 1:
+            if init is None:
+                raise InputError("strength", "with latents as input, steps x strength must be at "
+                                 "least one step (the latents are not a picture yet)")
             # Nothing to denoise: the library would fail deep inside the VAE; the guide says
             # strength 0 returns the original, so every image is the resized init image.
             notice = ("strength 0 returns the original image" if params.strength == 0 else
@@ -339,9 +386,14 @@ class Engine:
                     interrupted = True
                     break
                 seeds = [(seed + b * n + i) % (MAX_SEED + 1) for i in range(n)]
-                images, stopped = self._sample(pipe, job, params, init, seeds, b, batches, started,
-                                               notices)
-                results += [ImageResult(img, s, text_for(s)) for img, s in zip(images, seeds)]
+                images, stopped = self._sample(pipe, job, params, latents, init, mask, seeds,
+                                               (b, batches, started), notices)
+                for img, s in zip(images, seeds):
+                    if params.output_type == "latent":
+                        preview = previews.latents_to_rgb(img[None], self.family(pipe))[0]
+                        results.append(ImageResult(preview, s, text_for(s), latents=img.cpu()))
+                    else:
+                        results.append(ImageResult(img, s, text_for(s)))
                 if stopped:
                     interrupted = True
                     break
@@ -352,30 +404,88 @@ class Engine:
             job._emit(Progress("saving", elapsed=time.monotonic() - started))
             folder = outputs.day_folder(self.outputs_dir)
             for item in results:
-                item.path = outputs.write_png(outputs.png_bytes(item.image, item.infotext),
-                                              folder, item.seed)
+                if item.latents is not None:
+                    item.path = self._write_latents(item, folder)
+                else:
+                    item.path = outputs.write_png(outputs.png_bytes(item.image, item.infotext),
+                                                  folder, item.seed)
         return Result(images=results, params=params, seed=seed, width=width, height=height,
                       effective_steps=params.effective_steps, model=source.name,
                       elapsed=time.monotonic() - started, interrupted=interrupted, notice=notice)
 
-    def _sample(self, pipe, job: Job, params: GenerationParams, init, seeds: list[int],
-                batch: int, batches: int, started: float, notices: dict[str, None]):
+    @staticmethod
+    def _latent_input(latents):
+        if latents is None:
+            return None
+        tensor = load_latents(latents)[0] if isinstance(latents, (str, Path)) else latents
+        if getattr(tensor, "ndim", 0) == 3:
+            tensor = tensor[None]
+        if getattr(tensor, "ndim", 0) != 4 or tensor.shape[0] != 1:
+            raise InputError("latents", "latents must be one (1, 4, h/8, w/8) tensor")
+        return tensor
+
+    @staticmethod
+    def _write_latents(item: ImageResult, folder: Path) -> Path:
+        import tempfile
+
+        # Staged in a private folder, then linked into place like a PNG: never half-written.
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".tmp-") as tmp:
+            staged = save_latents(item.latents[None], Path(tmp) / "latents.safetensors",
+                                  {"infotext": item.infotext})
+            return outputs.write_png(staged.read_bytes(), folder, item.seed, ".safetensors")
+
+    def _sample(self, pipe, job: Job, params: GenerationParams, latents, init, mask,
+                seeds: list[int], where: tuple[int, int, float], notices: dict[str, None]):
+        """One batch: (images or latents, interrupted). `where`: (batch, batches, job start)."""
         import torch
 
+        batch, batches, started = where
         # One Brownian tree per image (DPM++ SDE), so image k reproduces alone with its seed.
         noise_seed = seeds if len(seeds) > 1 else seeds[0]
         pipe.scheduler = schedulers.build(params.scheduler, self._base_scheduler_config, noise_seed)
-        notices.update(dict.fromkeys(memory.apply(pipe, params, self.device, init.width * init.height)))
+        if init is not None:
+            width, height = init.size
+        else:
+            width, height = latents.shape[-1] * 8, latents.shape[-2] * 8
+        # Memory modes first: switching attention slicing replaces attention processors, which
+        # the adapters then repair.
+        notices.update(dict.fromkeys(memory.apply(pipe, params, self.device, width * height)))
         family = self.family(pipe)
         generator_device = "cpu" if self.device == "mps" else self.device
         generators = [torch.Generator(generator_device).manual_seed(s) for s in seeds]
-        image = [init] * len(seeds)
-        if params.strength >= 1.0:
-            # Strength 1 must ignore the picture entirely; the noise schedule never quite reaches
-            # pure noise, so start from empty latents instead of the encoded image.
+        mode = "inpaint" if mask is not None else "img2img"
+        if latents is not None and mode == "img2img":
+            image = latents.to(self.device, pipe.vae.dtype).repeat(len(seeds), 1, 1, 1)
+        elif mode == "img2img" and params.strength >= 1.0:
+            # Strength 1 must ignore the picture entirely; the noise schedule never quite
+            # reaches pure noise, so start from empty latents instead of the encoded image.
             f = pipe.vae_scale_factor
-            image = torch.zeros(len(seeds), pipe.vae.config.latent_channels, init.height // f,
-                                init.width // f, device=self.device, dtype=pipe.vae.dtype)
+            image = torch.zeros(len(seeds), pipe.vae.config.latent_channels, height // f,
+                                width // f, device=self.device, dtype=pipe.vae.dtype)
+        elif mode == "img2img":
+            image = [init] * len(seeds)
+        else:
+            image = init
+        prompt, prompt_loras = self.adapters.parse_prompt(params.prompt)
+        loras = {lora.name: lora.weight for lora in params.loras}
+        loras.update(dict(prompt_loras))
+        ip = None
+        if params.ip_adapter and job.inputs.ip_image is not None:
+            ip = IPAdapterSpec(params.ip_adapter,
+                               image=imaging.load_image(job.inputs.ip_image, "ip_adapter_image"),
+                               scale=params.ip_adapter_scale)
+        elif params.ip_adapter:
+            notices["IP-Adapter not applied: no reference image"] = None
+        call, kwargs = self.adapters.prepare(
+            mode, image=image, size=(width, height), loras=list(loras.items()), ip_adapter=ip,
+            pag_scale=params.pag_scale,
+            controlnets=self._controlnet_specs(params, init, job.inputs.control_images),
+            mask=mask, mask_blur=params.mask_blur,
+            inpaint_full_res=params.inpaint_area == "only masked",
+            padding=params.inpaint_padding, masked_content=params.masked_content, seed=seeds[0],
+            output_type="latent" if params.output_type == "latent" else "pil",
+        )
+        notices.update(dict.fromkeys(self.adapters.notices))
         state = {"t0": time.monotonic(), "stopped": False}
 
         def on_step(pipeline, step, timestep, kwargs):
@@ -393,15 +503,39 @@ class Engine:
                 state["stopped"] = True
             return kwargs
 
-        output = pipe(
-            prompt=[params.prompt] * len(seeds),
+        output = call(
+            prompt=[prompt] * len(seeds),
             negative_prompt=[params.negative_prompt] * len(seeds) if params.negative_prompt else None,
-            image=image,
             strength=params.strength,
             num_inference_steps=params.steps,
             guidance_scale=params.guidance_scale,
             generator=generators,
             callback_on_step_end=on_step,
             callback_on_step_end_tensor_inputs=["latents"],
+            **kwargs,
         )
         return output.images, state["stopped"]
+
+    @staticmethod
+    def _controlnet_specs(params: GenerationParams, init, uploads) -> list[ControlNetSpec]:
+        specs = []
+        uploads = list(uploads or [])
+        for index, unit in enumerate(params.controlnets):
+            field = f"controlnets[{index}]"
+            if unit.source == "init image":
+                if init is None:
+                    raise InputError(field, f"ControlNet {index + 1}: its source is the init "
+                                     "image, but only latents were given")
+                picture = init
+            else:
+                upload = uploads[index] if index < len(uploads) else None
+                if upload is None:
+                    raise InputError(field, f"ControlNet {index + 1}: no control image uploaded "
+                                     "(or set its source to the init image)")
+                picture = imaging.load_image(upload, f"control image {index + 1}")
+            specs.append(ControlNetSpec(unit.model, image=picture, scale=unit.scale,
+                                        start=unit.start, end=unit.end,
+                                        preprocessor=unit.preprocessor, low=unit.low,
+                                        high=unit.high))
+        return specs
+

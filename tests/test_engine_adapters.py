@@ -1,0 +1,149 @@
+"""The adapters through the engine: params and Inputs in, PNG/latent files and infotext out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from webui import infotext
+from webui.engine.core import Engine, Inputs
+from webui.engine.errors import InputError, ModelError
+from webui.engine.outputs import read_infotext
+from webui.params import make
+from webui.tiny import build_pipeline
+from webui.tiny_adapters import make_controlnet, make_ip_adapter, make_lora
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    """An engine whose models folder holds a tiny LoRA, IP-Adapter and ControlNet."""
+    root = tmp_path_factory.mktemp("adapters")
+    pipe = build_pipeline("tiny-random")
+    lora_dir = root / "models" / "Lora"
+    lora_dir.mkdir(parents=True)
+    make_lora(pipe, lora_dir / "film.safetensors", seed=1)
+    make_lora(pipe, lora_dir / "grain.safetensors", fmt="kohya", seed=2)
+    ip = make_ip_adapter(pipe, root / "ip-adapter", seed=3)
+    controlnet = make_controlnet(pipe, root / "controlnet", seed=4)
+    engine = Engine(models_dir=root / "models", outputs_dir=root / "outputs", device="cpu",
+                    model="tiny-random")
+    yield engine, ip, controlnet
+    engine.unload()
+
+
+def picture(seed: int = 0) -> Image.Image:
+    rng = np.random.RandomState(seed)
+    image = Image.fromarray(rng.randint(0, 256, (64, 64, 3), dtype=np.uint8), "RGB")
+    ImageDraw.Draw(image).rectangle((16, 16, 47, 47), fill=(250, 250, 250))
+    return image
+
+
+def run(engine, inputs: Inputs | None = None, save: bool = False, **settings):
+    values = {"prompt": "a cat", "steps": 4, "strength": 0.5, "seed": 11, "pag_scale": 0.0}
+    values.update(settings)
+    init = settings.pop("init", picture())
+    values.pop("init", None)
+    return engine.generate(make(**values), init, save=save, inputs=inputs)
+
+
+def pixels(result, index: int = 0) -> np.ndarray:
+    return np.asarray(result.images[index].image, dtype=np.int16)
+
+
+def test_lora_from_params_and_prompt_syntax_agree(studio):
+    engine, _, _ = studio
+    base = pixels(run(engine))
+    with_params = pixels(run(engine, loras=[{"name": "film", "weight": 1.0}]))
+    with_prompt = run(engine, prompt="a cat <lora:film:1>")
+    assert np.abs(with_params - base).max() > 0
+    assert np.array_equal(with_params, pixels(with_prompt))
+    # Turning it off again gives the base picture exactly.
+    assert np.array_equal(pixels(run(engine)), base)
+
+
+def test_lora_goes_into_infotext_and_back(studio):
+    engine, _, _ = studio
+    result = run(engine, save=True, loras=[{"name": "film", "weight": 0.7},
+                                           {"name": "grain", "weight": 0.3}])
+    text = read_infotext(Image.open(result.images[0].path))
+    assert "LoRAs: \"film:0.7, grain:0.3\"" in text
+    parsed = infotext.parse(text).params
+    assert [(lora.name, lora.weight) for lora in parsed.loras] == [("film", 0.7), ("grain", 0.3)]
+
+
+def test_unknown_lora_is_a_clear_error_and_engine_keeps_working(studio):
+    engine, _, _ = studio
+    with pytest.raises(ModelError, match="film"):
+        run(engine, prompt="a cat <lora:nope:1>")
+    assert run(engine).images
+
+
+def test_pag_default_on_and_zero_is_plain(studio):
+    engine, _, _ = studio
+    assert make().pag_scale == 3.0
+    plain = pixels(run(engine, pag_scale=0.0))
+    guided = run(engine, pag_scale=3.0)
+    assert np.abs(pixels(guided) - plain).max() > 0
+    assert "PAG scale: 3" in guided.images[0].infotext
+
+
+def test_inpaint_keeps_the_unmasked_area(studio):
+    engine, _, _ = studio
+    init = picture(5)
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)
+    result = run(engine, init=init, inputs=Inputs(mask=mask), strength=0.9,
+                 inpaint_area="only masked", inpaint_padding=8, mask_blur=0)
+    out = pixels(result)
+    kept = np.abs(out[:, 40:] - np.asarray(init, dtype=np.int16)[:, 40:]).max()
+    changed = np.abs(out[:, :24] - np.asarray(init, dtype=np.int16)[:, :24]).max()
+    assert kept <= 2 and changed > 10
+    assert "Inpaint area: Only masked" in result.images[0].infotext
+    assert "Mask blur: 0" in result.images[0].infotext
+
+
+def test_mask_is_resized_with_the_picture(studio):
+    engine, _, _ = studio
+    big = picture(6).resize((128, 128))
+    mask = Image.new("L", (128, 128), 255)
+    result = run(engine, init=big, width=64, height=64, inputs=Inputs(mask=mask))
+    assert result.images[0].image.size == (64, 64)
+
+
+def test_controlnet_from_init_image_and_missing_upload(studio):
+    engine, _, controlnet = studio
+    unit = {"model": str(controlnet), "preprocessor": "canny", "scale": 1.0}
+    result = run(engine, controlnets=[unit])
+    assert result.images[0].image.size == (64, 64)
+    assert "ControlNet 0" in result.images[0].infotext
+    with pytest.raises(InputError, match="no control image"):
+        run(engine, controlnets=[{**unit, "source": "upload"}])
+    uploaded = run(engine, controlnets=[{**unit, "source": "upload"}],
+                   inputs=Inputs(control_images=[picture(9)]))
+    assert uploaded.images
+
+
+def test_ip_adapter_needs_reference_and_applies_with_one(studio):
+    engine, ip, _ = studio
+    base = pixels(run(engine))
+    no_reference = run(engine, ip_adapter=str(ip))
+    assert "no reference image" in no_reference.notice
+    assert np.array_equal(pixels(no_reference), base)
+    steered = run(engine, ip_adapter=str(ip), ip_adapter_scale=1.0,
+                  inputs=Inputs(ip_image=picture(7)))
+    assert np.abs(pixels(steered) - base).max() > 0
+    assert "IP-Adapter scale: 1" in steered.images[0].infotext
+
+
+def test_latent_output_then_latent_input(studio):
+    engine, _, _ = studio
+    result = run(engine, save=True, output_type="latent")
+    item = result.images[0]
+    assert item.path.suffix == ".safetensors" and item.path.is_file()
+    assert tuple(item.latents.shape) == (4, 8, 8)
+    again = run(engine, inputs=Inputs(latents=item.path), init=None, strength=0.5)
+    assert again.images[0].image.size == (64, 64)
+    with pytest.raises(ModelError, match="2 channels"):
+        run(engine, inputs=Inputs(latents=item.latents[None, :2]), init=None)
+    assert run(engine).images  # still serving
