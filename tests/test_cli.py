@@ -196,8 +196,48 @@ def test_strength_zero_writes_the_original(gen, init_png):
     assert "Denoising strength: 0," in text
 
 
-def test_missing_init_flag_is_a_usage_error(capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["generate", "--strength", "0.5"])
-    assert info.value.code == 2
-    assert "--init" in capsys.readouterr().err
+def test_missing_init_flag_is_an_error(capsys):
+    assert main(["generate", "--strength", "0.5"]) == 2
+    assert "error: --init: an init image is required" in capsys.readouterr().err
+
+
+# -- adapter flags -----------------------------------------------------------------------------
+def test_unknown_lora_exits_2_naming_the_flag(gen):
+    code, out, err = gen("--steps", "2", "--lora", "nope:0.5")
+    assert code == 2
+    assert error_line(err).startswith("error: --lora: unknown LoRA 'nope'")
+
+
+@pytest.mark.parametrize("flags, expect", [
+    (("--lora", "film:9"), "error: --lora: loras[0].weight must be a number from -4 to 4"),
+    (("--controlnet", "cn", "--control-scale", "5"), "error: --controlnet: controlnets[0].scale"),
+    (("--pag-scale", "-1"), "error: --pag-scale: pag_scale must be a number from 0 to 10"),
+    (("--masked-content", "glue"), "error: --masked-content: masked_content must be one of"),
+    (("--mask", "absent.png"), "error: --mask: no such file"),
+])
+def test_bad_adapter_flags(gen, flags, expect):
+    code, out, err = gen("--steps", "2", *flags)
+    assert code == 2
+    assert error_line(err).startswith(expect), err
+
+
+def test_latent_output_then_latent_input(gen, tmp_path):
+    code, out, err = gen("--steps", "4", "--seed", "5", "--output-type", "latent",
+                         "--out", str(tmp_path / "lat"))
+    assert code == 0, err
+    [(path, text)] = printed(out)
+    assert path.endswith(".safetensors") and Path(path).is_file()
+    argv = ["generate", "--latents", path, "--steps", "4", "--models-dir", str(tmp_path / "m"),
+            "--out", str(tmp_path / "png"), "--device", "cpu"]
+    assert main(argv) == 0
+    assert list((tmp_path / "png").glob("*.png"))
+
+
+def test_mask_switches_to_inpainting(gen, tmp_path):
+    mask = tmp_path / "mask.png"
+    Image.new("L", (32, 32), 255).save(mask)
+    code, out, err = gen("--steps", "4", "--pag-scale", "0", "--mask", str(mask),
+                         "--inpaint-area", "only masked")
+    assert code == 0, err
+    [(path, text)] = printed(out)
+    assert "Inpaint area: Only masked" in text and "Mask blur: 4" in text

@@ -32,17 +32,46 @@ FLAGS = {
     "--cfg": "guidance_scale", "--steps": "steps", "--seed": "seed", "--scheduler": "scheduler",
     "--model": "model", "--width": "width", "--height": "height", "--resize-mode": "resize_mode",
     "--batch-size": "batch_size", "--batch-count": "batch_count", "--dtype": "dtype",
+    "--attention-slicing": "attention_slicing", "--vae-tiling": "vae_tiling",
+    "--cpu-offload": "cpu_offload", "--ip-adapter": "ip_adapter", "--ip-scale": "ip_adapter_scale",
+    "--pag-scale": "pag_scale", "--mask-blur": "mask_blur", "--inpaint-area": "inpaint_area",
+    "--inpaint-padding": "inpaint_padding", "--masked-content": "masked_content",
+    "--output-type": "output_type",
 }
+# AdapterError.field -> the flag that brought that input.
+ADAPTER_FLAGS = {"lora": "--lora", "controlnet": "--controlnet", "ip_adapter": "--ip-adapter",
+                 "mask": "--mask", "latents": "--latents", "image": "--init",
+                 "pag": "--pag-scale", "mask_blur": "--mask-blur", "padding": "--inpaint-padding"}
+# Flags that build the list-valued settings.
+LIST_FLAGS = {"loras": "--lora", "controlnets": "--controlnet"}
+CONTROL_FLAGS = {"--control-preprocessor": "preprocessor", "--control-scale": "scale",
+                 "--control-start": "start", "--control-end": "end", "--canny-low": "low",
+                 "--canny-high": "high"}
 
 
 def add_generate_parser(sub) -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="run one img2img job and write PNG(s)",
                          description="Transform an image from the shell; prints the written files "
                          "and their infotext.")
-    gen.add_argument("--init", required=True, metavar="IMG", help="the init image")
+    gen.add_argument("--init", metavar="IMG", help="the init image (required unless --latents)")
     for flag, field in FLAGS.items():
         # No argparse type or choices: GenerationParams validates, with one message style.
         gen.add_argument(flag, dest=field, default=None, help=_help(field))
+    gen.add_argument("--lora", dest="lora", action="append", metavar="NAME[:WEIGHT]",
+                     help="a LoRA from models/Lora (repeatable; weight -4..4, default 1)")
+    gen.add_argument("--controlnet", dest="controlnet", action="append", metavar="MODEL",
+                     help="a ControlNet model folder or .safetensors (repeatable, at most 3)")
+    gen.add_argument("--control-image", dest="control_image", action="append", metavar="IMG",
+                     help="control picture for the ControlNets in order (default: the init image)")
+    for flag, key in CONTROL_FLAGS.items():
+        lo, hi = P.field_range(key, P.ControlNetUnit) if key != "preprocessor" else (None, None)
+        span = f" [{P._num(lo)}..{P._num(hi)}]" if lo is not None else " (canny or none)"
+        gen.add_argument(flag, dest=f"control_{key}", default=None,
+                         help=P.ControlNetUnit.model_fields[key].description + span)
+    gen.add_argument("--ip-image", metavar="IMG", help="IP-Adapter reference image")
+    gen.add_argument("--mask", metavar="IMG", help="inpaint mask (white = repaint)")
+    gen.add_argument("--latents", metavar="FILE", help="start from a latent .safetensors file "
+                     "written with --output-type latent")
     gen.add_argument("--preset", metavar="NAME", help="start from this preset (shipped or from "
                      "--user-presets); flags given explicitly win over it")
     gen.add_argument("--user-presets", metavar="DIR", default=None,
@@ -62,7 +91,28 @@ def collect_params(args: argparse.Namespace, base: dict | None = None) -> P.Gene
         value = getattr(args, field, None)
         if value is not None:
             values[field] = value
+    if getattr(args, "lora", None):
+        values["loras"] = []
+        for item in args.lora:
+            name, sep, weight = item.rpartition(":")
+            values["loras"].append({"name": name, "weight": weight} if sep and name
+                                   else {"name": item})
+    if getattr(args, "controlnet", None):
+        shared = {key: getattr(args, f"control_{key}") for key in CONTROL_FLAGS.values()
+                  if getattr(args, f"control_{key}", None) is not None}
+        images = getattr(args, "control_image", None) or []
+        values["controlnets"] = [
+            {"model": model, "source": "upload" if i < len(images) else "init image", **shared}
+            for i, model in enumerate(args.controlnet)]
     return P.make(**values)
+
+
+def flag_for(field: str) -> str:
+    """The flag behind a (possibly nested) settings field, for error messages."""
+    root = field.split("[", 1)[0].split(".", 1)[0]
+    if root in LIST_FLAGS:
+        return LIST_FLAGS[root]
+    return next((f for f, name in FLAGS.items() if name == field), field)
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
@@ -90,6 +140,7 @@ def preset_base(args: argparse.Namespace, base: dict | None = None
 
 
 def run_generate(args: argparse.Namespace, base: dict | None = None) -> int:
+    from .engine.adapters import AdapterError
     from .engine.core import Engine
     from .engine.errors import InputError, ModelError
     from .presets import PresetError
@@ -103,14 +154,26 @@ def run_generate(args: argparse.Namespace, base: dict | None = None) -> int:
     try:
         params = collect_params(args, base)
     except P.ParamsError as exc:
-        flag = next((f for f, name in FLAGS.items() if name == exc.field), exc.field)
-        return _fail(f"{flag}: {exc}")
-    init = Path(args.init)
-    if not init.is_file():
-        return _fail(f"--init: no such file: {init}")
+        return _fail(f"{flag_for(exc.field)}: {exc}")
+    files = {"--init": args.init, "--ip-image": args.ip_image, "--mask": args.mask,
+             "--latents": args.latents}
+    for i, image in enumerate(args.control_image or []):
+        files[f"--control-image #{i + 1}"] = image
+    for flag, value in files.items():
+        if value is not None and not Path(value).is_file():
+            return _fail(f"{flag}: no such file: {value}")
+    if args.init is None and args.latents is None:
+        return _fail("--init: an init image is required (or --latents)")
+    init = Path(args.init) if args.init else None
     out = Path(args.out) if args.out else None
-    if out is not None and out.suffix.lower() == ".png" and params.images_per_job > 1:
-        return _fail(f"--out: {params.images_per_job} images need a folder, not a file name")
+    if out is not None and out.suffix.lower() == ".png" and (
+            params.images_per_job > 1 or params.output_type == "latent"):
+        return _fail("--out: more than one image, or latent output, needs a folder, not a "
+                     "file name")
+    from .engine.core import Inputs
+
+    inputs = Inputs(ip_image=args.ip_image, mask=args.mask, latents=args.latents,
+                    control_images=list(args.control_image or []) or None)
     engine = Engine(models_dir=args.models_dir, outputs_dir=args.outputs_dir,
                     model=params.model, device=args.device)
     if engine.is_tiny(params.model):
@@ -118,12 +181,16 @@ def run_generate(args: argparse.Namespace, base: dict | None = None) -> int:
               ".safetensors checkpoint in models/Stable-diffusion/ or pass --model.",
               file=sys.stderr)
     try:
-        result = engine.generate(params, init, save=out is None)
+        result = engine.generate(params, init, save=out is None, inputs=inputs)
     except (InputError, P.ParamsError) as exc:
         # Name the flag, as for the settings above: --init for the init image.
         field = getattr(exc, "field", "")
-        flag = "--init" if field == "init_image" else next(
-            (f for f, name in FLAGS.items() if name == field), "")
+        flag = {"init_image": "--init", "mask": "--mask", "ip_adapter_image": "--ip-image",
+                "latents": "--latents"}.get(field) or (flag_for(field) if field else "")
+        return _fail(f"{flag}: {exc}" if flag and flag != field else str(exc))
+    except AdapterError as exc:
+        # A LoRA name, mask or ControlNet input the artist gave: bad input, not a broken model.
+        flag = ADAPTER_FLAGS.get(exc.field)
         return _fail(f"{flag}: {exc}" if flag else str(exc))
     except ModelError as exc:
         return _fail(str(exc), EXIT_FAILED)
@@ -131,7 +198,10 @@ def run_generate(args: argparse.Namespace, base: dict | None = None) -> int:
 
     for item in result.images:
         path = item.path
-        if out is not None:
+        if out is not None and item.latents is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            path = engine._write_latents(item, out)
+        elif out is not None:
             data = outputs.png_bytes(item.image, item.infotext)
             if out.suffix.lower() == ".png":
                 out.parent.mkdir(parents=True, exist_ok=True)
