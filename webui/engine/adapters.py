@@ -46,10 +46,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import ModelError
+from .models import PICKLE_SUFFIXES
 
 MODES = ("img2img", "inpaint")
 MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 LATENT_FORMAT = "webui-latents/1"
 _LORA_TAG = re.compile(r"<\s*lora\s*:([^>]*)>", re.IGNORECASE)
 # Keys that only LoRA-style files contain (peft, trainer, LoHa and LoKr layouts).

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from webui.engine.errors import ModelError
+from .errors import ModelError
+from .models import refuse_pickle
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 
-_PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
 _UNET = "model.diffusion_model."
 _SDXL_OPEN_CLIP = "conditioner.embedders.1."
 _SDXL_REFINER_OPEN_CLIP = "conditioner.embedders.0.model."
@@ -28,13 +28,8 @@ _MODEL_INDEX = "model_index.json"
 
 
 def _check_suffix(path: Path) -> None:
-    suffix = path.suffix.lower()
-    if suffix in _PICKLE_SUFFIXES:
-        raise ModelError(
-            f"{path.name}: {suffix} files are Python pickles, which can run arbitrary code when opened, "
-            "so they are refused. Convert it to .safetensors (or download the .safetensors version)."
-        )
-    if suffix != ".safetensors":
+    refuse_pickle(path)
+    if path.suffix.lower() != ".safetensors":
         raise ModelError(f"{path.name}: only .safetensors checkpoints are supported")
 
 
