@@ -1,0 +1,1 @@
+"""Real-browser tests of the studio (a package, so the tests can share conftest helpers)."""

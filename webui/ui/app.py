@@ -1,0 +1,232 @@
+"""The studio page: one gr.Blocks, its layout and the wiring of every event to handlers.Studio.
+
+Ranges, defaults and help texts come from params.py; nothing here repeats a number that lives
+there. GPU events skip Gradio's input preprocessing so that every value, from the page or from an
+API client, is validated by GenerationParams and fails with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from .. import params as P
+from .. import schedulers
+from . import handlers, xy
+from .handlers import Session, Studio
+
+# Below 1 the library turns classifier-free guidance off entirely, so the slider starts where the
+# setting does something; API clients may still send anything params.py accepts.
+CFG_SLIDER_FLOOR = 1.0
+
+CSS = """
+#seed-row button, #model-row button { max-width: 3.2em; min-width: 2.6em; }
+#status, #xy-status { min-height: 2.2em; }
+"""
+
+
+def _info(name: str) -> str:
+    return P.GenerationParams.model_fields[name].description or ""
+
+
+def _slider(name: str, label: str, step: float, elem_id: str, minimum: float | None = None,
+            **kwargs) -> gr.Slider:
+    lo, hi = P.field_range(name)
+    return gr.Slider(minimum=lo if minimum is None else max(lo, minimum), maximum=hi,
+                     value=P.default(name), step=step, label=label, info=_info(name),
+                     elem_id=elem_id, **kwargs)
+
+
+def build(studio: Studio, gpu_concurrency: int | None = None) -> gr.Blocks:
+    """The studio page for `studio`'s engine.
+
+    gpu_concurrency: how many GPU events Gradio hands to the engine at once. The engine runs one
+    job at a time and reports queue positions itself, so this is its queue plus the running job.
+    """
+    engine = studio.engine
+    gpu = gpu_concurrency or engine.queue_size + 1
+    seed_lo, seed_hi = P.field_range("seed")
+    _, size_hi = P.field_range("width")
+
+    with gr.Blocks(title="img2img studio", analytics_enabled=False) as demo:
+        session = gr.State(Session, delete_callback=lambda s: s.cancel())
+        gr.Markdown("## img2img studio", elem_id="title")
+        tiny = gr.Markdown(f"**Note:** {handlers.tiny_notice(engine)}",
+                           visible=engine.is_tiny(), elem_id="tiny-notice")
+
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("img2img", id="img2img", elem_id="tab-img2img"):
+                with gr.Row(elem_id="img2img-row"):
+                    with gr.Column(scale=5, elem_id="image-side"):
+                        with gr.Row(elem_id="inputs-row"):
+                            init_image = gr.Image(
+                                label="Init image", type="pil", format="png",
+                                sources=["upload", "clipboard"], height=300, elem_id="init-image")
+                            reference = gr.Image(
+                                label="Reference image (IP-Adapter)", type="pil", format="png",
+                                sources=["upload", "clipboard"], height=300,
+                                elem_id="reference-image")
+                        gr.Markdown("The reference image is passed along but **not applied "
+                                    "yet**: IP-Adapter support is coming.",
+                                    elem_id="reference-note")
+                        status = gr.Markdown("Ready.", label="Status", elem_id="status")
+                        preview = gr.Image(label="Live preview", interactive=False, height=200,
+                                           format="jpeg", elem_id="preview")
+                        gallery = gr.Gallery(label="Result", format="png", columns=4,
+                                             height=320, interactive=False, elem_id="gallery")
+                        compare = gr.ImageSlider(label="Before / after", format="png",
+                                                 interactive=False, max_height=360,
+                                                 elem_id="compare")
+                        result_info = gr.Textbox(label="Infotext", lines=3, interactive=False,
+                                                 buttons=["copy"], elem_id="result-infotext")
+                        result_path = gr.Textbox(label="File", interactive=False,
+                                                 elem_id="result-path")
+                        with gr.Row(elem_id="result-actions"):
+                            to_init = gr.Button("Send to init image", elem_id="send-to-init")
+                            reuse = gr.Button("Reuse seed", elem_id="reuse-seed")
+
+                    with gr.Column(scale=4, elem_id="controls-side"):
+                        with gr.Row(elem_id="model-row"):
+                            model = gr.Dropdown(studio.models(), value=engine.model,
+                                                label="Model", scale=5,
+                                                info="Checkpoints in the models folder and the "
+                                                "built-in test models; 🔄 rescans the folder.",
+                                                elem_id="model")
+                            refresh = gr.Button("🔄", scale=0, elem_id="refresh-models")
+                        prompt = gr.Textbox(label="Prompt", lines=3, info=_info("prompt"),
+                                            elem_id="prompt")
+                        negative = gr.Textbox(label="Negative prompt", lines=2,
+                                              info=_info("negative_prompt").split(";")[0]
+                                              + "; the button adds the guide's standard set.",
+                                              elem_id="negative-prompt")
+                        add_negative = gr.Button("Add the standard negative set", size="sm",
+                                                 elem_id="add-standard-negative")
+                        with gr.Row(elem_id="run-row"):
+                            run = gr.Button("Generate", variant="primary", elem_id="generate")
+                            stop = gr.Button("Interrupt", variant="stop", elem_id="interrupt")
+                        strength = _slider("strength", "Denoising strength", 0.01, "strength")
+                        band = gr.Markdown(handlers.strength_band(P.default("strength")),
+                                           elem_id="strength-band")
+                        cfg = _slider("guidance_scale", "CFG scale", 0.5, "cfg",
+                                      minimum=CFG_SLIDER_FLOOR)
+                        steps = _slider("steps", "Sampling steps", 1, "steps")
+                        effective = gr.Markdown(
+                            handlers.effective_steps(P.default("steps"), P.default("strength")),
+                            elem_id="effective-steps")
+                        with gr.Row(elem_id="seed-row"):
+                            seed = gr.Number(value=P.default("seed"), label="Seed",
+                                             info=_info("seed"), precision=0, minimum=seed_lo,
+                                             maximum=seed_hi, scale=5, elem_id="seed")
+                            dice = gr.Button("🎲", scale=0, elem_id="random-seed")
+                            recycle = gr.Button("♻", scale=0, elem_id="last-seed")
+                        scheduler = gr.Dropdown(schedulers.all_names(),
+                                                value=P.default("scheduler"), label="Sampler",
+                                                info=_info("scheduler"), elem_id="scheduler")
+                        with gr.Row(elem_id="size-row"):
+                            width = gr.Number(value=0, label="Width", precision=0, minimum=0,
+                                              maximum=size_hi, step=8,
+                                              info="0 keeps the init image's width.",
+                                              elem_id="width")
+                            height = gr.Number(value=0, label="Height", precision=0, minimum=0,
+                                               maximum=size_hi, step=8,
+                                               info="0 keeps the init image's height.",
+                                               elem_id="height")
+                        resize_mode = gr.Dropdown(list(P.RESIZE_MODES),
+                                                  value=P.default("resize_mode"),
+                                                  label="Resize mode", info=_info("resize_mode"),
+                                                  elem_id="resize-mode")
+                        with gr.Row(elem_id="batch-row"):
+                            batch_count = _slider("batch_count", "Batch count", 1, "batch-count")
+                            batch_size = _slider("batch_size", "Batch size", 1, "batch-size")
+                        # Presets live here once they exist.
+                        gr.Group(elem_id="presets-area")
+
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo"):
+                with gr.Row(elem_id="pnginfo-row"):
+                    png_image = gr.Image(label="Drop a PNG", type="filepath", image_mode=None,
+                                         sources=["upload", "clipboard"], format="png",
+                                         elem_id="pnginfo-image")
+                    with gr.Column(elem_id="pnginfo-side"):
+                        png_text = gr.Textbox(label="Parameters", lines=6, interactive=False,
+                                              buttons=["copy"], elem_id="pnginfo-text")
+                        png_summary = gr.Markdown(label="Summary", elem_id="pnginfo-summary")
+                        send = gr.Button("Send to img2img", variant="primary",
+                                         elem_id="pnginfo-send")
+                        send_note = gr.Markdown(label="Filled", elem_id="pnginfo-send-note")
+
+            with gr.Tab("X/Y plot", id="xy", elem_id="tab-xy"):
+                gr.Markdown("The init image and settings of the img2img tab, over a grid of two "
+                            f"settings with the same seed in every cell (at most {xy.MAX_CELLS} "
+                            "cells).", elem_id="xy-help")
+                axes = list(xy.AXES)
+                with gr.Row(elem_id="xy-x-row"):
+                    x_axis = gr.Dropdown(axes, value=axes[0], label="X axis", scale=1,
+                                         elem_id="xy-x-axis")
+                    x_values = gr.Textbox(xy.default_values(axes[0]), label="X values",
+                                          scale=3, elem_id="xy-x-values")
+                with gr.Row(elem_id="xy-y-row"):
+                    y_axis = gr.Dropdown(axes, value=axes[1], label="Y axis", scale=1,
+                                         elem_id="xy-y-axis")
+                    y_values = gr.Textbox(xy.default_values(axes[1]), label="Y values",
+                                          scale=3, elem_id="xy-y-values")
+                with gr.Row(elem_id="xy-run-row"):
+                    xy_run = gr.Button("Run X/Y plot", variant="primary", elem_id="xy-run")
+                    xy_stop = gr.Button("Interrupt", variant="stop", elem_id="xy-interrupt")
+                xy_status = gr.Markdown(label="Status", elem_id="xy-status")
+                xy_preview = gr.Image(label="Live preview", interactive=False, height=160,
+                                      format="jpeg", elem_id="xy-preview")
+                xy_grid = gr.Image(label="X/Y plot", interactive=False, format="png",
+                                   elem_id="xy-grid")
+                xy_path = gr.Textbox(label="File", interactive=False, elem_id="xy-path")
+
+        controls = [model, prompt, negative, strength, cfg, steps, seed, scheduler, width, height,
+                    resize_mode, batch_count, batch_size]
+        by_field = dict(zip(("model", "prompt", "negative_prompt", "strength", "guidance_scale",
+                             "steps", "seed", "scheduler", "width", "height", "resize_mode",
+                             "batch_count", "batch_size"), controls))
+        gpu_event = dict(preprocess=False, concurrency_id="gpu", concurrency_limit=gpu)
+        # UI helpers answer at once, even while the GPU queue is long. Those that raise toasts
+        # (gr.Warning / gr.Error) go through the queue, the channel toasts travel on, with no
+        # concurrency limit so they never wait behind a job.
+        instant = dict(queue=False, show_progress="hidden")
+        toasting = dict(show_progress="hidden", concurrency_limit=None)
+
+        run.click(studio.generate, [session, init_image, reference, *controls],
+                  [status, preview, gallery, compare, result_info, result_path],
+                  api_name="img2img", show_progress="full", show_progress_on=[gallery],
+                  **gpu_event)
+        stop.click(studio.interrupt, [session], [status], api_name="interrupt", **instant)
+        gallery.select(studio.select_result, [session], [compare, result_info, result_path],
+                       api_name="select_result", **instant)
+        to_init.click(studio.send_to_init, [session], [init_image], api_name="send_to_init",
+                      **toasting)
+        reuse.click(studio.reuse_seed, [session], [seed], api_name="reuse_seed", **toasting)
+        dice.click(studio.random_seed, None, [seed], api_name="random_seed", **instant)
+        recycle.click(studio.last_seed, [session], [seed], api_name="last_seed", **toasting)
+        refresh.click(studio.refresh_models, [model], [model], api_name="refresh_models",
+                      **instant)
+        model.change(studio.model_changed, [model], [tiny], api_name="model_changed", **instant)
+        add_negative.click(handlers.add_standard_negative, [negative], [negative],
+                           api_name="standard_negative", **instant)
+        strength.change(handlers.strength_band, [strength], [band], api_name="strength_band",
+                        **instant)
+        gr.on([strength.change, steps.change], handlers.effective_steps, [steps, strength],
+              [effective], api_name="effective_steps", **instant)
+
+        png_image.change(studio.png_info, [png_image], [png_text, png_summary],
+                         api_name="png_info", preprocess=False, **instant)
+        send.click(studio.send_to_img2img, [png_text],
+                   [by_field[name] for name in handlers.FILL_FIELDS] + [tabs, send_note],
+                   api_name="send_to_img2img", **toasting)
+
+        x_axis.change(xy.default_values, [x_axis], [x_values], api_name="xy_x_defaults",
+                      **instant)
+        y_axis.change(xy.default_values, [y_axis], [y_values], api_name="xy_y_defaults",
+                      **instant)
+        xy_run.click(studio.xy_plot,
+                     [session, init_image, reference, *controls, x_axis, x_values, y_axis,
+                      y_values],
+                     [xy_status, xy_preview, xy_grid, xy_path], api_name="xy_plot",
+                     show_progress="full", show_progress_on=[xy_grid], **gpu_event)
+        xy_stop.click(studio.interrupt, [session], [xy_status], api_name="xy_interrupt",
+                      **instant)
+    return demo
