@@ -15,7 +15,7 @@ import queue
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -25,7 +25,7 @@ from ..params import MAX_SEED, GenerationParams
 from . import memory, outputs, previews
 from .errors import Cancelled, InputError, ModelError
 from .adapters import Adapters, ControlNetSpec, IPAdapterSpec, load_latents, save_latents
-from .models import LORA_SUBDIR, ModelRegistry, ModelSource, load
+from .models import LORA_SUBDIR, ModelRegistry, load
 
 
 @dataclass
@@ -64,6 +64,7 @@ class Result:
     elapsed: float
     interrupted: bool = False
     notice: str = ""
+    init: Any = None  # the init image as the job used it (resized and fitted), if any
 
 
 @dataclass
@@ -103,6 +104,11 @@ class Job:
         self._events: "queue.Queue[Progress | None]" = queue.Queue()
         self._result: Result | None = None
         self._error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the job has a result or an error."""
+        return self._done.is_set()
 
     def cancel(self) -> None:
         """Stop this job: at once if queued, within one sampling step if running."""
@@ -411,7 +417,8 @@ class Engine:
                                                   folder, item.seed)
         return Result(images=results, params=params, seed=seed, width=width, height=height,
                       effective_steps=params.effective_steps, model=source.name,
-                      elapsed=time.monotonic() - started, interrupted=interrupted, notice=notice)
+                      elapsed=time.monotonic() - started, interrupted=interrupted, notice=notice,
+                      init=init)
 
     @staticmethod
     def _latent_input(latents):

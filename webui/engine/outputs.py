@@ -51,8 +51,10 @@ def _next_number(folder: Path) -> int:
     return highest + 1
 
 
-def day_folder(outputs_dir: str | os.PathLike, today: _dt.date | None = None) -> Path:
-    folder = Path(outputs_dir) / "img2img" / (today or _dt.date.today()).isoformat()
+def day_folder(outputs_dir: str | os.PathLike, today: _dt.date | None = None,
+               kind: str = "img2img") -> Path:
+    """outputs/<kind>/YYYY-MM-DD, created if needed (kind: img2img, img2img-grids, ...)."""
+    folder = Path(outputs_dir) / kind / (today or _dt.date.today()).isoformat()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

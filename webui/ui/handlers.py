@@ -8,7 +8,6 @@ Job, read its updates, cancel it.
 
 from __future__ import annotations
 
-import datetime as _dt
 import random
 import time
 from pathlib import Path
@@ -161,7 +160,7 @@ class Session:
     def cancel(self) -> int:
         """Interrupt this tab's jobs; the number that were running or waiting."""
         self.interrupted = True
-        running = [job for job in self.jobs if job.state in ("queued", "running")]
+        running = [job for job in self.jobs if not job.done]
         for job in running:
             job.cancel()
         return len(running)
@@ -324,7 +323,7 @@ class Studio:
             result = self._result(job)
         finally:
             session.jobs.discard(job)
-            if job.state in ("queued", "running"):
+            if not job.done:
                 # The browser went away mid-job: free the GPU for the others.
                 job.cancel()
         if result is None:
@@ -332,7 +331,7 @@ class Studio:
                                skip, skip)
             return
         session.results, session.selected, session.seed = result.images, 0, result.seed
-        session.before = imaging.fit(init, result.width, result.height, params.resize_mode)
+        session.before = result.init
         yield GenerateView(self._summary(result, last, notes), skip, *self._show(session))
 
     def _summary(self, result: Result, last: Progress, notes: list[str]) -> str:
@@ -524,7 +523,7 @@ class Studio:
                     result = self._result(job)
                 finally:
                     session.jobs.discard(job)
-                    if job.state in ("queued", "running"):
+                    if not job.done:
                         job.cancel()
                 if result is None or result.interrupted:
                     stopped = True
@@ -551,8 +550,7 @@ class Studio:
             yield XYView(f"**Interrupted**: {done}/{grid_plan.cells} cells done, grid not saved.",
                          skip, grid.image, "")
             return
-        folder = Path(self.engine.outputs_dir) / GRIDS_SUBDIR / _dt.date.today().isoformat()
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = outputs.day_folder(self.engine.outputs_dir, kind=GRIDS_SUBDIR)
         path = outputs.write_png(outputs.png_bytes(grid.image, text), folder, base.seed)
         yield XYView(f"**Done**: {grid_plan.cells} cells, seed {base.seed}.", skip, grid.image,
                      str(path))
