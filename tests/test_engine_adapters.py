@@ -147,3 +147,21 @@ def test_latent_output_then_latent_input(studio):
     with pytest.raises(ModelError, match="2 channels"):
         run(engine, inputs=Inputs(latents=item.latents[None, :2]), init=None)
     assert run(engine).images  # still serving
+
+
+def test_out_of_memory_becomes_advice_and_engine_keeps_serving(studio, monkeypatch):
+    engine, _, _ = studio
+
+    class OutOfMemoryError(RuntimeError):
+        """Stands in for the CUDA allocator's error, which has this class name."""
+
+    original = engine._sample
+
+    def exhausted(*args, **kwargs):
+        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(engine, "_sample", exhausted)
+    with pytest.raises(InputError, match="out of GPU memory"):
+        run(engine)
+    monkeypatch.setattr(engine, "_sample", original)
+    assert run(engine).images

@@ -281,12 +281,26 @@ class Engine:
                 job.state = "running"
                 result = self._run(job)
             except BaseException as exc:  # noqa: BLE001 - the worker must survive any job
-                job._finish(None, exc)
+                job._finish(None, self._explain_failure(exc))
             else:
                 job._finish(result, None)
             finally:
                 with self._lock:
                     self.current = None
+
+    def _explain_failure(self, exc: BaseException) -> BaseException:
+        """Out-of-memory becomes advice, with the memory given back for the next job."""
+        if type(exc).__name__ != "OutOfMemoryError":
+            return exc
+        gc.collect()
+        try:
+            import torch
+
+            torch.cuda.empty_cache()
+        except (ImportError, RuntimeError):
+            pass
+        return InputError("width", "out of GPU memory: use a smaller size or batch size, or turn "
+                          "on attention slicing, VAE tiling or CPU offload (or the Low VRAM preset)")
 
     # -- the pipeline ------------------------------------------------------------------------
     def _torch_dtype(self, dtype: str):
