@@ -141,6 +141,16 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _has_fp16_variant(folder: Path, torch_dtype) -> bool:
+    """True when the folder ships fp16 weight files (name.fp16.safetensors) for every model."""
+    import torch
+
+    if torch_dtype != torch.float16:
+        return False
+    weighted = [d for d in folder.iterdir() if d.is_dir() and any(d.glob("*.safetensors"))]
+    return bool(weighted) and all(any(d.glob("*.fp16.safetensors")) for d in weighted)
+
+
 def load(source: ModelSource, torch_dtype, models_dir: Path | None = None):
     """An img2img pipeline for `source` (on the CPU; the caller moves it to its device)."""
     if source.kind == "tiny":
@@ -155,9 +165,13 @@ def load(source: ModelSource, torch_dtype, models_dir: Path | None = None):
     from diffusers import AutoPipelineForImage2Image
 
     location = source.location
+    extra = {}
+    if source.kind == "folder" and _has_fp16_variant(Path(location), torch_dtype):
+        # Half the download size and load time, and no fp32 -> fp16 cast on load.
+        extra["variant"] = "fp16"
     try:
         pipe = AutoPipelineForImage2Image.from_pretrained(
-            location, torch_dtype=torch_dtype, use_safetensors=True,
+            location, torch_dtype=torch_dtype, use_safetensors=True, **extra,
             local_files_only=source.kind == "folder" or _offline(),
             safety_checker=None, requires_safety_checker=False,
         )
