@@ -11,7 +11,7 @@ import gradio as gr
 
 from .. import params as P
 from .. import schedulers
-from . import handlers, xy
+from . import adapters_panel, handlers, presets_panel, xy
 from .handlers import Session, Studio
 
 # Below 1 the library turns classifier-free guidance off entirely, so the slider starts where the
@@ -20,6 +20,7 @@ CFG_SLIDER_FLOOR = 1.0
 
 CSS = """
 #seed-row button, #model-row button { max-width: 3.2em; min-width: 2.6em; }
+#lora-row > button, #controlnet-help-row > button { max-width: 3.2em; min-width: 2.6em; }
 #status, #xy-status { min-height: 2.2em; }
 """
 
@@ -36,8 +37,12 @@ def _slider(name: str, label: str, step: float, elem_id: str, minimum: float | N
                      elem_id=elem_id, **kwargs)
 
 
-def build(studio: Studio, gpu_concurrency: int | None = None) -> gr.Blocks:
+def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
+          presets=None) -> gr.Blocks:
     """The studio page for `studio`'s engine.
+
+    initial: a presets_panel.Startup (`--preset`) the page starts with; presets: the
+    PresetStore (default: the shipped presets and ./user-presets).
 
     gpu_concurrency: how many GPU events Gradio hands to the engine at once. The engine runs one
     job at a time and reports queue positions itself, so this is its queue plus the running job.
@@ -57,17 +62,19 @@ def build(studio: Studio, gpu_concurrency: int | None = None) -> gr.Blocks:
             with gr.Tab("img2img", id="img2img", elem_id="tab-img2img"):
                 with gr.Row(elem_id="img2img-row"):
                     with gr.Column(scale=5, elem_id="image-side"):
-                        with gr.Row(elem_id="inputs-row"):
-                            init_image = gr.Image(
-                                label="Init image", type="pil", format="png",
-                                sources=["upload", "clipboard"], height=300, elem_id="init-image")
-                            reference = gr.Image(
-                                label="Reference image (IP-Adapter)", type="pil", format="png",
-                                sources=["upload", "clipboard"], height=300,
-                                elem_id="reference-image")
-                        gr.Markdown("The reference image is passed along but **not applied "
-                                    "yet**: IP-Adapter support is coming.",
-                                    elem_id="reference-note")
+                        adapters = adapters_panel.Panel()
+                        adapters_panel.mode_selector(adapters)
+                        # One settings panel for both: the sub-tab picks what Generate does.
+                        with gr.Tabs(elem_id="mode-tabs"):
+                            with gr.Tab("img2img", id="mode-img2img",
+                                        elem_id="mode-tab-img2img") as img2img_tab:
+                                init_image = gr.Image(
+                                    label="Init image", type="pil", format="png",
+                                    sources=["upload", "clipboard"], height=300,
+                                    elem_id="init-image")
+                            with gr.Tab("Inpaint", id="mode-inpaint",
+                                        elem_id="mode-tab-inpaint") as inpaint_tab:
+                                adapters_panel.inpaint_controls(adapters)
                         status = gr.Markdown("Ready.", label="Status", elem_id="status")
                         preview = gr.Image(label="Live preview", interactive=False, height=200,
                                            format="jpeg", elem_id="preview")
@@ -80,6 +87,9 @@ def build(studio: Studio, gpu_concurrency: int | None = None) -> gr.Blocks:
                                                  buttons=["copy"], elem_id="result-infotext")
                         result_path = gr.Textbox(label="File", interactive=False,
                                                  elem_id="result-path")
+                        latent_file = gr.File(label="Latents (.safetensors)", file_count="multiple",
+                                              interactive=False, visible=False,
+                                              elem_id="latent-file")
                         with gr.Row(elem_id="result-actions"):
                             to_init = gr.Button("Send to init image", elem_id="send-to-init")
                             reuse = gr.Button("Reuse seed", elem_id="reuse-seed")
@@ -137,8 +147,12 @@ def build(studio: Studio, gpu_concurrency: int | None = None) -> gr.Blocks:
                         with gr.Row(elem_id="batch-row"):
                             batch_count = _slider("batch_count", "Batch count", 1, "batch-count")
                             batch_size = _slider("batch_size", "Batch size", 1, "batch-size")
-                        # Presets live here once they exist.
-                        gr.Group(elem_id="presets-area")
+                        adapters_panel.adapters_accordion(studio, adapters)
+                        adapters_panel.controlnet_accordion(studio, adapters)
+                        adapters_panel.memory_accordion(adapters)
+                        adapters_panel.advanced_accordion(adapters)
+                        with gr.Group(elem_id="presets-area"):
+                            panel = presets_panel.build(presets, initial)
 
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo"):
                 with gr.Row(elem_id="pnginfo-row"):
@@ -190,10 +204,15 @@ def build(studio: Studio, gpu_concurrency: int | None = None) -> gr.Blocks:
         instant = dict(queue=False, show_progress="hidden")
         toasting = dict(show_progress="hidden", concurrency_limit=None)
 
+        # The adapter, inpaint, memory and output settings go by name (handlers.EXTRAS).
+        extras = adapters.extras
+        reference = adapters.reference
         run.click(studio.generate, [session, init_image, reference, *controls],
                   [status, preview, gallery, compare, result_info, result_path],
                   api_name="img2img", show_progress="full", show_progress_on=[gallery],
-                  **gpu_event)
+                  inputs_kwargs=extras, **gpu_event
+                  ).success(studio.latent_files, [session], [latent_file],
+                            api_name="latent_files", **instant)
         stop.click(studio.interrupt, [session], [status], api_name="interrupt", **instant)
         gallery.select(studio.select_result, [session], [compare, result_info, result_path],
                        api_name="select_result", **instant)
@@ -214,8 +233,9 @@ def build(studio: Studio, gpu_concurrency: int | None = None) -> gr.Blocks:
 
         png_image.change(studio.png_info, [png_image], [png_text, png_summary],
                          api_name="png_info", preprocess=False, **instant)
+        fill_targets = {**by_field, **extras}
         send.click(studio.send_to_img2img, [png_text],
-                   [by_field[name] for name in handlers.FILL_FIELDS] + [tabs, send_note],
+                   [fill_targets[name] for name in handlers.FILL_FIELDS] + [tabs, send_note],
                    api_name="send_to_img2img", **toasting)
 
         x_axis.change(xy.default_values, [x_axis], [x_values], api_name="xy_x_defaults",
@@ -226,7 +246,11 @@ def build(studio: Studio, gpu_concurrency: int | None = None) -> gr.Blocks:
                      [session, init_image, reference, *controls, x_axis, x_values, y_axis,
                       y_values],
                      [xy_status, xy_preview, xy_grid, xy_path], api_name="xy_plot",
-                     show_progress="full", show_progress_on=[xy_grid], **gpu_event)
+                     show_progress="full", show_progress_on=[xy_grid], inputs_kwargs=extras,
+                     **gpu_event)
         xy_stop.click(studio.interrupt, [session], [xy_status], api_name="xy_interrupt",
                       **instant)
+        adapters_panel.wire(studio, adapters, init_image, (img2img_tab, inpaint_tab), instant,
+                            toasting)
+        presets_panel.wire(panel, {**by_field, **extras}, demo, studio.models)
     return demo

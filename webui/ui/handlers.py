@@ -8,21 +8,29 @@ Job, read its updates, cancel it.
 
 from __future__ import annotations
 
+import inspect
+import logging
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 import gradio as gr
-from PIL import Image
+from PIL import Image, ImageChops
 
 from .. import images as imaging
 from .. import infotext
 from .. import params as P
 from ..engine import outputs
-from ..engine.core import Engine, ImageResult, Job, Progress, QueueFull, Result
+from ..engine.adapters import AdapterError, mask_to_l, parse_prompt_loras
+from ..engine.controlnet_images import canny
+from ..engine.core import Engine, ImageResult, Inputs, Job, Progress, QueueFull, Result
 from ..engine.errors import Cancelled, InputError, ModelError
+from ..engine.models import LORA_SUBDIR
 from . import xy
+
+log = logging.getLogger(__name__)
 
 # What each field is called on the page, so an error points at the control to fix.
 LABELS = {
@@ -42,14 +50,95 @@ LABELS = {
     "dtype": "Precision",
     "init_image": "Init image",
     "reference_image": "Reference image",
+    "loras": "LoRAs",
+    "lora_weights": "LoRA weights",
+    "ip_adapter": "IP-Adapter",
+    "ip_adapter_scale": "IP-Adapter scale",
+    "pag_scale": "PAG scale",
+    "attention_slicing": "Attention slicing",
+    "vae_tiling": "VAE tiling",
+    "cpu_offload": "CPU offload",
+    "output_type": "Output type",
+    "latents": "Latent input",
+    "mode": "Mode",
+    "mask": "Mask",
+    "mask_image": "Mask upload",
+    "mask_blur": "Mask blur",
+    "inpaint_area": "Inpaint area",
+    "inpaint_padding": "Masked area padding",
+    "masked_content": "Masked content",
+    "controlnets": "ControlNet",
+    # The engine's adapter errors name these inputs.
+    "lora": "LoRA",
+    "controlnet": "ControlNet",
+    "padding": "Masked area padding",
+    "inpaint_full_res": "Inpaint area",
+    "pag": "PAG scale",
+    "image": "Init image",
+    "adapters": "Adapters",
 }
 
-# The controls "Send to img2img" fills, in the order app.py wires them.
-FILL_FIELDS = ("model", "prompt", "negative_prompt", "strength", "guidance_scale", "steps", "seed",
-               "scheduler", "width", "height", "resize_mode", "batch_count", "batch_size")
+MODES = ("img2img", "inpaint")
+IP_ADAPTER_SUBDIR = "IP-Adapter"
+CONTROLNET_SUBDIR = "ControlNet"
+CONTROLNET_UNITS = 3
+LORA_HEADERS = ["LoRA", "weight"]
+# What a ControlNet unit's controls are called (cn1_model, cn2_scale, ...), in wiring order.
+UNIT_KEYS = ("enabled", "model", "source", "image", "preprocessor", "scale", "start", "end", "low",
+             "high")
+# Hub ids as the hub spells them; ".." is refused separately so a path can never pass as one.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*$")
 
-REFERENCE_NOTE = ("Reference image received, but IP-Adapter is not wired to the engine yet: it "
+
+def _unit_default(key: str):
+    if key == "enabled":
+        return False
+    if key == "image":
+        return None
+    info = P.ControlNetUnit.model_fields[key]
+    return "" if info.is_required() else info.default
+
+
+# Inputs beyond the basic img2img settings, passed by keyword (app.py wires them with
+# inputs_kwargs), with what an API client gets when it leaves one out.
+EXTRAS: dict[str, Any] = {
+    "mode": "img2img",
+    "mask": None,  # the mask editor's value: strokes painted over the picture
+    "mask_image": None,  # an uploaded mask, white = repaint
+    "mask_blur": P.default("mask_blur"),
+    "inpaint_area": P.default("inpaint_area"),
+    "inpaint_padding": P.default("inpaint_padding"),
+    "masked_content": P.default("masked_content"),
+    "loras": None,  # names picked from models/Lora
+    "lora_weights": None,  # rows of (name, weight); a picked LoRA missing here weighs 1
+    "ip_adapter": P.default("ip_adapter"),
+    "ip_adapter_scale": P.default("ip_adapter_scale"),
+    "pag_scale": P.default("pag_scale"),
+    "attention_slicing": P.default("attention_slicing"),
+    "vae_tiling": P.default("vae_tiling"),
+    "cpu_offload": P.default("cpu_offload"),
+    "output_type": P.default("output_type"),
+    "latents": None,  # a .safetensors latent file to start from
+    **{f"cn{n}_{key}": _unit_default(key) for n in range(1, CONTROLNET_UNITS + 1)
+       for key in UNIT_KEYS},
+}
+
+BASIC_FIELDS = ("model", "prompt", "negative_prompt", "strength", "guidance_scale", "steps",
+                "seed", "scheduler", "width", "height", "resize_mode", "batch_count", "batch_size")
+# The controls "Send to img2img" fills, in the order app.py wires them: the basic settings, then
+# the EXTRAS controls that hold settings (not the pictures, files or the mode).
+FILL_FIELDS = BASIC_FIELDS + tuple(
+    key for key in EXTRAS
+    if key not in ("mode", "mask", "mask_image", "latents", "output_type")
+    and not key.endswith("_image"))
+# Settings the summary of a dropped PNG lists, in this order.
+SUMMARY_FIELDS = tuple(name for name in P.GenerationParams.model_fields
+                       if name not in ("prompt", "negative_prompt"))
+
+REFERENCE_NOTE = ("Reference image given, but no IP-Adapter model is picked (under Adapters): it "
                   "does not change the result.")
+PAG_ONLY_MASKED_NOTE = ("PAG was turned off for this job: it cannot be combined with 'inpaint "
+                        "only masked' yet.")
 # Streaming every step of a fast model would flood the browser; a few updates a second is live.
 UPDATE_INTERVAL = 0.2
 GRIDS_SUBDIR = "img2img-grids"
@@ -177,12 +266,40 @@ def _error(message: str, title: str = "Error") -> gr.Error:
     return gr.Error(message, title=title, print_exception=False)
 
 
-def _fail(field: str, message: str) -> gr.Error:
-    """A gr.Error that names the field as the page labels it."""
-    label = LABELS.get(field, field)
+_NESTED = re.compile(r"^(loras|controlnets)\[(\d+)\](?:\.(\w+))?")
+_UNIT_CONTROL = re.compile(r"^cn(\d)_(\w+)$")
+
+
+def _label(field: str, units: list[int] | None = None) -> str:
+    """What the page calls a field: 'Sampler', 'LoRA 1 weight', 'ControlNet unit 2 scale'."""
+    if field in LABELS:
+        return LABELS[field]
+    nested = _NESTED.match(field)
+    if nested:
+        kind, index, leaf = nested.groups()
+        number = int(index) + 1
+        if kind == "controlnets" and units and int(index) < len(units):
+            # Only enabled units reach the settings, so controlnets[0] may be unit 2 on the page.
+            number = units[int(index)]
+        what = f"LoRA {number}" if kind == "loras" else f"ControlNet unit {number}"
+        return f"{what} {leaf}" if leaf else what
+    unit = _UNIT_CONTROL.match(field)
+    if unit:
+        return f"ControlNet unit {unit[1]} {unit[2]}"
+    return field
+
+
+def _fail(field: str, message: str, units: list[int] | None = None) -> gr.Error:
+    """A gr.Error that names the field as the page labels it (nested settings keep their path,
+    e.g. 'loras[0].weight', after the page's name)."""
+    label = _label(field, units)
     text = str(message)
+    if label != field and _NESTED.match(field):
+        return _error(f"{label}: {text}", title=label)
     # Engine and params messages start with the raw field name; show the page's name instead.
-    if text.startswith(f"{field}: "):
+    if text.startswith(label):
+        pass  # the engine already named it as the page does ("ControlNet: ...")
+    elif text.startswith(f"{field}: "):
         text = f"{label}: {text[len(field) + 2:]}"
     elif text.startswith(f"{field} "):
         text = label + text[len(field):]
@@ -202,6 +319,46 @@ def _size(value) -> int | None:
     if value in (None, "", 0, 0.0):
         return None
     return value
+
+
+def _lora_rows(table) -> list[tuple[str, Any]]:
+    """(name, weight) rows of the LoRA weight table, in any form it arrives: the page's payload
+    ({"headers", "data"}), a list of rows, or {name: weight}."""
+    if isinstance(table, dict) and "data" in table:
+        table = table["data"]
+    if isinstance(table, dict):
+        return [(str(k), v) for k, v in table.items()]
+    rows = []
+    for row in table or []:
+        if isinstance(row, (list, tuple)) and len(row) >= 2 and row[0] not in (None, ""):
+            rows.append((str(row[0]), row[1]))
+    return rows
+
+
+def _value_text(value) -> str:
+    """A setting as the PNG Info summary shows it."""
+    if isinstance(value, list):
+        parts = []
+        for item in value:
+            if isinstance(item, P.LoraWeight):
+                parts.append(f"{item.name}:{item.weight:g}")
+            elif isinstance(item, P.ControlNetUnit):
+                parts.append(f"{Path(item.model).name} ({item.preprocessor}, scale "
+                             f"{item.scale:g}, {item.source})")
+        return "; ".join(parts) if value and isinstance(value[0], P.ControlNetUnit) \
+            else ", ".join(parts)
+    return xy.value_label(value)
+
+
+def _keyword_extras(function):
+    """Name every EXTRAS setting in `function`'s signature (it takes them as **extras), so the
+    page's API lists each one with its default and a client may pass any of them by name."""
+    signature = inspect.signature(function)
+    fixed = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    named = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value)
+             for name, value in EXTRAS.items()]
+    function.__signature__ = signature.replace(parameters=fixed + named)
+    return function
 
 
 class Studio:
@@ -230,8 +387,11 @@ class Studio:
         return name
 
     def build_params(self, model, prompt, negative_prompt, strength, guidance_scale, steps, seed,
-                     scheduler, width, height, resize_mode, batch_count, batch_size
+                     scheduler, width, height, resize_mode, batch_count, batch_size,
+                     extras: dict | None = None, units: list[int] | None = None
                      ) -> P.GenerationParams:
+        """Validated settings from the basic controls plus, optionally, the EXTRAS controls (as
+        returned by `_extras`); `units` receives the page numbers of the enabled ControlNets."""
         values = dict(
             model=self._model(model), prompt=prompt or "", negative_prompt=negative_prompt or "",
             strength=strength, guidance_scale=guidance_scale, steps=steps,
@@ -239,15 +399,256 @@ class Studio:
             width=_size(width), height=_size(height), resize_mode=resize_mode,
             batch_count=batch_count, batch_size=batch_size,
         )
+        units = units if units is not None else []
+        if extras is not None:
+            self._check_prompt_loras(values["prompt"])
+            values.update(
+                loras=self._lora_list(extras["loras"], extras["lora_weights"]),
+                ip_adapter=self._adapter_location(IP_ADAPTER_SUBDIR, extras["ip_adapter"],
+                                                  "ip_adapter", hub=True),
+                controlnets=self._controlnet_units(extras, units),
+                **{name: extras[name] for name in (
+                    "ip_adapter_scale", "pag_scale", "attention_slicing", "vae_tiling",
+                    "cpu_offload", "output_type", "mask_blur", "inpaint_area", "inpaint_padding",
+                    "masked_content")},
+            )
         try:
-            return P.make(**values)
+            params = P.make(**values)
         except P.ParamsError as exc:
-            raise _fail(exc.field, str(exc)) from None
+            raise _fail(exc.field, str(exc), units) from None
+        for n, unit in zip(units, params.controlnets):
+            if unit.start >= unit.end:
+                raise _fail(f"cn{n}_start", f"the starting step ({unit.start:g}) must come before "
+                            f"the ending step ({unit.end:g})")
+        return params
+
+    # -- adapters ----------------------------------------------------------------------------
+    def available_loras(self) -> list[str]:
+        """LoRA names (paths under models/Lora without .safetensors), sorted. Scanned here
+        because the engine only knows its LoRA list once a model is loaded."""
+        root = self.engine.registry.models_dir / LORA_SUBDIR
+        if not root.is_dir():
+            return []
+        return sorted(path.relative_to(root).with_suffix("").as_posix()
+                      for path in root.rglob("*.safetensors") if path.is_file())
+
+    def adapter_models(self, kind: str) -> list[str]:
+        """Names under models/<kind> (IP-Adapter or ControlNet): diffusers folders and
+        .safetensors files, sorted; files inside a listed folder belong to it."""
+        root = self.engine.registry.models_dir / kind
+        if not root.is_dir():
+            return []
+        found: list[str] = []
+        folders: list[Path] = []
+        for path in sorted(root.rglob("*")):
+            if any(folder in path.parents for folder in folders):
+                continue
+            if path.is_dir() and (kind == IP_ADAPTER_SUBDIR and path.parent == root
+                                  or (path / "config.json").is_file()):
+                # An IP-Adapter is a folder (weights plus its image encoder); a ControlNet
+                # folder is one with a config.json.
+                folders.append(path)
+                found.append(path.relative_to(root).as_posix())
+            elif path.is_file() and path.suffix.lower() == ".safetensors":
+                found.append(path.relative_to(root).as_posix())
+        return found
+
+    def _adapter_location(self, kind: str, value, field: str, hub: bool = False) -> str:
+        """The folder, file or hub id the engine gets for what the artist picked or typed.
+
+        Only names listed under models/<kind>, paths inside the models folder and (for the
+        IP-Adapter) hub ids pass: a shared page must not read arbitrary paths on the server.
+        """
+        if value is not None and not isinstance(value, str):
+            raise _fail(field, f"must be text (got {type(value).__name__})")
+        value = (value or "").strip()
+        if not value:
+            return ""
+        root = self.engine.registry.models_dir / kind
+        if value in self.adapter_models(kind):
+            return str(root / value)
+        path = Path(value).expanduser()
+        models = self.engine.registry.models_dir.resolve()
+        if path.is_absolute() and path.exists() and models in path.resolve().parents:
+            return str(path)
+        if hub and _HUB_ID.match(value) and ".." not in value:
+            return value
+        listed = ", ".join(self.adapter_models(kind)) or "none yet"
+        extra = ", or a hub id (owner/name)" if hub else ""
+        raise _fail(field, f"{value!r} is not one of this studio's {kind} models ({listed}); put "
+                    f"it in {root}/ and press 🔄{extra}")
+
+    def _adapter_choice(self, kind: str, location: str) -> str | None:
+        """The inverse of _adapter_location for a value read back from a PNG: the listed name,
+        the hub id, or None when it is not available here."""
+        root = self.engine.registry.models_dir / kind
+        listed = self.adapter_models(kind)
+        if location in listed:
+            return location
+        try:
+            relative = Path(location).resolve().relative_to(root.resolve()).as_posix()
+        except (ValueError, OSError):
+            relative = None
+        if relative in listed:
+            return relative
+        if Path(location).name in listed:
+            return Path(location).name
+        if kind == IP_ADAPTER_SUBDIR and _HUB_ID.match(location) and ".." not in location:
+            return location
+        return None
+
+    def _check_prompt_loras(self, prompt: str) -> None:
+        """<lora:...> tags must name LoRAs by name: the engine would also open a file path."""
+        try:
+            _, tags = parse_prompt_loras(prompt)
+        except AdapterError as exc:
+            raise _fail("prompt", str(exc)) from None
+        for name, _ in tags:
+            if Path(name).expanduser().is_absolute() or ".." in Path(name).parts:
+                raise _fail("prompt", f"<lora:{name}> names a file path; LoRAs are picked by "
+                            f"name from {self.engine.registry.models_dir / LORA_SUBDIR}/")
+
+    def _lora_list(self, names, table) -> list[dict]:
+        if names in (None, ""):
+            return []
+        if isinstance(names, str):
+            names = [names]
+        if not isinstance(names, (list, tuple)):
+            raise _fail("loras", f"must be a list of LoRA names (got {type(names).__name__})")
+        known = self.available_loras()
+        weights = dict(_lora_rows(table))
+        loras = []
+        for name in names:
+            if name not in known:
+                listed = ", ".join(known) or "none yet"
+                raise _fail("loras", f"{name!r} is not in "
+                            f"{self.engine.registry.models_dir / LORA_SUBDIR}/ (available: "
+                            f"{listed}); put the .safetensors file there and press 🔄")
+            weight = weights.get(name, 1.0)
+            loras.append({"name": name, "weight": 1.0 if weight in (None, "") else weight})
+        return loras
+
+    def _controlnet_units(self, extras: dict, units: list[int]) -> list[dict]:
+        """The enabled units as ControlNetUnit values; their page numbers go into `units`."""
+        found = []
+        for n in range(1, CONTROLNET_UNITS + 1):
+            get = (lambda key, n=n: extras[f"cn{n}_{key}"])
+            if get("enabled") not in (True, 1, "true", "True"):
+                continue
+            if not (get("model") or "").strip():
+                raise _fail(f"cn{n}_model", "pick a ControlNet model (folders and files in "
+                            f"{self.engine.registry.models_dir / CONTROLNET_SUBDIR}/), or untick "
+                            "the unit")
+            unit = {key: get(key) for key in UNIT_KEYS if key not in ("enabled", "image")}
+            unit["model"] = self._adapter_location(CONTROLNET_SUBDIR, unit["model"],
+                                                   f"cn{n}_model")
+            if unit["source"] == "upload" and get("image") is None:
+                raise _fail(f"cn{n}_image", "no control image uploaded (or set the unit's source "
+                            "to the init image)")
+            units.append(n)
+            found.append(unit)
+        return found
+
+    def _extras(self, extras: dict) -> dict:
+        unknown = sorted(set(extras) - set(EXTRAS))
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(unknown)}")
+        return {**EXTRAS, **extras}
+
+    def _inputs(self, params: P.GenerationParams, extras: dict, units: list[int],
+                reference_image, notes: list[str]) -> Inputs:
+        """The pictures and files of a job beside its settings (mask, reference, control
+        images, latents), each checked and named on failure."""
+        inputs = Inputs()
+        if reference_image is not None:
+            inputs.ip_image = self.load_image(reference_image, "reference_image")
+            if not params.ip_adapter:
+                notes.append(REFERENCE_NOTE)
+        if extras["mode"] == "inpaint":
+            inputs.mask = self.mask_from(extras["mask"], extras["mask_image"])
+        images = []
+        for n in units:
+            image = extras[f"cn{n}_image"]
+            upload = extras[f"cn{n}_source"] == "upload"
+            images.append(self.load_image(image, f"cn{n}_image") if upload else None)
+        inputs.control_images = images or None
+        if extras["latents"] is not None:
+            inputs.latents = self._file(extras["latents"], "latents", ".safetensors")
+        return inputs
+
+    def _request(self, init_image, reference_image, basic: tuple, extras: dict, notes: list[str]
+                 ) -> tuple[P.GenerationParams, Any, Inputs]:
+        """(settings, init image, inputs) of a job from everything the page sent."""
+        extras = self._extras(extras)
+        mode = extras["mode"]
+        if mode not in MODES:
+            raise _fail("mode", f"mode must be one of: {', '.join(MODES)} (got {mode!r})")
+        units: list[int] = []
+        params = self.build_params(*basic, extras=extras, units=units)
+        if mode == "inpaint" and params.inpaint_area == "only masked" and params.pag_scale > 0:
+            # The library's SD 1.x PAG inpaint pipeline refuses the cut-out-and-paste-back step
+            # whatever the output type, so the default PAG would make every such job fail.
+            params = params.replace(pag_scale=0.0)
+            notes.append(PAG_ONLY_MASKED_NOTE)
+        editor = extras["mask"] if isinstance(extras["mask"], dict) else {}
+        if init_image is None and mode == "inpaint" and editor.get("background") is not None:
+            # A picture dropped straight into the mask editor is the one to inpaint.
+            init_image = editor["background"]
+        if init_image is None and extras["latents"] is not None and mode == "img2img":
+            init = None  # the latents fix the size and the content
+        else:
+            init = self.load_image(init_image, "init_image")
+        return params, init, self._inputs(params, extras, units, reference_image, notes)
 
     @staticmethod
-    def load_image(source, field: str = "init_image") -> Image.Image:
-        """An RGB image from what the browser or a test sent: a PIL image, an uploaded file's
-        payload (already checked by gradio to lie in its upload cache) or a Path."""
+    def _file(source, field: str, suffix: str) -> Path:
+        """An uploaded file's path: a gradio payload (checked by gradio to lie in its upload
+        cache) or a Path from a test; a bare string would be a server path, never opened."""
+        if isinstance(source, dict):
+            source = source.get("path")
+            if source is None:
+                raise _fail(field, "the upload did not arrive; upload the file again")
+            source = Path(source)
+        if not isinstance(source, Path):
+            raise _fail(field, "send the file as a file (gradio_client.handle_file), not as text")
+        if source.suffix.lower() != suffix:
+            raise _fail(field, f"{source.name} is not a {suffix} file")
+        return source
+
+    def mask_from(self, editor, upload) -> Image.Image:
+        """The inpaint mask (L, 255 = repaint): every stroke painted in the mask editor, in any
+        colour, together with an uploaded mask (white = repaint, or its opaque part)."""
+        painted = None
+        # The editor sends {background, layers, composite}; a lone picture counts as one layer.
+        layers = editor.get("layers") if isinstance(editor, dict) else [editor]
+        for layer in [layer for layer in layers or [] if layer is not None]:
+            image = self.load_image(layer, "mask", keep_alpha=True)
+            alpha = image.getchannel("A") if image.mode == "RGBA" else image.convert("L")
+            # Any touch of the brush counts, however faint its edge or colour.
+            alpha = alpha.point(lambda a: 255 if a else 0)
+            if painted is None:
+                painted = alpha
+            else:
+                painted = ImageChops.lighter(painted, alpha.resize(painted.size))
+        if painted is not None and painted.getextrema()[1] == 0:
+            painted = None  # an untouched layer is no mask
+        uploaded = None
+        if upload is not None:
+            uploaded = mask_to_l(self.load_image(upload, "mask_image", keep_alpha=True))
+        if painted is None and uploaded is None:
+            raise _fail("mask", "nothing is painted: paint over the area to repaint (any "
+                        "colour) in the Inpaint tab, or upload a mask (white = repaint)")
+        if painted is None:
+            return uploaded
+        if uploaded is not None:
+            painted = ImageChops.lighter(painted, uploaded.resize(painted.size))
+        return painted
+
+    @staticmethod
+    def load_image(source, field: str = "init_image", keep_alpha: bool = False) -> Image.Image:
+        """An RGB image (RGBA with keep_alpha) from what the browser or a test sent: a PIL
+        image, an array, an uploaded file's payload (already checked by gradio to lie in its
+        upload cache) or a Path."""
         if isinstance(source, dict):
             source = source.get("path")
             if source is None:
@@ -256,17 +657,20 @@ class Studio:
         elif isinstance(source, str):
             # A bare string from the API would be a path on the server: never open those.
             raise _fail(field, "send the image as a file (gradio_client.handle_file), not as text")
+        elif type(source).__name__ == "ndarray":
+            source = Image.fromarray(source)
         if source is None:
             what = "upload a picture to transform" if field == "init_image" else "upload an image"
             raise _fail(field, f"no image given: {what}")
         try:
-            return imaging.load_image(source, field)
+            return imaging.load_image(source, field, keep_alpha=keep_alpha)
         except InputError as exc:
             raise _fail(exc.field, str(exc)) from None
 
-    def _submit(self, session: Session, params: P.GenerationParams, init, save: bool) -> Job:
+    def _submit(self, session: Session, params: P.GenerationParams, init, save: bool,
+                inputs: Inputs | None = None) -> Job:
         try:
-            job = self.engine.submit(params, init, save=save)
+            job = self.engine.submit(params, init, save=save, inputs=inputs)
         except QueueFull as exc:
             raise _error(str(exc), title="Busy") from None
         session.track(job)
@@ -279,10 +683,14 @@ class Studio:
             return job.result()
         except Cancelled:
             return None
-        except (InputError, P.ParamsError) as exc:
+        except (InputError, P.ParamsError, AdapterError) as exc:
             raise _fail(exc.field, str(exc)) from None
         except ModelError as exc:
             raise _error(str(exc), title="Model") from None
+        except Exception as exc:  # noqa: BLE001 - a library failure must still reach the artist
+            log.exception("job %s failed", job.id)
+            raise _error(f"The job failed ({type(exc).__name__}: {exc}). The studio keeps "
+                         "working; change the settings and try again.", title="Job failed") from None
 
     @staticmethod
     def _follow(job: Job) -> Iterator[Progress]:
@@ -294,25 +702,24 @@ class Studio:
                 last, stage = now, progress.stage
                 yield progress
 
-    # -- img2img -----------------------------------------------------------------------------
+    # -- img2img ----------------------------------------------------------------------------
+    @_keyword_extras
     def generate(self, session: Session, init_image, reference_image=None, model=None,
                  prompt=None, negative_prompt=None, strength=_D("strength"),
                  guidance_scale=_D("guidance_scale"), steps=_D("steps"), seed=_D("seed"),
                  scheduler=_D("scheduler"), width=0, height=0, resize_mode=_D("resize_mode"),
-                 batch_count=_D("batch_count"), batch_size=_D("batch_size")
+                 batch_count=_D("batch_count"), batch_size=_D("batch_size"), **extras
                  ) -> Iterator[GenerateView]:
-        """Run one img2img job: yields progress with live previews, then the results."""
+        """Run one img2img (or, with mode 'inpaint', inpaint) job: yields progress with live
+        previews, then the results. `extras`: the EXTRAS settings, by keyword."""
         session = session if session is not None else Session()
-        params = self.build_params(model, prompt, negative_prompt, strength, guidance_scale,
-                                   steps, seed, scheduler, width, height, resize_mode,
-                                   batch_count, batch_size)
-        init = self.load_image(init_image, "init_image")
-        notes = []
-        if reference_image is not None:
-            self.load_image(reference_image, "reference_image")
-            notes.append(REFERENCE_NOTE)
+        notes: list[str] = []
+        params, init, inputs = self._request(
+            init_image, reference_image,
+            (model, prompt, negative_prompt, strength, guidance_scale, steps, seed, scheduler,
+             width, height, resize_mode, batch_count, batch_size), extras, notes)
         session.start()
-        job = self._submit(session, params, init, save=True)
+        job = self._submit(session, params, init, save=True, inputs=inputs)
         skip = gr.skip()
         last = Progress("queued")
         try:
@@ -332,7 +739,17 @@ class Studio:
             return
         session.results, session.selected, session.seed = result.images, 0, result.seed
         session.before = result.init
+        if inputs.mask is not None:
+            notes.insert(0, "Inpainted: only the painted area was repainted.")
         yield GenerateView(self._summary(result, last, notes), skip, *self._show(session))
+
+    def latent_files(self, session: Session):
+        """The .safetensors files of the last job's latent output, for download (hidden when
+        the output was pictures)."""
+        items = session.results if session is not None else []
+        paths = [str(item.path) for item in items
+                 if item.path is not None and item.path.suffix == ".safetensors"]
+        return gr.update(value=paths or None, visible=bool(paths))
 
     def _summary(self, result: Result, last: Progress, notes: list[str]) -> str:
         n = len(result.images)
@@ -406,6 +823,54 @@ class Studio:
         """Show the tiny-model notice only while the tiny model is picked."""
         return gr.update(visible=self.engine.is_tiny(model or ""))
 
+    # -- adapter helpers ---------------------------------------------------------------------
+    def mask_background(self, init):
+        """The mask editor for a new init image: the picture to paint on, no strokes yet."""
+        if init is None:
+            return gr.skip()
+        try:
+            image = self.load_image(init, "init_image")
+        except gr.Error:
+            return gr.skip()  # Generate reports a bad picture, naming the field
+        return {"background": image, "layers": [], "composite": image}
+
+    @staticmethod
+    def lora_table(selected, table):
+        """One weight row per picked LoRA; a LoRA that already had a row keeps its weight."""
+        weights = dict(_lora_rows(table))
+        rows = [[name, weights.get(name, 1.0)] for name in (selected or [])]
+        return gr.update(value={"headers": LORA_HEADERS, "data": rows}, visible=bool(rows))
+
+    def refresh_adapters(self, loras=None, ip_adapter=None, *controlnets):
+        """Rescan models/Lora, models/IP-Adapter and models/ControlNet; picks that vanished are
+        dropped (typed hub ids stay)."""
+        known = self.available_loras()
+        picked = [name for name in (loras or []) if name in known]
+        ips = self.adapter_models(IP_ADAPTER_SUBDIR)
+        cns = self.adapter_models(CONTROLNET_SUBDIR)
+        return (gr.update(choices=known, value=picked),
+                gr.update(choices=ips, value=ip_adapter or ""),
+                *(gr.update(choices=cns, value=value or "") for value in controlnets))
+
+    def preview_edges(self, image, source, init_image, low, high, unit: int = 1):
+        """The edge map a ControlNet unit with preprocessor canny would follow."""
+        try:
+            P.make(controlnets=[{"model": "-", "low": low, "high": high}])
+        except P.ParamsError as exc:
+            raise _fail(exc.field, str(exc), [unit]) from None
+        field = "init_image" if source == "init image" else f"cn{unit}_image"
+        picture = init_image if source == "init image" else image
+        if picture is None:
+            where = "an init image" if source == "init image" else "a control image"
+            raise _fail(field, f"nothing to trace yet: upload {where}")
+        picture = self.load_image(picture, field)
+        # Only a preview: a huge photo need not take seconds to trace.
+        picture.thumbnail((1024, 1024))
+        try:
+            return canny(picture, float(low), float(high))
+        except ValueError as exc:
+            raise _fail(f"cn{unit}_low", str(exc)) from None
+
     # -- PNG Info ----------------------------------------------------------------------------
     def png_info(self, image) -> tuple[str, str]:
         """(raw parameters text, readable summary) of a dropped PNG."""
@@ -431,10 +896,10 @@ class Studio:
     @staticmethod
     def _parsed_summary(parsed: infotext.Parsed) -> str:
         rows = ["| setting | value |", "|---|---|"]
-        values = parsed.params.model_dump()
-        for name in FILL_FIELDS:
-            if name in parsed.fields and name not in ("prompt", "negative_prompt"):
-                rows.append(f"| {LABELS[name]} | {xy.value_label(values[name])} |")
+        params = parsed.params
+        for name in SUMMARY_FIELDS:
+            if name in parsed.fields:
+                rows.append(f"| {LABELS[name]} | {_value_text(getattr(params, name))} |")
         for key, value in parsed.extras.items():
             rows.append(f"| {key} | {value} |")
         parts = ["\n".join(rows)]
@@ -443,17 +908,17 @@ class Studio:
         return "\n\n".join(parts)
 
     def send_to_img2img(self, text: str | None) -> tuple:
-        """Updates for FILL_FIELDS (only the ones the text sets), then the tab switch and a
+        """Updates for FILL_FIELDS (only the settings the text sets), then the tab switch and a
         message listing what could not be used."""
         if not (text or "").strip():
             raise _error("Drop a PNG with generation parameters first.", title="PNG Info")
         parsed = infotext.parse(text)
         warnings = list(parsed.warnings)
         values = parsed.params.model_dump()
-        updates = []
-        for name in FILL_FIELDS:
+        fill: dict[str, Any] = {}
+        filled: list[str] = []
+        for name in P.GenerationParams.model_fields:
             if name not in parsed.fields:
-                updates.append(gr.skip())
                 continue
             value = values[name]
             if name == "model":
@@ -461,18 +926,63 @@ class Studio:
                 if value is None:
                     warnings.append(f"Model: {values['model']!r} is not available here; kept the "
                                     "current model")
-                    updates.append(gr.skip())
                     continue
-            if name in ("width", "height") and value is None:
+            elif name in ("width", "height") and value is None:
                 value = 0
-            updates.append(value)
+            elif name == "loras":
+                self._fill_loras(value, fill, warnings)
+            elif name == "ip_adapter" and value:
+                value = self._adapter_choice(IP_ADAPTER_SUBDIR, value)
+                if value is None:
+                    warnings.append(f"IP-Adapter: {values['ip_adapter']!r} is not in "
+                                    f"{self.engine.registry.models_dir / IP_ADAPTER_SUBDIR}/; "
+                                    "kept the current one")
+                    continue
+            elif name == "controlnets":
+                self._fill_controlnets(value, fill, warnings)
+            elif name not in FILL_FIELDS:
+                continue  # not a control on the page (precision, output type)
+            if name in FILL_FIELDS and name != "loras":
+                fill[name] = value
+            filled.append(LABELS[name])
+        updates = [fill.get(key, gr.skip()) for key in FILL_FIELDS]
         for warning in warnings:
             gr.Warning(warning)
-        filled = [LABELS[n] for n, u in zip(FILL_FIELDS, updates) if not isinstance(u, dict)]
         message = "Filled: " + (", ".join(filled) or "nothing") + "."
         if warnings:
             message += "\n\n**Not used:**\n" + "\n".join(f"- {w}" for w in warnings)
         return (*updates, gr.Tabs(selected="img2img"), message)
+
+    def _fill_loras(self, loras: list[dict], fill: dict, warnings: list[str]) -> None:
+        known = self.available_loras()
+        rows = []
+        for lora in loras:
+            if lora["name"] in known:
+                rows.append([lora["name"], lora["weight"]])
+            else:
+                warnings.append(f"LoRAs: {lora['name']!r} is not in "
+                                f"{self.engine.registry.models_dir / LORA_SUBDIR}/; left out")
+        fill["loras"] = gr.update(choices=known, value=[name for name, _ in rows])
+        fill["lora_weights"] = gr.update(value={"headers": LORA_HEADERS, "data": rows},
+                                         visible=bool(rows))
+
+    def _fill_controlnets(self, units: list[dict], fill: dict, warnings: list[str]) -> None:
+        # Units the text does not mention are switched off, so the job is the one in the text.
+        for n in range(1, CONTROLNET_UNITS + 1):
+            unit = units[n - 1] if n <= len(units) else None
+            fill[f"cn{n}_enabled"] = False
+            if unit is None:
+                continue
+            model = self._adapter_choice(CONTROLNET_SUBDIR, unit["model"])
+            if model is None:
+                warnings.append(f"ControlNet unit {n}: {unit['model']!r} is not in "
+                                f"{self.engine.registry.models_dir / CONTROLNET_SUBDIR}/; the "
+                                "unit is left off")
+                continue
+            fill[f"cn{n}_enabled"] = True
+            fill.update({f"cn{n}_{key}": unit[key] for key in UNIT_KEYS
+                         if key not in ("enabled", "image")})
+            fill[f"cn{n}_model"] = model
 
     def _known_model(self, name: str) -> str | None:
         for known in self.models():
@@ -481,22 +991,28 @@ class Studio:
         return None
 
     # -- X/Y plot ----------------------------------------------------------------------------
+    @_keyword_extras
     def xy_plot(self, session: Session, init_image, reference_image=None, model=None,
                 prompt=None, negative_prompt=None, strength=_D("strength"),
                 guidance_scale=_D("guidance_scale"), steps=_D("steps"), seed=_D("seed"),
                 scheduler=_D("scheduler"), width=0, height=0, resize_mode=_D("resize_mode"),
                 batch_count=1, batch_size=1, x_axis=_AXES[0], x_values=xy.default_values(_AXES[0]),
-                y_axis=_AXES[1], y_values=xy.default_values(_AXES[1])) -> Iterator[XYView]:
-        """The same seed over a grid of two settings, rendered as one labelled image."""
+                y_axis=_AXES[1], y_values=xy.default_values(_AXES[1]), **extras
+                ) -> Iterator[XYView]:
+        """The same seed over a grid of two settings, rendered as one labelled image; every
+        other setting (adapters, inpainting) as on the img2img tab."""
         del batch_count, batch_size  # one image per cell, whatever the main tab says
         session = session if session is not None else Session()
-        base = self.build_params(model, prompt, negative_prompt, strength, guidance_scale, steps,
-                                 seed, scheduler, width, height, resize_mode, 1, 1)
+        # A grid of latent previews compares nothing: cells are always pictures.
+        extras = {**extras, "output_type": "image"}
+        base, init, inputs = self._request(
+            init_image, reference_image,
+            (model, prompt, negative_prompt, strength, guidance_scale, steps, seed, scheduler,
+             width, height, resize_mode, 1, 1), extras, [])
         try:
             grid_plan = xy.plan(x_axis, x_values, y_axis, y_values, base)
         except xy.AxisError as exc:
             raise _error(str(exc), title=exc.field) from None
-        init = self.load_image(init_image, "init_image")
         if base.seed < 0:
             # One seed for every cell, or the grid compares noise instead of settings.
             base = base.replace(seed=random.randint(0, P.MAX_SEED))
@@ -515,7 +1031,7 @@ class Studio:
                 where = (f"Cell {done + 1}/{grid_plan.cells} ({grid_plan.x_axis} "
                          f"{xy.value_label(grid_plan.x_values[xi])}, {grid_plan.y_axis} "
                          f"{xy.value_label(grid_plan.y_values[yi])})")
-                job = self._submit(session, cell, init, save=False)
+                job = self._submit(session, cell, init, save=False, inputs=inputs)
                 try:
                     for progress in self._follow(job):
                         preview = progress.preview if progress.preview is not None else skip

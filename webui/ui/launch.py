@@ -18,6 +18,7 @@ EXIT_FAILED = 1
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_QUEUE_SIZE = 16
+DEFAULT_USER_PRESETS = "user-presets"
 # Big enough for any photo an artist uploads, small enough that uploads cannot fill the disk.
 MAX_UPLOAD = "64mb"
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
@@ -52,6 +53,12 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
                        help="where results are written and served from (default: outputs)")
     group.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE,
                        help=f"jobs that may wait for the GPU (default {DEFAULT_QUEUE_SIZE})")
+    group.add_argument("--preset", metavar="NAME", default=None,
+                       help="start the page with this preset's settings (shipped or from "
+                       "--user-presets)")
+    group.add_argument("--user-presets", metavar="DIR", default=DEFAULT_USER_PRESETS,
+                       help="folder of saved presets; with a login, each user gets a folder "
+                       f"inside it (default: {DEFAULT_USER_PRESETS})")
 
 
 def _pair(text: str, where: str) -> tuple[str, str]:
@@ -116,6 +123,25 @@ def check(args: argparse.Namespace) -> tuple[str, list[tuple[str, str]]]:
     return host, users
 
 
+def preset_setup(args: argparse.Namespace):
+    """(store, start-up preset, its start-up params) from --user-presets and --preset (the last
+    two None without --preset); LaunchError when the folder is unusable or the preset is unknown
+    or broken, so the studio never starts with settings other than the ones asked for."""
+    from .. import presets
+
+    folder = Path(getattr(args, "user_presets", None) or DEFAULT_USER_PRESETS).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise LaunchError(f"--user-presets: {folder} is a file, not a folder")
+    store = presets.PresetStore(folder.resolve())
+    name = getattr(args, "preset", None)
+    if name is None:
+        return store, None, None
+    try:
+        return store, store.get(name), presets.startup_params(name, store)
+    except presets.PresetError as exc:
+        raise LaunchError(f"--preset: {exc}") from None
+
+
 def _warn_open(host: str, share: bool) -> None:
     where = "a public link" if share else f"{host} (reachable from the network)"
     bar = "!" * 78
@@ -133,6 +159,10 @@ def run(args: argparse.Namespace) -> int:
     """Start the studio and serve until interrupted; the exit status."""
     try:
         host, users = check(args)
+    except LaunchError as exc:
+        return _fail(str(exc))
+    try:
+        store, preset, preset_params = preset_setup(args)
     except LaunchError as exc:
         return _fail(str(exc))
     if args.insecure and not users and (args.share or not _is_loopback(host)):
@@ -153,12 +183,13 @@ def run(args: argparse.Namespace) -> int:
     except ModelError as exc:
         return _fail(f"--model: {exc}")
 
-    from . import handlers
+    from . import handlers, presets_panel
     from .app import CSS, build
 
     if engine.is_tiny():
         print(f"note: {handlers.tiny_notice(engine)}", file=sys.stderr, flush=True)
-    demo = build(handlers.Studio(engine))
+    startup = presets_panel.Startup(preset, preset_params) if preset is not None else None
+    demo = build(handlers.Studio(engine), initial=startup, presets=store)
     demo.queue(max_size=args.queue_size)
     try:
         demo.launch(
