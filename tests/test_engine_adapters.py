@@ -165,3 +165,12 @@ def test_out_of_memory_becomes_advice_and_engine_keeps_serving(studio, monkeypat
         run(engine)
     monkeypatch.setattr(engine, "_sample", original)
     assert run(engine).images
+
+
+def test_pag_with_only_masked_runs_without_pag_and_says_so(studio):
+    engine, _, _ = studio
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)
+    result = run(engine, inputs=Inputs(mask=mask), pag_scale=3.0, inpaint_area="only masked")
+    assert "PAG was off" in result.notice
+    assert result.params.pag_scale == 0 and "PAG scale: 0" in result.images[0].infotext

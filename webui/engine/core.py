@@ -158,6 +158,10 @@ class Job:
         self._events.put(None)
 
 
+PAG_ONLY_MASKED_NOTICE = ("PAG was off for this job: on SD 1.x models it cannot be combined with "
+                          "'inpaint only masked' yet")
+
+
 class QueueFull(RuntimeError):
     """The job queue is full; the message is meant for the artist."""
 
@@ -401,6 +405,13 @@ class Engine:
         else:
             job._emit(Progress("loading", elapsed=time.monotonic() - started))
             pipe = self.pipeline(params.model or self.model, params.dtype)
+            if (mask is not None and params.inpaint_area == "only masked" and params.pag_scale > 0
+                    and self.family(pipe) == "sd1"):
+                # The library's SD 1.x PAG inpaint pipeline rejects the cut-out-and-paste-back
+                # step whatever the output type; the job runs without PAG, and its infotext
+                # says so.
+                params = params.replace(pag_scale=0.0)
+                notices[PAG_ONLY_MASKED_NOTICE] = None
             for b in range(batches):
                 if job.cancel_requested.is_set():
                     interrupted = True

@@ -137,8 +137,6 @@ SUMMARY_FIELDS = tuple(name for name in P.GenerationParams.model_fields
 
 REFERENCE_NOTE = ("Reference image given, but no IP-Adapter model is picked (under Adapters): it "
                   "does not change the result.")
-PAG_ONLY_MASKED_NOTE = ("PAG was turned off for this job: it cannot be combined with 'inpaint "
-                        "only masked' yet.")
 # Streaming every step of a fast model would flood the browser; a few updates a second is live.
 UPDATE_INTERVAL = 0.2
 GRIDS_SUBDIR = "img2img-grids"
@@ -585,11 +583,6 @@ class Studio:
             raise _fail("mode", f"mode must be one of: {', '.join(MODES)} (got {mode!r})")
         units: list[int] = []
         params = self.build_params(*basic, extras=extras, units=units)
-        if mode == "inpaint" and params.inpaint_area == "only masked" and params.pag_scale > 0:
-            # The library's SD 1.x PAG inpaint pipeline refuses the cut-out-and-paste-back step
-            # whatever the output type, so the default PAG would make every such job fail.
-            params = params.replace(pag_scale=0.0)
-            notes.append(PAG_ONLY_MASKED_NOTE)
         editor = extras["mask"] if isinstance(extras["mask"], dict) else {}
         if init_image is None and mode == "inpaint" and editor.get("background") is not None:
             # A picture dropped straight into the mask editor is the one to inpaint.
