@@ -7,6 +7,7 @@ would hide a broken page.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -66,28 +67,35 @@ def _wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"the studio did not open port {port} in {START_TIMEOUT} s:\n{log.read_text()}")
 
 
-@pytest.fixture(scope="session")
-def studio(tmp_path_factory):
-    """The running studio: (url, outputs folder, log file)."""
-    base = tmp_path_factory.mktemp("browser-studio")
+@contextlib.contextmanager
+def running_studio(base: Path, *args: str, auth: str = f"{USER}:{PASSWORD}"):
+    """A studio subprocess on a free loopback port with its folders under `base`; yields its URL
+    and stops it afterwards."""
     port = free_port()
     log = base / "studio.log"
     with open(log, "w") as handle:
         process = subprocess.Popen(
-            studio_command(port, "--auth", f"{USER}:{PASSWORD}", "--models-dir",
-                           str(base / "models"), "--outputs-dir", str(base / "outputs"),
-                           "--model", "tiny-random"),
+            studio_command(port, "--auth", auth, "--models-dir", str(base / "models"),
+                           "--outputs-dir", str(base / "outputs"), "--model", "tiny-random",
+                           *args),
             cwd=ROOT, env=studio_env(), stdout=handle, stderr=subprocess.STDOUT)
     try:
         _wait_for_port(port, process, log)
-        yield {"url": f"http://127.0.0.1:{port}/", "outputs": base / "outputs", "log": log,
-               "base": base}
+        yield f"http://127.0.0.1:{port}/"
     finally:
         process.terminate()
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(scope="session")
+def studio(tmp_path_factory):
+    """The running studio: (url, outputs folder, log file)."""
+    base = tmp_path_factory.mktemp("browser-studio")
+    with running_studio(base) as url:
+        yield {"url": url, "outputs": base / "outputs", "log": base / "studio.log", "base": base}
 
 
 @pytest.fixture(scope="session")

@@ -10,15 +10,13 @@ from __future__ import annotations
 import io
 import json
 import re
-import subprocess
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 from playwright.sync_api import expect
 
-from .conftest import (ROOT, USER, PASSWORD, _wait_for_port, free_port, log_in, shot,
-                       studio_command, studio_env)
+from .conftest import log_in, running_studio, shot
 from .test_studio import JOB_TIMEOUT, picture, set_number, text_of, toast, upload
 
 
@@ -34,23 +32,8 @@ def adapter_studio(tmp_path_factory):
     make_lora(pipe, base / "models" / "Lora" / "film.safetensors", seed=1)
     make_controlnet(pipe, base / "models" / "ControlNet" / "tiny-canny", seed=2)
     del pipe
-    port = free_port()
-    log = base / "studio.log"
-    with open(log, "w") as handle:
-        process = subprocess.Popen(
-            studio_command(port, "--auth", f"{USER}:{PASSWORD}", "--models-dir",
-                           str(base / "models"), "--outputs-dir", str(base / "outputs"),
-                           "--model", "tiny-random"),
-            cwd=ROOT, env=studio_env(), stdout=handle, stderr=subprocess.STDOUT)
-    try:
-        _wait_for_port(port, process, log)
-        yield {"url": f"http://127.0.0.1:{port}/", "outputs": base / "outputs", "log": log}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with running_studio(base) as url:
+        yield {"url": url, "outputs": base / "outputs", "log": base / "studio.log"}
 
 
 @pytest.fixture

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import (PASSWORD, ROOT, USER, _wait_for_port, free_port, shot, studio_command,
-                       studio_env)
+from .conftest import PASSWORD, USER, running_studio, shot
 
 OTHER, OTHER_PASSWORD = "other", "pw2"
 
@@ -25,24 +23,9 @@ OTHER, OTHER_PASSWORD = "other", "pw2"
 def presets_studio(tmp_path_factory):
     """A studio of its own, so saved presets land in a temp folder: (url, presets folder)."""
     base = tmp_path_factory.mktemp("presets-studio")
-    port = free_port()
-    log = base / "studio.log"
-    with open(log, "w") as handle:
-        process = subprocess.Popen(
-            studio_command(port, "--auth", f"{USER}:{PASSWORD},{OTHER}:{OTHER_PASSWORD}",
-                           "--models-dir", str(base / "models"), "--outputs-dir",
-                           str(base / "outputs"), "--model", "tiny-random",
-                           "--user-presets", str(base / "user-presets")),
-            cwd=ROOT, env=studio_env(), stdout=handle, stderr=subprocess.STDOUT)
-    try:
-        _wait_for_port(port, process, log)
-        yield {"url": f"http://127.0.0.1:{port}/", "presets": base / "user-presets"}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with running_studio(base, "--user-presets", str(base / "user-presets"),
+                        auth=f"{USER}:{PASSWORD},{OTHER}:{OTHER_PASSWORD}") as url:
+        yield {"url": url, "presets": base / "user-presets"}
 
 
 def open_page(browser, url: str, user: str = USER, password: str = PASSWORD):
