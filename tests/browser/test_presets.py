@@ -15,6 +15,7 @@ import pytest
 from playwright.sync_api import expect
 
 from .conftest import PASSWORD, USER, running_studio, shot
+from .test_studio import pick, set_number, toast
 
 OTHER, OTHER_PASSWORD = "other", "pw2"
 
@@ -44,23 +45,8 @@ def open_page(browser, url: str, user: str = USER, password: str = PASSWORD):
     return context, tab, outside
 
 
-def set_number(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()
-
-
 def number(page, elem_id: str):
     return page.locator(f"#{elem_id} input[type=number]")
-
-
-def pick(page, elem_id: str, option: str) -> None:
-    box = page.locator(f"#{elem_id} input[role=combobox]")
-    box.click()
-    box.fill(option)
-    page.get_by_role("option", name=option, exact=True).click()
-    expect(box).to_have_value(option)
 
 
 def options(page, elem_id: str) -> list[str]:
@@ -70,10 +56,6 @@ def options(page, elem_id: str) -> list[str]:
     found = page.get_by_role("option").all_inner_texts()
     box.press("Escape")
     return [text.strip() for text in found]
-
-
-def toast(page, text: str):
-    return page.locator(".toast-body").filter(has_text=text).first
 
 
 def test_presets_in_the_browser(browser, presets_studio, tmp_path):
