@@ -1,4 +1,4 @@
-"""Infotext: format/parse round trips, text written by the common A1111 web UI, and warnings (not
+"""Infotext: format/parse round trips, text written by other SD tools, and warnings (not
 exceptions) for values this studio cannot use."""
 
 from __future__ import annotations
@@ -73,27 +73,27 @@ def test_every_scheduler_name_round_trips(name):
     assert parsed.warnings == []
 
 
-# -- text from the A1111 web UI --------------------------------------------------------------------
-A1111_IMG2IMG = """masterpiece, best quality, 1girl, (smile:1.2), <lora:add_detail:0.8>
+# -- text written by other SD tools --------------------------------------------------------------------
+OTHER_TOOL_IMG2IMG = """masterpiece, best quality, 1girl, (smile:1.2), <lora:add_detail:0.8>
 Negative prompt: (worst quality:1.4), lowres, bad hands, easynegative
 Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 1234567890, \
 Size: 512x768, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.55, \
 Clip skip: 2, Lora hashes: "add_detail: 7c6bad76eb54", TI hashes: "easynegative: c74b4e810b03, \
-badhand: 7a8b9c", ADetailer prompt: "a \\"smiling\\" face, detailed", Version: v1.10.1"""
+badhand: 7a8b9c", Face fix prompt: "a \\"smiling\\" face, detailed", Version: v1.10.1"""
 
-A1111_OLD_STYLE = """a castle on a hill, sunset
+OTHER_TOOL_OLD_STYLE = """a castle on a hill, sunset
 Negative prompt: blurry
 Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 42, Size: 512x512, Model hash: e1441589a6, \
 Model: sd_xl_base_1.0, Denoising strength: 0.3, Version: v1.6.0"""
 
-A1111_TXT2IMG = """portrait of an astronaut, oil painting
+OTHER_TOOL_TXT2IMG = """portrait of an astronaut, oil painting
 Steps: 25, Sampler: Euler a, Schedule type: Automatic, CFG scale: 8, Seed: 3000000000, \
 Size: 640x832, Model hash: 31e35c80fc, Model: sd_xl_base_1.0, Hires upscale: 2, Hires steps: 10, \
 Hires upscaler: Latent, Version: f2.0.1v1.10.1-previous-313-g8a042934"""
 
 
-def test_a1111_img2img_text():
-    parsed = infotext.parse(A1111_IMG2IMG)
+def test_other_tool_img2img_text():
+    parsed = infotext.parse(OTHER_TOOL_IMG2IMG)
     p = parsed.params
     assert p.prompt == "masterpiece, best quality, 1girl, (smile:1.2), <lora:add_detail:0.8>"
     assert p.negative_prompt == "(worst quality:1.4), lowres, bad hands, easynegative"
@@ -104,24 +104,24 @@ def test_a1111_img2img_text():
     # Keys this studio does not use are kept, quoted values unquoted.
     assert parsed.extras["Lora hashes"] == "add_detail: 7c6bad76eb54"
     assert parsed.extras["TI hashes"] == "easynegative: c74b4e810b03, badhand: 7a8b9c"
-    assert parsed.extras["ADetailer prompt"] == 'a "smiling" face, detailed'
+    assert parsed.extras["Face fix prompt"] == 'a "smiling" face, detailed'
     assert parsed.extras["Clip skip"] == "2"
     assert parsed.extras["Version"] == "v1.10.1"
     assert parsed.extras["Model hash"] == "6ce0161689"
     assert "Schedule type" not in parsed.extras
 
 
-def test_a1111_old_style_karras_sampler():
-    parsed = infotext.parse(A1111_OLD_STYLE)
+def test_other_tool_old_style_karras_sampler():
+    parsed = infotext.parse(OTHER_TOOL_OLD_STYLE)
     assert parsed.params.scheduler == "DPM++ 2M Karras"
     assert parsed.params.strength == 0.3
     assert parsed.params.negative_prompt == "blurry"
     assert parsed.warnings == []
 
 
-def test_a1111_txt2img_text_keeps_strength():
+def test_other_tool_txt2img_text_keeps_strength():
     base = make(strength=0.4, resize_mode="crop and resize")
-    parsed = infotext.parse(A1111_TXT2IMG, base=base)
+    parsed = infotext.parse(OTHER_TOOL_TXT2IMG, base=base)
     assert parsed.params.strength == 0.4
     assert parsed.params.resize_mode == "crop and resize"
     assert "strength" not in parsed.fields
@@ -135,10 +135,10 @@ def test_a1111_txt2img_text_keeps_strength():
 
 
 def test_fields_lists_only_what_the_text_set():
-    parsed = infotext.parse(A1111_TXT2IMG)
+    parsed = infotext.parse(OTHER_TOOL_TXT2IMG)
     assert parsed.fields == {"prompt", "steps", "scheduler", "guidance_scale", "seed", "width",
                              "height", "model"}
-    parsed = infotext.parse(A1111_IMG2IMG)
+    parsed = infotext.parse(OTHER_TOOL_IMG2IMG)
     assert parsed.fields == {"prompt", "negative_prompt", "steps", "scheduler", "guidance_scale",
                              "seed", "width", "height", "model", "strength"}
 

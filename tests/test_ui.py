@@ -232,7 +232,7 @@ def test_models_and_tiny_notice(studio, engine):
 
 
 # -- PNG Info ------------------------------------------------------------------------------------
-A1111_TEXT = (
+OTHER_TOOL_TEXT = (
     "a castle on a hill, golden hour\n"
     "Negative prompt: blurry, watermark\n"
     "Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 99, "
@@ -250,9 +250,9 @@ def _png_with(tmp_path, text: str) -> Path:
 
 
 def test_png_info_reads_and_sends_other_tools_pngs(studio, tmp_path):
-    path = _png_with(tmp_path, A1111_TEXT)
+    path = _png_with(tmp_path, OTHER_TOOL_TEXT)
     text, summary = studio.png_info({"path": str(path)})
-    assert text == A1111_TEXT
+    assert text == OTHER_TOOL_TEXT
     assert "| Sampler | DPM++ 2M Karras |" in summary and "| Hires upscale | 2 |" in summary
     *updates, tab, message = studio.send_to_img2img(text)
     filled = dict(zip(handlers.FILL_FIELDS, updates))
