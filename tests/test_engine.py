@@ -225,9 +225,12 @@ def test_progress_reports_steps_and_previews(engine, make_image):
     sampling = [p for p in seen if p.stage == "sampling"]
     assert [p.step for p in sampling] == [1, 2, 3, 4]
     assert {p.total for p in sampling} == {result.effective_steps} == {4}
-    for p in sampling:
+    # Previews are thinned to a few a second; the first and the last step always carry one.
+    for p in (sampling[0], sampling[-1]):
         assert isinstance(p.preview, Image.Image)
         assert p.preview.width >= 8 and p.preview.height >= 8
+    for p in sampling:
+        assert p.preview is None or isinstance(p.preview, Image.Image)
         assert p.eta is not None and p.eta >= 0
         assert p.elapsed >= 0
     assert sampling[-1].eta == 0

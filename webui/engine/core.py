@@ -158,6 +158,8 @@ class Job:
         self._events.put(None)
 
 
+# Seconds between step previews (each costs a GPU -> CPU read of the latents).
+PREVIEW_INTERVAL = 0.25
 PAG_ONLY_MASKED_NOTICE = ("PAG was off for this job: on SD 1.x models it cannot be combined with "
                           "'inpaint only masked' yet")
 
@@ -518,7 +520,7 @@ class Engine:
             output_type="latent" if params.output_type == "latent" else "pil",
         )
         notices.update(dict.fromkeys(self.adapters.notices))
-        state = {"t0": time.monotonic(), "stopped": False}
+        state = {"t0": time.monotonic(), "stopped": False, "preview_at": 0.0}
 
         def on_step(pipeline, step, timestep, kwargs):
             total = pipeline.num_timesteps
@@ -526,7 +528,12 @@ class Engine:
             done = step + 1
             rate = (now - state["t0"]) / done
             remaining = rate * (total - done) + rate * total * (batches - batch - 1)
-            preview = previews.latents_to_rgb(kwargs["latents"], family)[0]
+            preview = None
+            if now - state["preview_at"] >= PREVIEW_INTERVAL or done == total:
+                # Reading latents back waits for the GPU; a few previews a second is live enough
+                # and keeps the other steps free of that stall.
+                preview = previews.latents_to_rgb(kwargs["latents"], family)[0]
+                state["preview_at"] = now
             job._emit(Progress("sampling", step=done, total=total, image=batch, images=batches,
                                elapsed=now - started, eta=remaining, preview=preview))
             if job.cancel_requested.is_set():
