@@ -430,7 +430,84 @@ def test_page_has_the_panel_wired(tmp_path):
     by_id = {block.elem_id: value for block, value in zip(fn.outputs, outputs)}
     assert by_id["strength"] == 0.85 and by_id["steps"] == 30 and by_id["cfg"] == 7.0
     assert by_id["seed"] == gr.skip()
+    # Load and save take the LoRA picker and weight table too; load fills them.
+    for api_name in ("preset_load", "preset_save", "preset_overwrite_confirm"):
+        fn = next(f for f in demo.fns.values() if f.api_name == api_name)
+        assert {"loras", "lora-weights"} <= {block.elem_id for block in fn.inputs}
+    load = next(f for f in demo.fns.values() if f.api_name == "preset_load")
+    assert {"loras", "lora-weights"} <= {block.elem_id for block in load.outputs}
     ids = {block.elem_id for block in demo.blocks.values() if getattr(block, "elem_id", None)}
     assert {"preset-select", "preset-load", "preset-save", "preset-name", "preset-overwrite",
             "preset-confirm", "preset-delete", "preset-export", "preset-import", "preset-hint",
             "preset-broken", "preset-status"} <= ids
+
+
+# -- LoRAs ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lora_studio(tmp_path_factory):
+    from webui.engine.core import Engine
+    from webui.tiny import build_pipeline
+    from webui.tiny_adapters import make_lora
+    from webui.ui import handlers
+
+    root = tmp_path_factory.mktemp("lora-models")
+    make_lora(build_pipeline("tiny-random"), root / "Lora" / "film.safetensors", seed=1)
+    engine = Engine(models_dir=root, outputs_dir=root / "out", model="tiny-random")
+    return handlers.Studio(engine)
+
+
+@pytest.fixture
+def lora_actions(root, lora_studio):
+    return PresetActions(presets.PresetStore(root), FIELDS, models=lambda: ["tiny-random"],
+                         loras=lora_studio)
+
+
+def lora_page(names=(), rows=(), **changes):
+    from webui.ui.handlers import LORA_HEADERS
+
+    return {**page(**changes), "loras": list(names),
+            "lora_weights": {"headers": LORA_HEADERS, "data": [list(r) for r in rows]}}
+
+
+def test_load_fills_the_lora_picker_and_weights(lora_actions):
+    lora_actions.store_for(ANN).save(presets.from_dict(
+        {"name": "Filmic", "steps": 12, "loras": [{"name": "film", "weight": 0.6}]}))
+    loaded = lora_actions.load("Filmic", None, lora_page(), ANN)
+    assert loaded.values["loras"]["value"] == ["film"] and "film" in loaded.values["loras"]["choices"]
+    assert loaded.values["lora_weights"]["value"]["data"] == [["film", 0.6]]
+    assert loaded.values["lora_weights"]["visible"] is True
+    assert "LoRAs" in loaded.view.status and "not applied" not in loaded.view.status
+    # A preset without LoRAs leaves the picker and the table as they are.
+    plain = lora_actions.load("Van Gogh style", None, lora_page(["film"], [["film", 0.3]]), ANN)
+    assert "loras" not in plain.values and "lora_weights" not in plain.values
+
+
+def test_save_as_stores_the_picked_loras_and_loads_them_back(lora_actions):
+    view = lora_actions.save_as("With film", None, lora_page(["film"], [["film", 0.7]]), ANN)
+    data = json.loads(view.active.path.read_text())
+    assert data["loras"] == [{"name": "film", "weight": 0.7}]
+    loaded = lora_actions.load("With film", None, lora_page(), ANN)
+    assert loaded.values["lora_weights"]["value"]["data"] == [["film", 0.7]]
+    # Nothing picked: the preset holds no LoRAs (and so leaves them alone when loaded).
+    none = lora_actions.save_as("No film", None, lora_page(), ANN)
+    assert "loras" not in json.loads(none.active.path.read_text())
+    # Overwrite stores them too.
+    done = lora_actions.confirm("No film", None, lora_page(["film"], [["film", 1.5]]), ANN)
+    assert json.loads(done.active.path.read_text())["loras"] == [{"name": "film", "weight": 1.5}]
+
+
+def test_unknown_lora_in_a_preset_is_a_note(lora_actions):
+    lora_actions.store_for(ANN).save(presets.from_dict(
+        {"name": "Mixed", "loras": [{"name": "gone", "weight": 0.5},
+                                    {"name": "film", "weight": 0.9}]}))
+    loaded = lora_actions.load("Mixed", None, lora_page(), ANN)
+    assert loaded.values["loras"]["value"] == ["film"]
+    assert loaded.values["lora_weights"]["value"]["data"] == [["film", 0.9]]
+    assert "'gone' is not in" in loaded.view.status and "left out" in loaded.view.status
+
+
+def test_without_lora_controls_a_preset_s_loras_are_not_applied(actions):
+    actions.store_for(ANN).save(presets.from_dict(
+        {"name": "Filmic", "loras": [{"name": "film", "weight": 0.6}]}))
+    loaded = actions.load("Filmic", None, page(), ANN)
+    assert loaded.values == {} and "loras" in loaded.view.status

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from . import params as P
 
@@ -134,6 +134,9 @@ class Preset:
                 value = self.settings[key]
                 if key == "negative_prompt":
                     value = value.replace(P.STANDARD_NEGATIVE, STANDARD_NEGATIVE_PLACEHOLDER)
+                elif isinstance(value, list):  # units (LoRAs, ControlNets) as plain objects
+                    value = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v
+                             for v in value]
                 data[key] = value
         return data
 

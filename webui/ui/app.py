@@ -252,5 +252,6 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
                       **instant)
         adapters_panel.wire(studio, adapters, init_image, (img2img_tab, inpaint_tab), instant,
                             toasting)
-        presets_panel.wire(panel, {**by_field, **extras}, demo, studio.models)
+        presets_panel.wire(panel, {**by_field, **extras}, demo, studio.models,
+                          loras=studio)
     return demo

@@ -17,7 +17,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import gradio as gr
 from pydantic import BaseModel
@@ -36,6 +36,17 @@ HINT_FIELDS = ("strength", "guidance_scale")
 # holds a folder name the handlers resolve, and the output type is a choice per job, not a look.
 NOT_ON_PAGE = ("ip_adapter", "output_type")
 TITLE = "Presets"
+# The LoRA picker and its weight table: two controls for the one `loras` setting, filled and read
+# through the Studio (LoraControls) rather than by page_fields' one-control-one-setting rule.
+LORA_CONTROLS = ("loras", "lora_weights")
+
+
+class LoraControls(Protocol):
+    """What the panel needs to fill and read the LoRA controls (handlers.Studio has both)."""
+
+    def _fill_loras(self, loras: list[dict], fill: dict, warnings: list[str]) -> None: ...
+
+    def _lora_list(self, names: Any, table: Any) -> list[dict]: ...
 
 
 class _Keep:
@@ -148,7 +159,9 @@ def from_page(name: str, value: Any) -> Any:
 def page_fields(components: dict[str, Any]) -> dict[str, Any]:
     """The entries of `components` (name -> component) that show one GenerationParams setting's
     value as it is: lists of units (LoRAs, ControlNets) are spread over several controls, and
-    names that are not settings (pictures, the mode) are none of the panel's business."""
+    names that are not settings (pictures, the mode) are none of the panel's business. LoRAs are
+    taken in separately by `wire(..., loras=studio)` (LORA_CONTROLS); ControlNet units stay out
+    of presets: a unit's control image belongs to one picture, like the seed."""
     fields = P.GenerationParams.model_fields
     kept = {}
     for name, component in components.items():
@@ -223,14 +236,18 @@ class PresetActions:
 
     fields: the GenerationParams fields that have a component on the page, in input order.
     models: the studio's model names, so a preset naming an absent model is not forced on the page.
+    loras: the studio (LoraControls) when the page has the LoRA picker and weight table; their
+    values then arrive as values["loras"] and values["lora_weights"] and loads fill both.
     """
 
     def __init__(self, store: PresetStore, fields: Sequence[str],
-                 models: Callable[[], list[str]] | None = None, initial: Startup | None = None):
+                 models: Callable[[], list[str]] | None = None, initial: Startup | None = None,
+                 loras: LoraControls | None = None):
         self.store = store
         self.fields = list(fields)
         self.models = models
         self.initial = initial
+        self.loras = loras
         self._exports: Path | None = None  # made on the first export, not for every page
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -327,10 +344,29 @@ class PresetActions:
                     prompt = core
                     break
             changes["prompt"] = presets.wrap_prompt(preset, prompt)
-        ignored = [n for n in preset.settings if n not in self.fields]
+        filled = [_label(n) for n in changes]
+        if "loras" in preset.settings and self.loras is not None:
+            self._fill_loras(preset, changes, notes)
+            filled.append(_label("loras"))
+        ignored = [n for n in preset.settings if n not in self.fields
+                   and not (n == "loras" and self.loras is not None)]
         if ignored:
             notes.append("Not on this page, so not applied here: " + ", ".join(ignored) + ".")
-        return changes, [_label(n) for n in changes], notes
+        return changes, filled, notes
+
+    def _fill_loras(self, preset: Preset, changes: dict[str, Any], notes: list[str]) -> None:
+        """The picker's and weight table's updates for the preset's LoRAs; LoRAs not in
+        models/Lora become notes (the rest still load)."""
+        assert self.loras is not None
+        warnings: list[str] = []
+        self.loras._fill_loras(_plain(preset.settings["loras"]), changes, warnings)
+        notes.extend(f"{w}." for w in warnings)
+
+    def _page_loras(self, values: dict[str, Any]) -> list[dict]:
+        """The picked LoRAs with their weights (empty without the LoRA controls)."""
+        if self.loras is None:
+            return []
+        return self.loras._lora_list(values.get("loras"), values.get("lora_weights"))
 
     @staticmethod
     def _hint(active: Preset | None, values: dict[str, Any]) -> str:
@@ -376,8 +412,11 @@ class PresetActions:
                 changes[name] = to_page(name, getattr(params, name))
         if preset.prompt_template is not None and "prompt" in self.fields:
             changes["prompt"] = presets.wrap_prompt(preset, "")
+        notes: list[str] = []
+        if "loras" in preset.settings and self.loras is not None:
+            self._fill_loras(preset, changes, notes)
         choices, broken = self._choices(self.store_for(request), preset.name)
-        status = f"Started with {_quote(preset.name)}."
+        status = f"Started with {_quote(preset.name)}." + "".join(f"\n\n{n}" for n in notes)
         return Loaded(changes, View(choices=choices, broken=broken, active=preset, status=status,
                                     info=self._describe(preset)))
 
@@ -392,10 +431,15 @@ class PresetActions:
     def _write(self, store: PresetStore, name: str, values: dict[str, Any],
                active: Preset | None, overwrite: bool) -> Preset:
         params = self._params(values)
+        fields = self._saved_fields()
+        loras = self._page_loras(values)
+        if loras:  # only a preset with LoRAs picked holds them
+            params = params.model_copy(update={"loras": P.make(loras=loras).loras})
+            fields.append("loras")
         existing = store.list().find(name) if overwrite else None
         template = self._template(values.get("prompt"), active, existing)
         return store.save_params(
-            name, params, overwrite=overwrite, fields=self._saved_fields(),
+            name, params, overwrite=overwrite, fields=fields,
             prompt_template=template,
             description=existing.description if existing is not None else "")
 
@@ -567,14 +611,21 @@ def _flat(view: View) -> list:
 
 
 def wire(panel: Panel, by_field: dict[str, Any], demo: gr.Blocks,
-         models: Callable[[], list[str]] | None = None) -> PresetActions:
+         models: Callable[[], list[str]] | None = None,
+         loras: LoraControls | None = None) -> PresetActions:
     """Connect the panel's events; `by_field` maps GenerationParams fields to the page's
-    components (whatever fields it holds; other names are left out by page_fields). Call inside
-    the page's Blocks, after `by_field`."""
+    components (whatever fields it holds; other names are left out by page_fields). With `loras`
+    (the studio) and both LORA_CONTROLS in `by_field`, presets load and save the picked LoRAs.
+    Call inside the page's Blocks, after `by_field`."""
+    lora_comps = [by_field[n] for n in LORA_CONTROLS if n in by_field]
+    if loras is None or len(lora_comps) != len(LORA_CONTROLS):
+        loras, lora_comps = None, []
     by_field = page_fields(by_field)
-    names = list(by_field)
-    comps = [by_field[n] for n in names]
-    actions = PresetActions(panel.store, names, models, panel.initial)
+    fields = list(by_field)
+    actions = PresetActions(panel.store, fields, models, panel.initial, loras)
+    # The page's values in input order: the settings' own controls, then the LoRA controls.
+    names = fields + (list(LORA_CONTROLS) if loras is not None else [])
+    comps = [by_field[n] for n in fields] + lora_comps
     views = panel.view_outputs()
     # Toasts (gr.Error) travel on the queue; no concurrency limit, so a preset click never waits
     # behind a GPU job. A refused action marks only the panel's status line with "Error", not
