@@ -216,3 +216,14 @@ def test_images_per_job_and_bands():
     assert P.band_of(0.2) == "subtle"
     assert P.band_of(0.65) == "medium"
     assert P.band_of(0.9) == "overhaul"
+
+
+def test_nested_settings_name_their_path_and_their_own_fields():
+    with pytest.raises(P.ParamsError) as info:
+        P.make(controlnets=[{"model": "edges", "bogus": 1}])
+    assert info.value.field == "controlnets[0].bogus"
+    assert "known settings: model, source, preprocessor" in str(info.value)
+    with pytest.raises(P.ParamsError) as info:
+        P.make(loras=[{"name": "film", "weight": 9}])
+    assert info.value.field == "loras[0].weight"
+    assert "from -4 to 4" in str(info.value)

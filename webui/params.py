@@ -261,7 +261,8 @@ def choices(name: str, model: type[BaseModel] | None = None) -> tuple:
 
 def _locate(loc: tuple) -> tuple[str, type[BaseModel] | None, str | None]:
     """('loras[0].weight', LoraWeight, 'weight'): the path, the model holding the field, its name.
-    The model is None when the location names no known field."""
+    When the location names no known field, the model is None and the last slot is the name of
+    the model that lacks it ('ControlNetUnit')."""
     model: type[BaseModel] | None = GenerationParams
     owner, path, leaf = None, "", None
     for part in loc:
@@ -270,7 +271,7 @@ def _locate(loc: tuple) -> tuple[str, type[BaseModel] | None, str | None]:
             continue
         path += ("." if path else "") + str(part)
         if model is None or part not in model.model_fields:
-            return path, None, None
+            return path, None, model.__name__ if model else None
         owner, leaf = model, str(part)
         inner = [a for a in get_args(model.model_fields[leaf].annotation)
                  if isinstance(a, type) and issubclass(a, BaseModel)]
@@ -285,7 +286,8 @@ def explain(error: dict) -> tuple[str, str]:
     got = error.get("input")
     kind = error.get("type", "")
     if owner is None or leaf is None:
-        known = ", ".join(GenerationParams.model_fields)
+        scope = {m.__name__: m for m in (GenerationParams, LoraWeight, ControlNetUnit)}
+        known = ", ".join(scope.get(leaf or "", GenerationParams).model_fields)
         return field, f"{field}: unknown setting (known settings: {known})"
     info = owner.model_fields[leaf]
     if kind.startswith("literal") or kind == "enum":
