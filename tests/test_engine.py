@@ -180,12 +180,12 @@ def test_numbering_never_overwrites(engine, make_image):
     assert keep.read_bytes() == b"an older picture"
 
 
-def test_write_png_skips_a_taken_name(tmp_path, monkeypatch):
+def test_write_numbered_skips_a_taken_name(tmp_path, monkeypatch):
     (tmp_path / "00000-7.png").write_bytes(b"first")
     (tmp_path / "00001-7.png").write_bytes(b"second")
     # As if another writer took the names between the scan and the link.
     monkeypatch.setattr(outputs, "_next_number", lambda folder: 0)
-    path = outputs.write_png(b"third", tmp_path, 7)
+    path = outputs.write_numbered(b"third", tmp_path, 7)
     assert path.name == "00002-7.png" and path.read_bytes() == b"third"
     assert (tmp_path / "00000-7.png").read_bytes() == b"first"
     assert (tmp_path / "00001-7.png").read_bytes() == b"second"

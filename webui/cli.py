@@ -211,7 +211,7 @@ def run_generate(args: argparse.Namespace, base: dict | None = None) -> int:
                 path = out
             else:
                 out.mkdir(parents=True, exist_ok=True)
-                path = outputs.write_png(data, out, item.seed)
+                path = outputs.write_numbered(data, out, item.seed)
         print(path)
         print(item.infotext)
         print()

@@ -179,21 +179,27 @@ def adapter_name(name: str) -> str:
 # -- latents ---------------------------------------------------------------------------------
 
 
-def save_latents(tensor, path, params: dict | None = None) -> Path:
-    """Write latents (N, C, h, w) to a .safetensors file with `params` as JSON in its metadata."""
+def latents_bytes(tensor, params: dict | None = None) -> bytes:
+    """Latents (N, C, h, w) as .safetensors bytes with `params` as JSON in the metadata."""
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise AdapterError(f"{path.name}: latents are saved as .safetensors files", "latents")
     if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4:
         raise AdapterError("latents must be a tensor shaped (batch, channels, height/8, width/8)",
                            "latents")
     metadata = {"format": LATENT_FORMAT, "params": json.dumps(params or {}, default=str),
                 "shape": json.dumps(list(tensor.shape))}
+    return save({"latents": tensor.detach().to("cpu").contiguous()}, metadata=metadata)
+
+
+def save_latents(tensor, path, params: dict | None = None) -> Path:
+    """Write latents (N, C, h, w) to a .safetensors file with `params` as JSON in its metadata."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise AdapterError(f"{path.name}: latents are saved as .safetensors files", "latents")
+    data = latents_bytes(tensor, params)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"latents": tensor.detach().to("cpu").contiguous()}, str(path), metadata=metadata)
+    path.write_bytes(data)
     return path
 
 

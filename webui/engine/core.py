@@ -24,7 +24,7 @@ from .. import infotext, schedulers
 from ..params import MAX_SEED, GenerationParams
 from . import memory, outputs, previews
 from .errors import Cancelled, InputError, ModelError
-from .adapters import Adapters, ControlNetSpec, IPAdapterSpec, load_latents, save_latents
+from .adapters import Adapters, ControlNetSpec, IPAdapterSpec, latents_bytes, load_latents
 from .models import LORA_SUBDIR, ModelRegistry, load
 
 
@@ -440,7 +440,7 @@ class Engine:
                 if item.latents is not None:
                     item.path = self._write_latents(item, folder)
                 else:
-                    item.path = outputs.write_png(outputs.png_bytes(item.image, item.infotext),
+                    item.path = outputs.write_numbered(outputs.png_bytes(item.image, item.infotext),
                                                   folder, item.seed)
         return Result(images=results, params=params, seed=seed, width=width, height=height,
                       effective_steps=params.effective_steps, model=source.name,
@@ -460,13 +460,8 @@ class Engine:
 
     @staticmethod
     def _write_latents(item: ImageResult, folder: Path) -> Path:
-        import tempfile
-
-        # Staged in a private folder, then linked into place like a PNG: never half-written.
-        with tempfile.TemporaryDirectory(dir=folder, prefix=".tmp-") as tmp:
-            staged = save_latents(item.latents[None], Path(tmp) / "latents.safetensors",
-                                  {"infotext": item.infotext})
-            return outputs.write_png(staged.read_bytes(), folder, item.seed, ".safetensors")
+        data = latents_bytes(item.latents[None], {"infotext": item.infotext})
+        return outputs.write_numbered(data, folder, item.seed, ".safetensors")
 
     def _sample(self, pipe, job: Job, params: GenerationParams, latents, init, mask,
                 seeds: list[int], where: tuple[int, int, float], notices: dict[str, None]):

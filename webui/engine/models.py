@@ -151,7 +151,7 @@ def _has_fp16_variant(folder: Path, torch_dtype) -> bool:
     return bool(weighted) and all(any(d.glob("*.fp16.safetensors")) for d in weighted)
 
 
-def load(source: ModelSource, torch_dtype, models_dir: Path | None = None):
+def load(source: ModelSource, torch_dtype):
     """An img2img pipeline for `source` (on the CPU; the caller moves it to its device)."""
     if source.kind == "tiny":
         import torch

@@ -59,8 +59,9 @@ def day_folder(outputs_dir: str | os.PathLike, today: _dt.date | None = None,
     return folder
 
 
-def write_png(data: bytes, folder: Path, seed: int, suffix: str = ".png") -> Path:
-    """Write `data` as the next NNNNN-SEED file in `folder`, never replacing an existing file."""
+def write_numbered(data: bytes, folder: Path, seed: int, suffix: str = ".png") -> Path:
+    """Write `data` as the next NNNNN-SEED file in `folder`, never replacing an existing file
+    (a PNG, or latents with suffix '.safetensors')."""
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -1060,6 +1060,6 @@ class Studio:
                          skip, grid.image, "")
             return
         folder = outputs.day_folder(self.engine.outputs_dir, kind=GRIDS_SUBDIR)
-        path = outputs.write_png(outputs.png_bytes(grid.image, text), folder, base.seed)
+        path = outputs.write_numbered(outputs.png_bytes(grid.image, text), folder, base.seed)
         yield XYView(f"**Done**: {grid_plan.cells} cells, seed {base.seed}.", skip, grid.image,
                      str(path))
