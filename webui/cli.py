@@ -204,10 +204,7 @@ def run_generate(args: argparse.Namespace, base: dict | None = None) -> int:
         elif out is not None:
             data = outputs.png_bytes(item.image, item.infotext)
             if out.suffix.lower() == ".png":
-                out.parent.mkdir(parents=True, exist_ok=True)
-                tmp = out.with_name(f".{out.name}.tmp")
-                tmp.write_bytes(data)
-                tmp.replace(out)
+                outputs.write_atomic(out, data, overwrite=True)
                 path = out
             else:
                 out.mkdir(parents=True, exist_ok=True)

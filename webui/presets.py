@@ -32,7 +32,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Any, Iterable, Literal
 from pydantic import BaseModel, ValidationError
 
 from . import params as P
+from .engine.outputs import write_atomic
 
 SCHEMA_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -407,42 +407,6 @@ def from_params(name: str, params: P.GenerationParams, *, description: str = "",
             "prompt_template": prompt_template}
     # None is a real setting (width None keeps the init size); only absent meta is dropped.
     return from_dict({**{k: v for k, v in meta.items() if v is not None}, **settings}, file=name)
-
-
-# -- atomic files ----------------------------------------------------------------------------
-def _write_bytes(handle, data: bytes) -> None:
-    handle.write(data)
-
-
-def write_atomic(path: Path, data: bytes, overwrite: bool) -> None:
-    """Write `path` so that readers see the old file or the whole new one, never a part.
-
-    The data goes to a hidden temp file in the same folder (same disk, so the final rename is
-    atomic). Without `overwrite`, a hard link claims the name: it fails if another writer got
-    there first, where a check-then-rename would let two simultaneous saves both "succeed".
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            _write_bytes(handle, data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-            return
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise
-        except OSError:
-            # Disks without hard links: the best remaining guard is a check right before.
-            if path.exists():
-                raise FileExistsError(path) from None
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # -- the store -------------------------------------------------------------------------------

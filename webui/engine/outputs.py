@@ -6,6 +6,7 @@ half-written PNG under a real name and two writers never overwrite each other's 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import re
@@ -59,15 +60,54 @@ def day_folder(outputs_dir: str | os.PathLike, today: _dt.date | None = None,
     return folder
 
 
+def _write_bytes(handle, data: bytes) -> None:
+    handle.write(data)
+
+
+@contextlib.contextmanager
+def _staged(folder: Path, data: bytes, suffix: str = ".tmp"):
+    """A hidden, fully written and synced temp file in `folder` (same disk, so a rename or link
+    into place is atomic); removed afterwards."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            _write_bytes(handle, data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: bytes, overwrite: bool) -> None:
+    """Write `path` so that readers see the old file or the whole new one, never a part.
+
+    Without `overwrite`, a hard link claims the name: it fails (FileExistsError) if another
+    writer got there first, where a check-then-rename would let two simultaneous saves both
+    "succeed".
+    """
+    path = Path(path)
+    with _staged(path.parent, data) as tmp:
+        if overwrite:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise
+        except OSError:
+            # Disks without hard links: the best remaining guard is a check right before.
+            if path.exists():
+                raise FileExistsError(path) from None
+            os.replace(tmp, path)
+
+
 def write_numbered(data: bytes, folder: Path, seed: int, suffix: str = ".png") -> Path:
     """Write `data` as the next NNNNN-SEED file in `folder`, never replacing an existing file
     (a PNG, or latents with suffix '.safetensors')."""
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+    with _staged(folder, data, suffix) as tmp:
         number = _next_number(folder)
         while True:
             target = folder / f"{number:05d}-{seed}{suffix}"
@@ -76,5 +116,3 @@ def write_numbered(data: bytes, folder: Path, seed: int, suffix: str = ".png") -
                 return target
             except FileExistsError:
                 number += 1
-    finally:
-        os.unlink(tmp)
