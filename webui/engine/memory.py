@@ -59,8 +59,14 @@ def apply(pipe, params, device: str, pixels: int) -> list[str]:
         pipe.vae.enable_tiling() if tiling else pipe.vae.disable_tiling()
         state["tiling"] = tiling
 
-    offload = params.cpu_offload == "on" or (
-        params.cpu_offload == "auto" and on_gpu and model_bytes(pipe) > free * 0.9)
+    if params.cpu_offload == "auto" and on_gpu:
+        # Free VRAM does not count the model while it sits on the GPU; offload when the model
+        # takes nearly all the memory there is for it, leaving nothing to sample with.
+        size = model_bytes(pipe)
+        resident = 0 if state["offload"] else size
+        offload = size > (free + resident) * 0.9
+    else:
+        offload = params.cpu_offload == "on"
     if offload and not on_gpu:
         if params.cpu_offload == "on":
             notices.append("CPU offload moves the model between a GPU and the CPU; there is no "

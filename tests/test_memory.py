@@ -1,0 +1,82 @@
+"""Memory modes decided by free VRAM (the GPU is simulated: this machine has none)."""
+
+from __future__ import annotations
+
+from webui.engine import memory
+from webui.params import make
+
+GiB = memory.GiB
+
+
+class FakeVae:
+    def __init__(self):
+        self.tiling = False
+
+    def enable_tiling(self):
+        self.tiling = True
+
+    def disable_tiling(self):
+        self.tiling = False
+
+
+class FakePipe:
+    """Records what the memory modes switch."""
+
+    def __init__(self):
+        self.vae, self.slicing, self.offloaded = FakeVae(), False, False
+
+    def enable_attention_slicing(self):
+        self.slicing = True
+
+    def disable_attention_slicing(self):
+        self.slicing = False
+
+    def enable_model_cpu_offload(self, device):
+        self.offloaded = True
+
+    def remove_all_hooks(self):
+        self.offloaded = False
+
+    def to(self, device):
+        return self
+
+
+def simulate(monkeypatch, free_gib: float, model_gib: float):
+    monkeypatch.setattr(memory, "free_vram", lambda device: int(free_gib * GiB))
+    monkeypatch.setattr(memory, "model_bytes", lambda pipe: int(model_gib * GiB))
+
+
+def test_a_resident_model_that_fits_is_not_offloaded(monkeypatch):
+    # A 6.5 GB model on a 12 GB card leaves ~5 GB free: it already fits.
+    simulate(monkeypatch, free_gib=5, model_gib=6.5)
+    pipe = FakePipe()
+    memory.apply(pipe, make(), "cuda", 1024 * 1024)
+    assert not pipe.offloaded
+
+
+def test_auto_offloads_when_the_model_cannot_fit(monkeypatch):
+    # Resident, the model leaves 0.3 GB: nothing to sample with.
+    simulate(monkeypatch, free_gib=0.3, model_gib=6.5)
+    pipe = FakePipe()
+    memory.apply(pipe, make(), "cuda", 512 * 512)
+    assert pipe.offloaded and pipe.slicing  # so little free is also below the slicing threshold
+    # Once offloaded, the model is off the GPU: it stays offloaded while it still cannot fit.
+    memory.apply(pipe, make(), "cuda", 512 * 512)
+    assert pipe.offloaded
+
+
+def test_auto_tiles_large_pictures_only_when_short_of_memory(monkeypatch):
+    simulate(monkeypatch, free_gib=4, model_gib=2)
+    pipe = FakePipe()
+    memory.apply(pipe, make(), "cuda", 2048 * 2048)
+    assert pipe.vae.tiling
+    memory.apply(pipe, make(), "cuda", 512 * 512)
+    assert not pipe.vae.tiling
+
+
+def test_explicit_settings_win_and_cpu_explains_offload(monkeypatch):
+    pipe = FakePipe()
+    notices = memory.apply(pipe, make(attention_slicing="on", vae_tiling="on", cpu_offload="on"),
+                           "cpu", 64 * 64)
+    assert pipe.slicing and pipe.vae.tiling and not pipe.offloaded
+    assert any("no GPU here" in n for n in notices)
