@@ -300,10 +300,66 @@ def test_a_failed_pag_run_and_unsupported_combinations_leave_the_base_intact(sd1
              callback_on_step_end=fail, **kwargs)
     assert np.array_equal(_out(adapters), sd1["base"])
     spec = ControlNetSpec(str(sd1["controlnet"]), _rectangle())
-    with pytest.raises(AdapterError, match="PAG with ControlNet is not available for img2img"):
-        adapters.prepare(image=INIT, pag_scale=1.0, controlnets=[spec], loras=[("style", 1.0)])
+    latents = torch.zeros(1, 4, 8, 8)
+    assert adapters.pag_limit(controlnets=True, latent_input=True)
+    with pytest.raises(AdapterError, match="PAG cannot run here: .*not from latents") as info:
+        adapters.prepare(image=latents, pag_scale=1.0, controlnets=[spec], loras=[("style", 1.0)])
+    assert info.value.field == "pag"
     assert not adapters.loaded_loras()  # nothing was changed by the refused job
     assert np.array_equal(_out(adapters), sd1["base"])
+
+
+def test_pag_with_controlnet_on_sd1_img2img_is_the_full_mask_inpaint_pipeline(sd1, adapters):
+    from diffusers import DDIMScheduler
+
+    spec = ControlNetSpec(str(sd1["controlnet"]), image=_rectangle(), preprocessor="canny")
+    assert adapters.pag_limit("img2img", controlnets=True) == ""
+    pipe, kwargs = adapters.prepare(image=INIT, pag_scale=3.0, controlnets=[spec],
+                                    output_type="np")
+    assert type(pipe).__name__ == "StableDiffusionControlNetPAGInpaintPipeline"
+    for name in ("unet", "vae", "text_encoder"):
+        assert getattr(pipe, name) is getattr(sd1["pipe"], name), name
+    mask = np.asarray(kwargs["mask_image"])
+    assert mask.shape == (64, 64) and (mask == 255).all()
+    guided = _run(pipe, kwargs)
+    plain_pipe, plain_kwargs = adapters.prepare(image=INIT, controlnets=[spec], output_type="np")
+    plain = _run(plain_pipe, plain_kwargs)
+    assert np.abs(guided - plain).max() > 1e-3  # PAG acts
+    # With PAG at 0 and a sampler that draws no noise, the route is ControlNet img2img itself.
+    scheduler = sd1["pipe"].scheduler
+    sd1["pipe"].scheduler = DDIMScheduler.from_config(scheduler.config)
+    try:
+        pipe, kwargs = adapters.prepare(image=INIT, pag_scale=3.0, controlnets=[spec],
+                                        output_type="np")
+        kwargs["pag_scale"] = 0.0
+        routed = _run(pipe, kwargs)
+        plain_pipe, plain_kwargs = adapters.prepare(image=INIT, controlnets=[spec],
+                                                    output_type="np")
+        assert np.allclose(routed, _run(plain_pipe, plain_kwargs), atol=1e-4)
+    finally:
+        sd1["pipe"].scheduler = scheduler
+    # Strength 1 ignores the picture on both paths.
+    for pag in (0.0, 3.0):
+        outs = []
+        for picture in (INIT, REFERENCE):
+            pipe, kwargs = adapters.prepare(image=picture, pag_scale=pag, controlnets=[spec],
+                                            output_type="np", strength=1.0)
+            outs.append(pipe(prompt="a red fox", strength=1.0, num_inference_steps=STEPS,
+                             generator=torch.Generator().manual_seed(0), **kwargs).images)
+        assert np.allclose(outs[0], outs[1], atol=1e-5), pag
+
+
+def test_pag_with_inpaint_only_masked_on_sd1(sd1, adapters):
+    outs = {}
+    for pag in (0.0, 3.0):
+        pipe, kwargs = adapters.prepare("inpaint", image=INIT, mask=_mask(), mask_blur=0,
+                                        inpaint_full_res=True, padding=8, pag_scale=pag)
+        outs[pag] = _run(pipe, kwargs)
+    assert type(pipe).__name__ == "StableDiffusionPAGInpaintPipeline"
+    outside = np.asarray(_mask(box=(8, 8, 55, 55))) == 0
+    init = np.asarray(INIT, dtype=np.float32) / 255
+    assert np.abs(outs[3.0][0][outside] - init[outside]).max() < 2 / 255
+    assert np.abs(outs[3.0] - outs[0.0]).max() > 1e-2
 
 
 # -- inpainting ------------------------------------------------------------------------------
@@ -492,6 +548,16 @@ def test_sdxl_ip_adapter_and_controlnet(xl, tmp_path):
         spec = ControlNetSpec(str(controlnet), image=_rectangle(), preprocessor="canny")
         out = _out(adapters, controlnets=[spec], ip_adapter=IPAdapterSpec(str(ip), REFERENCE, 0.6))
         assert np.isfinite(out).all() and np.abs(out - xl["base"]).max() > 1e-3
+        pipe, _ = adapters.prepare(image=INIT, controlnets=[spec], pag_scale=3.0)
+        assert type(pipe).__name__ == "StableDiffusionXLControlNetPAGImg2ImgPipeline"
+        # No SDXL pipeline joins PAG, ControlNet and inpainting: refused, nothing changed.
+        assert adapters.pag_limit("inpaint", controlnets=True)
+        with pytest.raises(AdapterError, match="PAG cannot run here: .*SDXL"):
+            adapters.prepare("inpaint", image=INIT, mask=_mask(), controlnets=[spec],
+                             pag_scale=3.0, loras=[("xl_style", 1.0)])
+        assert not adapters.loaded_loras()
+        pipe, _ = adapters.prepare("inpaint", image=INIT, mask=_mask(), controlnets=[spec])
+        assert type(pipe).__name__ == "StableDiffusionXLControlNetInpaintPipeline"
     finally:
         adapters.unload_all()
     assert np.array_equal(_out(adapters), xl["base"])

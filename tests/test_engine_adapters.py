@@ -167,10 +167,33 @@ def test_out_of_memory_becomes_advice_and_engine_keeps_serving(studio, monkeypat
     assert run(engine).images
 
 
-def test_pag_with_only_masked_runs_without_pag_and_says_so(studio):
+def test_pag_runs_with_inpaint_only_masked(studio):
     engine, _, _ = studio
     mask = Image.new("L", (64, 64), 0)
     ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)
-    result = run(engine, inputs=Inputs(mask=mask), pag_scale=3.0, inpaint_area="only masked")
-    assert "PAG was off" in result.notice
-    assert result.params.pag_scale == 0 and "PAG scale: 0" in result.images[0].infotext
+    guided = run(engine, inputs=Inputs(mask=mask), pag_scale=3.0, inpaint_area="only masked")
+    plain = run(engine, inputs=Inputs(mask=mask), pag_scale=0.0, inpaint_area="only masked")
+    assert "PAG" not in guided.notice and "PAG scale: 3" in guided.images[0].infotext
+    assert np.abs(pixels(guided) - pixels(plain)).max() > 0
+
+
+def test_pag_is_turned_off_where_no_pipeline_joins_it_and_said_so(tmp_path):
+    from webui.params import ControlNetUnit
+
+    controlnet = make_controlnet(build_pipeline("tiny-random-xl"), tmp_path / "cn-xl", seed=5)
+    engine = Engine(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs",
+                    device="cpu", model="tiny-random-xl")
+    try:
+        mask = Image.new("L", (64, 64), 0)
+        ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)
+        unit = ControlNetUnit(model=str(controlnet))
+        result = run(engine, inputs=Inputs(mask=mask), pag_scale=3.0, controlnets=[unit],
+                     save=True)
+        assert "PAG was off for this job" in result.notice and "SDXL" in result.notice
+        assert result.params.pag_scale == 0 and "PAG scale: 0" in result.images[0].infotext
+        assert "PAG scale: 0" in read_infotext(Image.open(result.images[0].path))
+        # Without the mask the SDXL PAG ControlNet img2img pipeline exists: PAG stays on.
+        kept = run(engine, pag_scale=3.0, controlnets=[unit])
+        assert "PAG" not in kept.notice and kept.params.pag_scale == 3.0
+    finally:
+        engine.unload()

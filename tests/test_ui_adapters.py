@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from webui import infotext
-from webui.engine.core import PAG_ONLY_MASKED_NOTICE, Engine
+from webui.engine.core import Engine
 from webui.tiny import build_pipeline
 from webui.tiny_adapters import make_controlnet, make_ip_adapter, make_lora
 from webui.ui import handlers
@@ -174,11 +174,10 @@ def test_ip_adapter_needs_model_and_reference(studio):
 def test_inpaint_with_painted_strokes_keeps_the_rest(studio):
     init = picture(4)
     editor = {"background": init, "layers": [strokes()], "composite": init}
-    # The default PAG cannot run with "only masked" (a library limit): it is turned off, said so.
     view = run(studio, init, mode="inpaint", mask=editor, strength=0.9, mask_blur=0,
                inpaint_area="only masked", inpaint_padding=8, pag_scale=3)
-    assert "Inpainted" in view.status and PAG_ONLY_MASKED_NOTICE in view.status
-    assert "PAG scale: 0" in view.infotext
+    assert "Inpainted" in view.status and "PAG was off" not in view.status
+    assert "PAG scale: 3" in view.infotext
     out, before = pixels(view), np.asarray(init, dtype=np.int16)
     assert np.abs(out[:, 40:] - before[:, 40:]).max() <= 2
     assert np.abs(out[:, :24] - before[:, :24]).max() > 10

@@ -761,6 +761,20 @@ class Adapters:
         self._sync(pipe)
         return pipe
 
+    def pag_limit(self, mode: str = "img2img", *, controlnets: bool = False,
+                  latent_input: bool = False) -> str:
+        """Why PAG cannot run with this combination of mode and adapters ('' when it can).
+
+        The engine asks before a job so that it can turn PAG off, say so and write an honest
+        infotext; prepare() refuses such a job with the same reason.
+        """
+        if self.family == "sdxl" and mode == "inpaint" and controlnets:
+            return ("for SDXL models PAG cannot be combined with ControlNet when inpainting "
+                    "(the library has no such pipeline)")
+        if self.family == "sd1" and mode == "img2img" and controlnets and latent_input:
+            return ("on SD 1.x models PAG with ControlNet starts from a picture, not from latents")
+        return ""
+
     def _build(self, mode: str, pag: bool, controlnets: tuple):
         from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
         from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
@@ -786,6 +800,8 @@ class Adapters:
         config = getattr(self.base, "_progress_bar_config", None)
         if config is not None:
             pipe.set_progress_bar_config(**config)
+        if mode == "inpaint":
+            _pass_output_type_to_check(pipe)
         return pipe
 
     def _sync(self, pipe) -> None:
@@ -833,7 +849,7 @@ class Adapters:
                 pag_adaptive_scale: float = 0.0, controlnets: Iterable[ControlNetSpec] = (),
                 mask=None, mask_blur: float = 4, inpaint_full_res: bool = False,
                 padding: int = 32, masked_content: str = "original", seed: int = 0,
-                output_type: str = "pil") -> tuple[Any, dict]:
+                output_type: str = "pil", strength: float | None = None) -> tuple[Any, dict]:
         """Set the adapters for one job; returns (pipeline, kwargs) for the pipeline call.
 
         mode: 'img2img' or 'inpaint' (needs `mask`).
@@ -849,6 +865,8 @@ class Adapters:
         mask, mask_blur, inpaint_full_res, padding, masked_content: inpainting (see module doc).
         seed: seeds the noise of masked content 'latent noise'.
         output_type: 'pil', 'np' or 'latent'; returned in kwargs (inpaint-only-masked needs PIL).
+        strength: the job's denoising strength (0-1), passed to the pipeline call too; at 1 an
+            img2img job ignores the picture. None: the image is used as given.
         """
         if mode not in MODES:
             raise AdapterError(f"unknown mode {mode!r}; use one of: {', '.join(MODES)}", "mode")
@@ -863,13 +881,25 @@ class Adapters:
         image_size, latent_input = self._check_image(image, size)
         if pag_scale < 0:
             raise AdapterError(f"PAG scale must be 0 (off) or more (got {pag_scale:g})", "pag")
+        if strength is not None and not 0.0 <= strength <= 1.0:
+            raise AdapterError(f"strength must be from 0 to 1 (got {strength:g})", "strength")
         pag = pag_scale > 0
+        specs = list(controlnets or ())
         if pag:
+            limit = self.pag_limit(mode, controlnets=bool(specs), latent_input=latent_input)
+            if limit:
+                raise AdapterError(f"PAG cannot run here: {limit}; set the PAG scale to 0", "pag")
             kwargs["pag_scale"] = float(pag_scale)
             kwargs["pag_adaptive_scale"] = float(pag_adaptive_scale)
-        specs = list(controlnets or ())
         if specs:
             kwargs.update(self._controlnet_kwargs(specs, image_size))
+        if mode == "img2img" and mask is not None:
+            raise AdapterError("a mask was given but the mode is img2img; choose inpaint to use "
+                               "it", "mask")
+        # SD 1.x has no PAG ControlNet img2img pipeline; its PAG ControlNet inpaint pipeline with
+        # a mask covering the whole picture is the same computation (nothing is blended back).
+        pipe_mode = "inpaint" if (pag and specs and mode == "img2img" and self.family == "sd1") \
+            else mode
         if mode == "inpaint":
             if latent_input:
                 raise AdapterError("inpainting needs the picture itself, not latents: give the "
@@ -877,13 +907,21 @@ class Adapters:
             kwargs.update(self._inpaint_kwargs(image, image_size, mask, mask_blur,
                                                inpaint_full_res, padding, masked_content, seed,
                                                output_type))
-        elif mask is not None:
-            raise AdapterError("a mask was given but the mode is img2img; choose inpaint to use "
-                               "it", "mask")
+        elif pipe_mode == "inpaint":
+            from PIL import Image
+
+            kwargs["mask_image"] = Image.new("L", image_size, 255)
+            kwargs["image"] = image
+        elif strength is not None and strength >= 1.0 and image is not None and not latent_input:
+            # Strength 1 must ignore the picture entirely; the img2img noise schedule never quite
+            # reaches pure noise, so it starts from empty latents instead of the encoded image.
+            # (Inpainting pipelines start from pure noise at strength 1 by themselves.)
+            kwargs["image"] = self._empty_latents(image_size, len(image)
+                                                  if isinstance(image, (list, tuple)) else 1)
         elif image is not None:
             kwargs["image"] = image
         loaded = tuple(self._controlnet_model(s.model) for s in specs)
-        pipe = self.pipeline(mode, pag, loaded)
+        pipe = self.pipeline(pipe_mode, pag, loaded)
 
         self.set_loras(loras)
         if isinstance(ip_adapter, (str, Path)):
@@ -920,6 +958,14 @@ class Adapters:
         if len(sizes) > 1:
             raise AdapterError("the init images of one batch must all have the same size", "image")
         return images[0].size, False
+
+    def _empty_latents(self, size, count: int):
+        import torch
+
+        pipe = self.base
+        f = pipe.vae_scale_factor
+        return torch.zeros(count, pipe.vae.config.latent_channels, size[1] // f, size[0] // f,
+                           device=pipe.vae.device, dtype=pipe.vae.dtype)
 
     def _controlnet_kwargs(self, specs: list[ControlNetSpec], size) -> dict:
         from .controlnet_images import PREPROCESSORS, control_image
@@ -1062,6 +1108,29 @@ def _normalise_loras(loras) -> list[tuple[str, float]]:
                                f"{weight:g})", "lora")
         out[str(name).strip()] = weight
     return list(out.items())
+
+
+def _pass_output_type_to_check(pipe) -> None:
+    """Let 'inpaint only masked' through the input check of pipelines that forget to give it the
+    output type (the SD 1.x PAG inpaint pipeline passes None, which the crop check refuses).
+
+    prepare() only asks for the crop with PIL output, so a missing output type means PIL.
+    """
+    import inspect
+
+    check = pipe.check_inputs
+    signature = inspect.signature(check)
+    if "output_type" not in signature.parameters:
+        return
+
+    def checked(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        if bound.arguments.get("output_type") is None and \
+                bound.arguments.get("padding_mask_crop") is not None:
+            bound.arguments["output_type"] = "pil"
+        return check(*bound.args, **bound.kwargs)
+
+    pipe.check_inputs = checked
 
 
 def _stamp(path: Path) -> tuple[int, int]:

@@ -160,8 +160,6 @@ class Job:
 
 # Seconds between step previews (each costs a GPU -> CPU read of the latents).
 PREVIEW_INTERVAL = 0.25
-PAG_ONLY_MASKED_NOTICE = ("PAG was off for this job: on SD 1.x models it cannot be combined with "
-                          "'inpaint only masked' yet")
 
 
 class QueueFull(RuntimeError):
@@ -407,13 +405,14 @@ class Engine:
         else:
             job._emit(Progress("loading", elapsed=time.monotonic() - started))
             pipe = self.pipeline(params.model or self.model, params.dtype)
-            if (mask is not None and params.inpaint_area == "only masked" and params.pag_scale > 0
-                    and self.family(pipe) == "sd1"):
-                # The library's SD 1.x PAG inpaint pipeline rejects the cut-out-and-paste-back
-                # step whatever the output type; the job runs without PAG, and its infotext
-                # says so.
+            limit = params.pag_scale > 0 and self.adapters.pag_limit(
+                "inpaint" if mask is not None else "img2img",
+                controlnets=bool(params.controlnets), latent_input=latents is not None)
+            if limit:
+                # The job runs without PAG rather than failing on the default PAG scale; the
+                # notice and the infotext say so.
                 params = params.replace(pag_scale=0.0)
-                notices[PAG_ONLY_MASKED_NOTICE] = None
+                notices[f"PAG was off for this job: {limit}"] = None
             for b in range(batches):
                 if job.cancel_requested.is_set():
                     interrupted = True
@@ -485,12 +484,6 @@ class Engine:
         mode = "inpaint" if mask is not None else "img2img"
         if latents is not None and mode == "img2img":
             image = latents.to(self.device, pipe.vae.dtype).repeat(len(seeds), 1, 1, 1)
-        elif mode == "img2img" and params.strength >= 1.0:
-            # Strength 1 must ignore the picture entirely; the noise schedule never quite
-            # reaches pure noise, so start from empty latents instead of the encoded image.
-            f = pipe.vae_scale_factor
-            image = torch.zeros(len(seeds), pipe.vae.config.latent_channels, height // f,
-                                width // f, device=self.device, dtype=pipe.vae.dtype)
         elif mode == "img2img":
             image = [init] * len(seeds)
         else:
@@ -513,6 +506,7 @@ class Engine:
             inpaint_full_res=params.inpaint_area == "only masked",
             padding=params.inpaint_padding, masked_content=params.masked_content, seed=seeds[0],
             output_type="latent" if params.output_type == "latent" else "pil",
+            strength=params.strength,
         )
         notices.update(dict.fromkeys(self.adapters.notices))
         state = {"t0": time.monotonic(), "stopped": False, "preview_at": 0.0}
