@@ -210,7 +210,10 @@ def test_unknown_lora_exits_2_naming_the_flag(gen):
 
 @pytest.mark.parametrize("flags, expect", [
     (("--lora", "film:9"), "error: --lora: loras[0].weight must be a number from -4 to 4"),
-    (("--controlnet", "cn", "--control-scale", "5"), "error: --controlnet: controlnets[0].scale"),
+    (("--controlnet", "cn", "--control-scale", "5"),
+     "error: --control-scale: controlnets[0].scale must be a number from 0 to 2"),
+    (("--controlnet", "cn", "--control-preprocessor", "sketch"),
+     "error: --control-preprocessor: controlnets[0].preprocessor must be one of: canny, depth"),
     (("--pag-scale", "-1"), "error: --pag-scale: pag_scale must be a number from 0 to 10"),
     (("--masked-content", "glue"), "error: --masked-content: masked_content must be one of"),
     (("--mask", "absent.png"), "error: --mask: no such file"),
@@ -241,3 +244,21 @@ def test_mask_switches_to_inpainting(gen, tmp_path):
     assert code == 0, err
     [(path, text)] = printed(out)
     assert "Inpaint area: Only masked" in text and "Mask blur: 4" in text
+
+
+def test_depth_preprocessor_with_a_detector_model(gen, tmp_path):
+    from webui.tiny import build_pipeline
+    from webui.tiny_adapters import make_controlnet, make_depth_detector
+
+    controlnet = make_controlnet(build_pipeline("tiny-random"), tmp_path / "cn", seed=1)
+    flags = ("--steps", "2", "--pag-scale", "0", "--controlnet", str(controlnet),
+             "--control-preprocessor", "depth")
+    code, out, err = gen(*flags)
+    assert code == 2
+    assert error_line(err).startswith("error: --control-detector: ControlNet 1: preprocessor "
+                                      "'depth' needs a depth-estimation model"), err
+    make_depth_detector(tmp_path / "models" / "ControlNet-preprocessors" / "tiny-depth")
+    code, out, err = gen(*flags)
+    assert code == 0, err
+    [(path, text)] = printed(out)
+    assert "preprocessor: depth" in text and "detector: tiny-depth" in text

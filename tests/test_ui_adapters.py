@@ -17,7 +17,8 @@ from PIL import Image, ImageDraw
 from webui import infotext
 from webui.engine.core import Engine
 from webui.tiny import build_pipeline
-from webui.tiny_adapters import make_controlnet, make_ip_adapter, make_lora
+from webui.tiny_adapters import (make_controlnet, make_depth_detector, make_ip_adapter,
+                                 make_lora, make_pose_detector)
 from webui.ui import handlers
 from webui.ui.handlers import Session, Studio
 
@@ -41,6 +42,8 @@ def models(tmp_path_factory):
     make_ip_adapter(pipe, root / "IP-Adapter" / "tiny-ip", seed=4)
     make_ip_adapter(pipe, root / "IP-Adapter" / "no-encoder", seed=5, image_encoder=False)
     make_controlnet(pipe, root / "ControlNet" / "tiny-canny", seed=6)
+    make_depth_detector(root / "ControlNet-preprocessors" / "tiny-depth", seed=7)
+    make_pose_detector(root / "ControlNet-preprocessors" / "tiny-pose", seed=8)
     return root
 
 
@@ -88,10 +91,15 @@ def test_adapter_lists_and_refresh(studio):
     assert studio.available_loras() == ["broken", "film", "for-xl", "styles/grain"]
     assert studio.adapter_models("IP-Adapter") == ["no-encoder", "tiny-ip"]
     assert studio.adapter_models("ControlNet") == ["tiny-canny"]
-    loras, ip, *units = studio.refresh_adapters(["film", "gone"], "h94/IP-Adapter", "", None, "x")
+    loras, ip, *units = studio.refresh_adapters(["film", "gone"], "h94/IP-Adapter", "", None, "x",
+                                                "tiny-pose", "gone", None)
     assert loras["value"] == ["film"] and "styles/grain" in loras["choices"]
     assert ip["value"] == "h94/IP-Adapter" and ip["choices"] == ["no-encoder", "tiny-ip"]
-    assert [u["value"] for u in units] == ["", "", "x"] and units[0]["choices"] == ["tiny-canny"]
+    models, detectors = units[:3], units[3:]
+    assert [u["value"] for u in models] == ["", "", "x"] and models[0]["choices"] == ["tiny-canny"]
+    # Detectors: the automatic choice, then each with its kind; a vanished one falls back.
+    assert [u["value"] for u in detectors] == ["tiny-pose", "", ""]
+    assert [value for _, value in detectors[0]["choices"]] == ["", "tiny-depth", "tiny-pose"]
 
 
 def test_adapter_locations_stay_inside_the_models_folder(studio, models):
@@ -243,17 +251,50 @@ def test_controlnet_units_run_and_name_their_unit(studio):
     assert run(studio, init, **unit(1, enabled=False, model="")).gallery
 
 
-def test_preview_edges(studio):
+def test_preview_control(studio):
     init = picture(8)
-    edges = studio.preview_edges(None, "init image", init, 50, 120, unit=1)
+    edges = studio.preview_control(None, "init image", init, "canny", "", 50, 120, unit=1)
     assert edges.size == (64, 64) and edges.getextrema()[0][1] == 255
-    assert studio.preview_edges(picture(9), "upload", None, 50, 120, unit=2).size == (64, 64)
-    assert error_of(lambda: studio.preview_edges(None, "upload", init, 50, 120, unit=2)) \
-        .startswith("ControlNet unit 2 image: nothing to trace yet")
-    assert error_of(lambda: studio.preview_edges(None, "init image", init, 200, 100, unit=1)) \
+    assert studio.preview_control(picture(9), "upload", None, "canny", "", 50, 120,
+                                  unit=2).size == (64, 64)
+    assert np.array_equal(np.asarray(studio.preview_control(None, "init image", init, "none")),
+                          np.asarray(init))
+    depth = np.asarray(studio.preview_control(None, "init image", init, "depth", "", unit=1))
+    assert depth.shape == (64, 64, 3) and (depth[..., 0] == depth[..., 2]).all()
+    pose = studio.preview_control(None, "init image", init, "pose", "tiny-pose", unit=1)
+    assert pose.size == (64, 64) and np.asarray(pose).any()
+    assert error_of(lambda: studio.preview_control(None, "upload", init, unit=2)) \
+        .startswith("ControlNet unit 2 image: nothing to preview yet")
+    assert error_of(lambda: studio.preview_control(None, "init image", init, "canny", "", 200,
+                                                   100, unit=1)) \
         .startswith("ControlNet unit 1 low: the low Canny threshold")
-    assert error_of(lambda: studio.preview_edges(None, "init image", init, 0, 100, unit=3)) \
+    assert error_of(lambda: studio.preview_control(None, "init image", init, "canny", "", 0,
+                                                   100, unit=3)) \
         .startswith("ControlNet unit 3 low: controlnets[0].low must be")
+    wrong = error_of(lambda: studio.preview_control(None, "init image", init, "depth",
+                                                    "tiny-pose", unit=2))
+    assert wrong.startswith("ControlNet unit 2 detector: tiny-pose is a pose model"), wrong
+    # Only listed detectors: a shared page cannot point at other folders on the server.
+    path = error_of(lambda: studio.preview_control(None, "init image", init, "depth", "/etc",
+                                                   unit=1))
+    assert path.startswith("ControlNet unit 1 detector: '/etc' is not one of this studio's "
+                           "detector models (tiny-depth, tiny-pose)"), path
+    kind = error_of(lambda: studio.preview_control(None, "init image", init, "sketch", unit=1))
+    assert kind.startswith("ControlNet unit 1 preprocessor"), kind
+
+
+def test_depth_and_pose_units_run_with_the_detectors(studio):
+    init = picture(10)
+    canny = run(studio, init, **unit(1))
+    depth = run(studio, init, **unit(1, preprocessor="depth", detector=""))
+    assert "preprocessor: depth" in depth.infotext and "detector: tiny-depth" in depth.infotext
+    assert np.abs(pixels(depth) - pixels(canny)).max() > 0
+    pose = run(studio, init, **unit(1, preprocessor="pose", detector="tiny-pose"))
+    assert "detector: tiny-pose" in pose.infotext
+    bad = error_of(lambda: run(studio, init, **unit(1, preprocessor="pose", detector="../x")))
+    assert bad.startswith("ControlNet unit 1 detector: '../x' is not one of"), bad
+    choices = studio.detector_models()
+    assert choices[0][1] == "" and ("tiny-depth (depth)", "tiny-depth") in choices
 
 
 # -- latents, memory, PAG ------------------------------------------------------------------------

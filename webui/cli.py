@@ -44,9 +44,9 @@ ADAPTER_FLAGS = {"lora": "--lora", "controlnet": "--controlnet", "ip_adapter": "
                  "pag": "--pag-scale", "mask_blur": "--mask-blur", "padding": "--inpaint-padding"}
 # Flags that build the list-valued settings.
 LIST_FLAGS = {"loras": "--lora", "controlnets": "--controlnet"}
-CONTROL_FLAGS = {"--control-preprocessor": "preprocessor", "--control-scale": "scale",
-                 "--control-start": "start", "--control-end": "end", "--canny-low": "low",
-                 "--canny-high": "high"}
+CONTROL_FLAGS = {"--control-preprocessor": "preprocessor", "--control-detector": "detector",
+                 "--control-scale": "scale", "--control-start": "start", "--control-end": "end",
+                 "--canny-low": "low", "--canny-high": "high"}
 
 
 def add_generate_parser(sub) -> argparse.ArgumentParser:
@@ -64,8 +64,12 @@ def add_generate_parser(sub) -> argparse.ArgumentParser:
     gen.add_argument("--control-image", dest="control_image", action="append", metavar="IMG",
                      help="control picture for the ControlNets in order (default: the init image)")
     for flag, key in CONTROL_FLAGS.items():
-        lo, hi = P.field_range(key, P.ControlNetUnit) if key != "preprocessor" else (None, None)
-        span = f" [{P._num(lo)}..{P._num(hi)}]" if lo is not None else " (canny or none)"
+        if key == "preprocessor":
+            span = f" ({', '.join(P.choices(key, P.ControlNetUnit))})"
+        elif key == "detector":
+            span = ""
+        else:
+            span = " [{}..{}]".format(*(P._num(v) for v in P.field_range(key, P.ControlNetUnit)))
         gen.add_argument(flag, dest=f"control_{key}", default=None,
                          help=P.ControlNetUnit.model_fields[key].description + span)
     gen.add_argument("--ip-image", metavar="IMG", help="IP-Adapter reference image")
@@ -110,6 +114,9 @@ def collect_params(args: argparse.Namespace, base: dict | None = None) -> P.Gene
 def flag_for(field: str) -> str:
     """The flag behind a (possibly nested) settings field, for error messages."""
     root = field.split("[", 1)[0].split(".", 1)[0]
+    leaf = field.rsplit(".", 1)[-1] if "]." in field else ""
+    if root == "controlnets" and leaf in CONTROL_FLAGS.values():
+        return next(flag for flag, key in CONTROL_FLAGS.items() if key == leaf)
     if root in LIST_FLAGS:
         return LIST_FLAGS[root]
     return next((f for f, name in FLAGS.items() if name == field), field)

@@ -72,9 +72,13 @@ class ControlNetUnit(BaseModel):
     source: Literal["init image", "upload"] = Field(
         "init image", description="Where the control picture comes from: the init image itself "
         "or an uploaded control image.")
-    preprocessor: Literal["canny", "none"] = Field(
-        "canny", description="canny: edges of the control picture; none: use it as it is (an "
-        "edge, pose or depth map made elsewhere).")
+    preprocessor: Literal["canny", "depth", "pose", "none"] = Field(
+        "canny", description="canny: edges of the control picture; depth / pose: its depth map "
+        "or body pose, drawn by a detector model; none: use it as it is (an edge, pose or depth "
+        "map made elsewhere).")
+    detector: str = Field(
+        "", max_length=1000, description="Detector model for depth / pose: a folder under "
+        "models/ControlNet-preprocessors; empty picks the first of that kind.")
     scale: float = Field(1.0, ge=0.0, le=2.0, description="Conditioning scale: how strictly "
                          "the structure is followed.")
     start: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of the steps after which "

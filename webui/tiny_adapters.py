@@ -178,3 +178,88 @@ def make_controlnet(pipe, folder, seed: int = 0, single_file: bool = False) -> P
     save_file({k: v.contiguous() for k, v in controlnet.state_dict().items()}, str(path))
     path.with_suffix(".json").write_text(json.dumps(dict(controlnet.config), indent=1))
     return path
+
+
+def make_depth_detector(folder, seed: int = 0, metric: bool = False) -> Path:
+    """Write a tiny Depth Anything depth-estimation model (random weights) and its processor.
+
+    metric=True marks it as a metric-depth model (far = large), which the depth map inverts.
+    """
+    import torch
+    from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config,
+                              DPTImageProcessor)
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                            intermediate_size=37, image_size=28, patch_size=14,
+                            out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32,
+                                 patch_size=14, neck_hidden_sizes=[16, 32, 32, 32],
+                                 fusion_hidden_size=16, head_hidden_size=16,
+                                 depth_estimation_type="metric" if metric else "relative")
+    torch.manual_seed(seed)
+    model = DepthAnythingForDepthEstimation(config).eval()
+    folder = Path(folder)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    DPTImageProcessor(size={"height": 28, "width": 28}, keep_aspect_ratio=True,
+                      ensure_multiple_of=14).save_pretrained(str(folder))
+    return folder
+
+
+def make_pose_detector(folder, seed: int = 0, person_box=None) -> Path:
+    """Write a tiny ViTPose model (17 COCO keypoints, random weights) and its processor.
+
+    Its heatmaps are lifted so that every keypoint is confident enough to be drawn. person_box:
+    (x, y, width, height) as fractions of the picture: also write a tiny person detector in
+    `person-detector/` that finds exactly that box.
+    """
+    import torch
+    from transformers import (VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation,
+                              VitPoseImageProcessor)
+
+    backbone = VitPoseBackboneConfig(image_size=[32, 24], patch_size=[8, 8], hidden_size=32,
+                                     num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=37, out_indices=[2])
+    config = VitPoseConfig(backbone_config=backbone, scale_factor=4, use_simple_decoder=True,
+                           num_labels=17)
+    torch.manual_seed(seed)
+    model = VitPoseForPoseEstimation(config).eval()
+    with torch.no_grad():
+        model.head.conv.bias.fill_(1.0)
+    folder = Path(folder)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    VitPoseImageProcessor(size={"height": 32, "width": 24}).save_pretrained(str(folder))
+    if person_box is not None:
+        _person_detector(folder / "person-detector", person_box, seed)
+    return folder
+
+
+def _person_detector(folder: Path, box, seed: int) -> None:
+    """A tiny DETR whose every query reports one confident 'person' at `box` (fractions)."""
+    import math
+
+    import torch
+    from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor, ResNetConfig
+
+    backbone = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 8, 8, 8],
+                            depths=[1, 1, 1, 1], out_features=["stage4"])
+    config = DetrConfig(use_timm_backbone=False, backbone_config=backbone,
+                        use_pretrained_backbone=False, d_model=16, encoder_layers=1,
+                        decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                        encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=2,
+                        id2label={0: "person", 1: "cat"}, label2id={"person": 0, "cat": 1})
+    torch.manual_seed(seed)
+    model = DetrForObjectDetection(config).eval()
+    x, y, w, h = box
+    # The head predicts sigmoid(bias): keep each value inside (0, 1).
+    centre = [min(max(v, 1e-3), 1 - 1e-3) for v in (x + w / 2, y + h / 2, w, h)]
+    with torch.no_grad():
+        # Zero weights make the heads ignore the picture: the biases alone give the answer.
+        classifier = model.class_labels_classifier
+        classifier.weight.zero_()
+        classifier.bias.copy_(torch.tensor([8.0, -8.0, -8.0]))
+        last = model.bbox_predictor.layers[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([math.log(v / (1 - v)) for v in centre]))
+    model.save_pretrained(str(folder), safe_serialization=True)
+    DetrImageProcessor(size={"shortest_edge": 32, "longest_edge": 64}).save_pretrained(str(folder))

@@ -1,6 +1,7 @@
 """The adapter controls in a real browser: inpainting with a painted and with an uploaded mask, a
 LoRA picked from the models folder, latent output offered for download, and the ControlNet edge
-preview. The studio is launched with a tiny LoRA and ControlNet already in its models folder.
+and depth previews. The studio is launched with a tiny LoRA, ControlNet and depth detector already
+in its models folder.
 
 Screenshots go to test-artifacts/adapters-*.png.
 """
@@ -25,12 +26,13 @@ def adapter_studio(tmp_path_factory):
     """The studio with models/Lora/film.safetensors and models/ControlNet/tiny-canny in place
     before it starts."""
     from webui.tiny import build_pipeline
-    from webui.tiny_adapters import make_controlnet, make_lora
+    from webui.tiny_adapters import make_controlnet, make_depth_detector, make_lora
 
     base = tmp_path_factory.mktemp("adapter-browser")
     pipe = build_pipeline("tiny-random")
     make_lora(pipe, base / "models" / "Lora" / "film.safetensors", seed=1)
     make_controlnet(pipe, base / "models" / "ControlNet" / "tiny-canny", seed=2)
+    make_depth_detector(base / "models" / "ControlNet-preprocessors" / "tiny-depth", seed=3)
     del pipe
     with running_studio(base) as url:
         yield {"url": url, "outputs": base / "outputs", "log": base / "studio.log"}
@@ -183,6 +185,18 @@ def test_lora_latent_output_and_edge_preview(page, adapter_studio, tmp_path):
 
     # The ControlNet edge preview traces the init image.
     open_accordion(page, "controlnet")
-    page.click("#cn1-preview-edges")
-    expect(page.locator("#cn1-edges img")).to_be_visible()
+    page.click("#cn1-preview")
+    control_map = page.locator("#cn1-control-map img")
+    expect(control_map).to_be_visible()
+    edges_src = control_map.get_attribute("src")
     shot(page, "adapters-05-controlnet-edges")
+    # A depth map from the detector model in the models folder, picked from its list.
+    page.locator("#cn1-preprocessor").get_by_text("depth", exact=True).click()
+    page.locator("#cn1-detector input[role=combobox]").click()
+    page.get_by_role("option", name="tiny-depth (depth)").click()
+    page.click("#cn1-preview")
+    expect(control_map).not_to_have_attribute("src", edges_src)
+    depth = Image.open(io.BytesIO(page.request.get(control_map.get_attribute("src")).body()))
+    grey = np.asarray(depth.convert("RGB"), dtype=np.int16)
+    assert np.abs(grey[..., 0] - grey[..., 2]).max() <= 1 and grey.max() > grey.min()
+    shot(page, "adapters-06-controlnet-depth")

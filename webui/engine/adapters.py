@@ -38,6 +38,7 @@ Inpainting (mode 'inpaint', white = repaint):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .detectors import Detectors
 from .errors import ModelError
 from .models import PICKLE_SUFFIXES
 
@@ -96,8 +98,9 @@ class ControlNetSpec:
     """One ControlNet: its model (a diffusers folder or a .safetensors file) and control image.
 
     preprocessor 'canny' turns `image` into an edge map first (thresholds `low` / `high`);
-    'none' uses `image` as the control image. scale is the conditioning strength; start / end
-    the fraction of the denoising steps during which the ControlNet acts.
+    'depth' and 'pose' into a depth or pose map, drawn by the detector model folder `detector`
+    (see detectors.py); 'none' uses `image` as the control image. scale is the conditioning
+    strength; start / end the fraction of the denoising steps during which the ControlNet acts.
     """
 
     model: str
@@ -108,6 +111,7 @@ class ControlNetSpec:
     preprocessor: str = "none"
     low: float = 100
     high: float = 200
+    detector: str = ""
 
 
 @dataclass
@@ -353,12 +357,16 @@ class Adapters:
     base_pipe: a StableDiffusion(XL)Img2ImgPipeline, already on its device and dtype.
     lora_dir: the LoRA folder (models/Lora); LoRAs are found there by relative name.
     max_controlnets: ControlNet models kept loaded between jobs (least recently used dropped).
+    detectors: the depth / pose detector cache (shared with the engine's previews); default: a
+        new one on the pipeline's device.
     """
 
-    def __init__(self, base_pipe, lora_dir="models/Lora", max_controlnets: int = 3):
+    def __init__(self, base_pipe, lora_dir="models/Lora", max_controlnets: int = 3,
+                 detectors: Detectors | None = None):
         self.base = base_pipe
         self.lora_dir = Path(lora_dir)
         self.max_controlnets = max_controlnets
+        self.detectors = detectors or Detectors(str(base_pipe.unet.device))
         self._loras: dict[str, _LoadedLora] = {}  # LoRA name -> loaded adapter
         self._active: tuple | None = None  # ((adapter, weight), ...) last given to set_adapters
         self._pipes: dict[tuple, Any] = {}
@@ -968,7 +976,7 @@ class Adapters:
                            device=pipe.vae.device, dtype=pipe.vae.dtype)
 
     def _controlnet_kwargs(self, specs: list[ControlNetSpec], size) -> dict:
-        from .controlnet_images import PREPROCESSORS, control_image
+        from .controlnet_images import DETECTED, PREPROCESSORS, control_image
 
         images, scales, starts, ends = [], [], [], []
         for n, spec in enumerate(specs, 1):
@@ -985,9 +993,15 @@ class Adapters:
             if not 0.0 <= spec.start < spec.end <= 1.0:
                 raise AdapterError(f"{label}: guidance start/end must satisfy 0 <= start < end <= "
                                    f"1 (got {spec.start:g} / {spec.end:g})", "controlnet")
+            detect = None
+            if spec.preprocessor in DETECTED:
+                if not spec.detector:
+                    raise AdapterError(f"{label}: preprocessor {spec.preprocessor!r} needs its "
+                                       "detector model folder", "controlnet")
+                detect = functools.partial(self.detectors.control_map, spec.detector)
             try:
                 picture = control_image(_as_rgb(spec.image, "controlnet"), spec.preprocessor,
-                                        size, spec.low, spec.high)
+                                        size, spec.low, spec.high, detect)
             except ValueError as exc:
                 raise AdapterError(f"{label}: {exc}", "controlnet") from None
             images.append(picture)

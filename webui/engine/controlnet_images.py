@@ -1,4 +1,5 @@
-"""Control images for ControlNet, made without any model weights.
+"""Control images for ControlNet: canny edges made without any model weights, and the dispatch
+to the depth and pose detectors (detectors.py), which need the artist's models.
 
 `canny(image, low, high)` is the classic Canny edge detector in NumPy/SciPy: Sobel gradients,
 non-maximum suppression (edges one pixel thin), then hysteresis (a weak edge survives only where it
@@ -92,17 +93,25 @@ def canny(image, low: float = CANNY_LOW, high: float = CANNY_HIGH, sigma: float 
     return Image.fromarray(np.stack([edges] * 3, axis=-1), "RGB")
 
 
-PREPROCESSORS = ("none", "canny")
+PREPROCESSORS = ("none", "canny", "depth", "pose")
+# Preprocessors that need a detector model (see detectors.py).
+DETECTED = ("depth", "pose")
 
 
 def control_image(image, preprocessor: str = "none", size: tuple[int, int] | None = None,
-                  low: float = CANNY_LOW, high: float = CANNY_HIGH):
-    """The image a ControlNet sees: optionally preprocessed, RGB, resized to `size` (w, h)."""
+                  low: float = CANNY_LOW, high: float = CANNY_HIGH, detect=None):
+    """The image a ControlNet sees: optionally preprocessed, RGB, resized to `size` (w, h).
+
+    detect: for 'depth' and 'pose', a callable (kind, picture) -> map, the detector model that
+    draws it (Detectors.control_map bound to a model folder).
+    """
     from PIL import Image
 
     if preprocessor not in PREPROCESSORS:
         raise ValueError(f"unknown ControlNet preprocessor {preprocessor!r}; use one of "
                          + ", ".join(PREPROCESSORS))
+    if preprocessor in DETECTED and detect is None:
+        raise ValueError(f"preprocessor {preprocessor!r} needs a detector model")
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image.astype(np.uint8))
     image = image.convert("RGB")
@@ -111,4 +120,6 @@ def control_image(image, preprocessor: str = "none", size: tuple[int, int] | Non
         image = image.resize(tuple(size), Image.BICUBIC)
     if preprocessor == "canny":
         image = canny(image, low, high)
+    elif preprocessor in DETECTED:
+        image = detect(preprocessor, image)
     return image

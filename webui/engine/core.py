@@ -8,6 +8,7 @@ reuses it, and changing sampler swaps only the scheduler.
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import itertools
@@ -25,6 +26,8 @@ from ..params import MAX_SEED, GenerationParams
 from . import memory, outputs, previews
 from .errors import Cancelled, InputError, ModelError
 from .adapters import Adapters, ControlNetSpec, IPAdapterSpec, latents_bytes, load_latents
+from .controlnet_images import control_image
+from .detectors import DETECTOR_SUBDIR, KINDS as DETECTOR_KINDS, Detectors, find_detector
 from .models import LORA_SUBDIR, ModelRegistry, load
 
 
@@ -197,6 +200,7 @@ class Engine:
         self._base_scheduler_config = None
         self._worker: threading.Thread | None = None
         self.current: Job | None = None
+        self._detectors: Detectors | None = None
 
     # -- information -------------------------------------------------------------------------
     @property
@@ -206,6 +210,34 @@ class Engine:
 
             self._device = "cuda" if torch.cuda.is_available() else "cpu"
         return self._device
+
+    @property
+    def detectors(self) -> Detectors:
+        """The depth / pose detector models, loaded once for jobs and previews alike."""
+        if self._detectors is None:
+            self._detectors = Detectors(self.device)
+        return self._detectors
+
+    @property
+    def detectors_dir(self) -> Path:
+        return self.registry.models_dir / DETECTOR_SUBDIR
+
+    def control_preview(self, picture, preprocessor: str, detector: str = "", low: float = 100,
+                        high: float = 200):
+        """What a ControlNet unit with this preprocessor would see of `picture` (PIL), at the
+        picture's size. InputError names the detector or the thresholds when they cannot be
+        used."""
+        detect = None
+        if preprocessor in DETECTOR_KINDS:
+            try:
+                folder = find_detector(self.detectors_dir, preprocessor, detector)
+            except ValueError as exc:
+                raise InputError("detector", str(exc)) from None
+            detect = functools.partial(self.detectors.control_map, folder)
+        try:
+            return control_image(picture, preprocessor, None, low, high, detect)
+        except ValueError as exc:
+            raise InputError("detector" if detect else "low", str(exc)) from None
 
     def models(self) -> list[str]:
         """Names for the model picker (scanned checkpoints, hub ids, built-in models)."""
@@ -332,7 +364,8 @@ class Engine:
             self._pipe, self._pipe_key = pipe, key
             self._pipe_source = source
             self._base_scheduler_config = dict(pipe.scheduler.config)
-            self.adapters = Adapters(pipe, lora_dir=self.registry.models_dir / LORA_SUBDIR)
+            self.adapters = Adapters(pipe, lora_dir=self.registry.models_dir / LORA_SUBDIR,
+                                     detectors=self.detectors)
         return self._pipe
 
     def unload(self) -> None:
@@ -405,6 +438,7 @@ class Engine:
         else:
             job._emit(Progress("loading", elapsed=time.monotonic() - started))
             pipe = self.pipeline(params.model or self.model, params.dtype)
+            params = self._name_detectors(params)
             limit = params.pag_scale > 0 and self.adapters.pag_limit(
                 "inpaint" if mask is not None else "img2img",
                 controlnets=bool(params.controlnets), latent_input=latents is not None)
@@ -544,8 +578,33 @@ class Engine:
         )
         return output.images, state["stopped"]
 
-    @staticmethod
-    def _controlnet_specs(params: GenerationParams, init, uploads) -> list[ControlNetSpec]:
+    def _detector_folder(self, index: int, unit) -> Path | None:
+        if unit.preprocessor not in DETECTOR_KINDS:
+            return None
+        try:
+            return find_detector(self.detectors_dir, unit.preprocessor, unit.detector)
+        except ValueError as exc:
+            raise InputError(f"controlnets[{index}].detector",
+                             f"ControlNet {index + 1}: {exc}") from None
+
+    def _name_detectors(self, params: GenerationParams) -> GenerationParams:
+        """The settings with each unit's detector named as it will be used (the one an empty
+        name picks, none for preprocessors without one), so the infotext can reproduce it."""
+        units = []
+        for index, unit in enumerate(params.controlnets):
+            folder = self._detector_folder(index, unit)
+            name = ""
+            if folder is not None:
+                try:
+                    name = folder.resolve().relative_to(self.detectors_dir.resolve()).as_posix()
+                except ValueError:
+                    name = str(folder)
+            units.append(unit.model_copy(update={"detector": name}))
+        if [u.detector for u in units] == [u.detector for u in params.controlnets]:
+            return params
+        return params.replace(controlnets=[u.model_dump() for u in units])
+
+    def _controlnet_specs(self, params: GenerationParams, init, uploads) -> list[ControlNetSpec]:
         specs = []
         uploads = list(uploads or [])
         for index, unit in enumerate(params.controlnets):
@@ -561,9 +620,10 @@ class Engine:
                     raise InputError(field, f"ControlNet {index + 1}: no control image uploaded "
                                      "(or set its source to the init image)")
                 picture = imaging.load_image(upload, f"control image {index + 1}")
+            folder = self._detector_folder(index, unit)
             specs.append(ControlNetSpec(unit.model, image=picture, scale=unit.scale,
                                         start=unit.start, end=unit.end,
                                         preprocessor=unit.preprocessor, low=unit.low,
-                                        high=unit.high))
+                                        high=unit.high, detector=str(folder or "")))
         return specs
 

@@ -16,6 +16,7 @@ import gradio as gr
 
 from .. import params as P
 from . import handlers
+from ..engine.detectors import DETECTOR_SUBDIR
 from .handlers import CONTROLNET_SUBDIR, CONTROLNET_UNITS, IP_ADAPTER_SUBDIR, Studio
 
 
@@ -45,7 +46,7 @@ class Panel:
     reference: gr.Image | None = None
     refresh: gr.Button | None = None
     refresh_controlnets: gr.Button | None = None
-    edges: list = field(default_factory=list)  # (button, preview image) per ControlNet unit
+    previews: list = field(default_factory=list)  # (button, control map) per ControlNet unit
 
     def __getitem__(self, name: str):
         return self.extras[name]
@@ -123,9 +124,12 @@ def controlnet_accordion(studio: Studio, panel: Panel) -> None:
     e = panel.extras
     unit = P.ControlNetUnit
     models = studio.adapter_models(CONTROLNET_SUBDIR)
+    detectors = studio.detector_models()
     with gr.Accordion("ControlNet", open=False, elem_id="controlnet-accordion"):
         with gr.Row(elem_id="controlnet-help-row"):
-            gr.Markdown(f"Models in models/{CONTROLNET_SUBDIR}; the units act together.",
+            gr.Markdown(f"Models in models/{CONTROLNET_SUBDIR}; the units act together. Depth "
+                        f"and pose maps are drawn by detector models in models/{DETECTOR_SUBDIR}"
+                        " (transformers folders: a depth-estimation model, a ViTPose model).",
                         elem_id="controlnet-help")
             panel.refresh_controlnets = gr.Button("🔄", scale=0, elem_id="refresh-controlnets")
         with gr.Tabs(elem_id="controlnet-tabs"):
@@ -141,6 +145,9 @@ def controlnet_accordion(studio: Studio, panel: Panel) -> None:
                         e[f"cn{n}_source"] = _radio("source", "Source", f"cn{n}-source", unit)
                         e[f"cn{n}_preprocessor"] = _radio("preprocessor", "Preprocessor",
                                                           f"cn{n}-preprocessor", unit)
+                    e[f"cn{n}_detector"] = gr.Dropdown(
+                        detectors, value="", label="Detector model (depth / pose)",
+                        info=_info("detector", unit), elem_id=f"cn{n}-detector")
                     e[f"cn{n}_image"] = gr.Image(
                         label="Control image (source: upload)", type="pil", format="png",
                         sources=["upload", "clipboard"], height=200, elem_id=f"cn{n}-image")
@@ -153,12 +160,13 @@ def controlnet_accordion(studio: Studio, panel: Panel) -> None:
                     with gr.Row(elem_id=f"cn{n}-canny-row"):
                         e[f"cn{n}_low"] = _slider("low", "Canny low", 1, f"cn{n}-low", unit)
                         e[f"cn{n}_high"] = _slider("high", "Canny high", 1, f"cn{n}-high", unit)
-                    with gr.Row(elem_id=f"cn{n}-edges-row"):
-                        button = gr.Button("Preview edges", size="sm", scale=0,
-                                           elem_id=f"cn{n}-preview-edges")
-                        edges = gr.Image(label="Edges (canny)", interactive=False, height=160,
-                                         format="png", elem_id=f"cn{n}-edges")
-                    panel.edges.append((button, edges))
+                    with gr.Row(elem_id=f"cn{n}-preview-row"):
+                        button = gr.Button("Preview control map", size="sm", scale=0,
+                                           elem_id=f"cn{n}-preview")
+                        preview = gr.Image(label="Control map (what the ControlNet follows)",
+                                           interactive=False, height=160, format="png",
+                                           elem_id=f"cn{n}-control-map")
+                    panel.previews.append((button, preview))
 
 
 def memory_accordion(panel: Panel) -> None:
@@ -195,12 +203,14 @@ def wire(studio: Studio, panel: Panel, init_image: gr.Image, tabs: tuple[gr.Tab,
     e["loras"].change(studio.lora_table, [e["loras"], e["lora_weights"]], [e["lora_weights"]],
                       api_name="lora_table", **instant)
     controlnet_models = [e[f"cn{n}_model"] for n in range(1, CONTROLNET_UNITS + 1)]
-    adapter_lists = [e["loras"], e["ip_adapter"], *controlnet_models]
+    detectors = [e[f"cn{n}_detector"] for n in range(1, CONTROLNET_UNITS + 1)]
+    adapter_lists = [e["loras"], e["ip_adapter"], *controlnet_models, *detectors]
     panel.refresh.click(studio.refresh_adapters, adapter_lists, adapter_lists,
                         api_name="refresh_adapters", **instant)
     panel.refresh_controlnets.click(studio.refresh_adapters, adapter_lists, adapter_lists,
                                     api_name="refresh_controlnets", **instant)
-    for n, (button, edges) in enumerate(panel.edges, 1):
-        button.click(functools.partial(studio.preview_edges, unit=n),
-                     [e[f"cn{n}_image"], e[f"cn{n}_source"], init_image, e[f"cn{n}_low"],
-                      e[f"cn{n}_high"]], [edges], api_name=f"controlnet{n}_edges", **toasting)
+    for n, (button, preview) in enumerate(panel.previews, 1):
+        button.click(functools.partial(studio.preview_control, unit=n),
+                     [e[f"cn{n}_image"], e[f"cn{n}_source"], init_image,
+                      e[f"cn{n}_preprocessor"], e[f"cn{n}_detector"], e[f"cn{n}_low"],
+                      e[f"cn{n}_high"]], [preview], api_name=f"controlnet{n}_preview", **toasting)

@@ -24,7 +24,8 @@ from .. import infotext
 from .. import params as P
 from ..engine import outputs
 from ..engine.adapters import AdapterError, mask_to_l, parse_prompt_loras
-from ..engine.controlnet_images import canny
+from ..engine.controlnet_images import DETECTED
+from ..engine.detectors import list_detectors
 from ..engine.core import Engine, ImageResult, Inputs, Job, Progress, QueueFull, Result
 from ..engine.errors import Cancelled, InputError, ModelError
 from ..engine.models import LORA_SUBDIR
@@ -84,8 +85,8 @@ CONTROLNET_SUBDIR = "ControlNet"
 CONTROLNET_UNITS = 3
 LORA_HEADERS = ["LoRA", "weight"]
 # What a ControlNet unit's controls are called (cn1_model, cn2_scale, ...), in wiring order.
-UNIT_KEYS = ("enabled", "model", "source", "image", "preprocessor", "scale", "start", "end", "low",
-             "high")
+UNIT_KEYS = ("enabled", "model", "source", "image", "preprocessor", "detector", "scale", "start",
+             "end", "low", "high")
 # Hub ids as the hub spells them; ".." is refused separately so a path can never pass as one.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*$")
 
@@ -451,6 +452,25 @@ class Studio:
                 found.append(path.relative_to(root).as_posix())
         return found
 
+    def detector_models(self) -> list[tuple[str, str]]:
+        """(label, name) of the depth and pose detectors in models/ControlNet-preprocessors,
+        after the automatic choice."""
+        found = list_detectors(self.engine.detectors_dir)
+        return [("auto (the first of its kind)", "")] + [
+            (f"{name} ({kind})", name) for name, (kind, _) in found.items()]
+
+    def _detector_name(self, value, field: str) -> str:
+        """A detector picked from the list (a shared page must not name server paths)."""
+        if value is not None and not isinstance(value, str):
+            raise _fail(field, f"must be text (got {type(value).__name__})")
+        value = (value or "").strip()
+        found = list_detectors(self.engine.detectors_dir)
+        if value and value not in found:
+            listed = ", ".join(found) or "none yet"
+            raise _fail(field, f"{value!r} is not one of this studio's detector models "
+                        f"({listed}); put its folder in {self.engine.detectors_dir}/ and press 🔄")
+        return value
+
     def _adapter_location(self, kind: str, value, field: str, hub: bool = False) -> str:
         """The folder, file or hub id the engine gets for what the artist picked or typed.
 
@@ -540,6 +560,7 @@ class Studio:
             unit = {key: get(key) for key in UNIT_KEYS if key not in ("enabled", "image")}
             unit["model"] = self._adapter_location(CONTROLNET_SUBDIR, unit["model"],
                                                    f"cn{n}_model")
+            unit["detector"] = self._detector_name(unit["detector"], f"cn{n}_detector")
             if unit["source"] == "upload" and get("image") is None:
                 raise _fail(f"cn{n}_image", "no control image uploaded (or set the unit's source "
                             "to the init image)")
@@ -834,35 +855,47 @@ class Studio:
         rows = [[name, weights.get(name, 1.0)] for name in (selected or [])]
         return gr.update(value={"headers": LORA_HEADERS, "data": rows}, visible=bool(rows))
 
-    def refresh_adapters(self, loras=None, ip_adapter=None, *controlnets):
-        """Rescan models/Lora, models/IP-Adapter and models/ControlNet; picks that vanished are
-        dropped (typed hub ids stay)."""
+    def refresh_adapters(self, loras=None, ip_adapter=None, *units):
+        """Rescan models/Lora, models/IP-Adapter, models/ControlNet and the detector models;
+        picks that vanished are dropped (typed hub ids stay). `units`: each ControlNet unit's
+        model, then each unit's detector."""
         known = self.available_loras()
         picked = [name for name in (loras or []) if name in known]
         ips = self.adapter_models(IP_ADAPTER_SUBDIR)
         cns = self.adapter_models(CONTROLNET_SUBDIR)
+        detectors = self.detector_models()
+        names = {value for _, value in detectors}
+        models, picked_detectors = units[:len(units) // 2], units[len(units) // 2:]
         return (gr.update(choices=known, value=picked),
                 gr.update(choices=ips, value=ip_adapter or ""),
-                *(gr.update(choices=cns, value=value or "") for value in controlnets))
+                *(gr.update(choices=cns, value=value or "") for value in models),
+                *(gr.update(choices=detectors, value=value if value in names else "")
+                  for value in picked_detectors))
 
-    def preview_edges(self, image, source, init_image, low, high, unit: int = 1):
-        """The edge map a ControlNet unit with preprocessor canny would follow."""
+    def preview_control(self, image, source, init_image, preprocessor="canny", detector="",
+                        low=100, high=200, unit: int = 1):
+        """The control map a ControlNet unit would follow: canny edges, or the depth / pose map
+        its detector draws, or (preprocessor none) the picture itself."""
         try:
-            P.make(controlnets=[{"model": "-", "low": low, "high": high}])
+            P.make(controlnets=[{"model": "-", "preprocessor": preprocessor, "low": low,
+                                 "high": high}])
         except P.ParamsError as exc:
             raise _fail(exc.field, str(exc), [unit]) from None
+        detector = self._detector_name(detector, f"cn{unit}_detector")
         field = "init_image" if source == "init image" else f"cn{unit}_image"
         picture = init_image if source == "init image" else image
         if picture is None:
             where = "an init image" if source == "init image" else "a control image"
-            raise _fail(field, f"nothing to trace yet: upload {where}")
+            raise _fail(field, f"nothing to preview yet: upload {where}")
         picture = self.load_image(picture, field)
         # Only a preview: a huge photo need not take seconds to trace.
         picture.thumbnail((1024, 1024))
         try:
-            return canny(picture, float(low), float(high))
-        except ValueError as exc:
-            raise _fail(f"cn{unit}_low", str(exc)) from None
+            return self.engine.control_preview(picture, preprocessor, detector, float(low),
+                                               float(high))
+        except InputError as exc:
+            where = f"cn{unit}_detector" if preprocessor in DETECTED else f"cn{unit}_low"
+            raise _fail(where, str(exc)) from None
 
     # -- PNG Info ----------------------------------------------------------------------------
     def png_info(self, image) -> tuple[str, str]:
