@@ -489,6 +489,38 @@ def test_controlnet_single_file_and_inpaint(sd1, adapters, tmp_path):
     assert np.isfinite(_run(pipe, kwargs)).all()
 
 
+def _original_layout_controlnet(folder, tmp_path):
+    """A ControlNet folder written again as one original-layout file (keys under
+    control_model.input_blocks / zero_convs / input_hint_block)."""
+    from diffusers import ControlNetModel
+
+    from webui.testing import save_controlnet_single_file
+
+    path = save_controlnet_single_file(ControlNetModel.from_pretrained(str(folder)),
+                                       tmp_path / "control_original.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+    assert all(k.startswith("control_model.") for k in keys)
+    assert any(k.startswith("control_model.zero_convs.") for k in keys)
+    return path
+
+
+def test_controlnet_original_layout_file(sd1, adapters, tmp_path):
+    path = _original_layout_controlnet(sd1["controlnet"], tmp_path)
+    from_file = ControlNetSpec(str(path), image=_rectangle(), preprocessor="canny")
+    from_folder = ControlNetSpec(str(sd1["controlnet"]), image=_rectangle(), preprocessor="canny")
+    assert np.array_equal(_out(adapters, controlnets=[from_file]),
+                          _out(adapters, controlnets=[from_folder]))
+    # Made for another model: its layer sizes do not fit this one.
+    xl_cn = make_controlnet(build_pipeline(TINY_SDXL), tmp_path / "xl-cn")
+    xl_file = _original_layout_controlnet(xl_cn, tmp_path / "xl")
+    with pytest.raises(AdapterError, match="control_original.safetensors does not fit this model"):
+        adapters.prepare(image=INIT, controlnets=[ControlNetSpec(str(xl_file), _rectangle())])
+    assert np.array_equal(_out(adapters), sd1["base"])
+
+
 # -- latents ---------------------------------------------------------------------------------
 
 
@@ -550,6 +582,11 @@ def test_sdxl_ip_adapter_and_controlnet(xl, tmp_path):
         assert np.isfinite(out).all() and np.abs(out - xl["base"]).max() > 1e-3
         pipe, _ = adapters.prepare(image=INIT, controlnets=[spec], pag_scale=3.0)
         assert type(pipe).__name__ == "StableDiffusionXLControlNetPAGImg2ImgPipeline"
+        # The same ControlNet as one original-layout file (SDXL adds its label embedding).
+        original = _original_layout_controlnet(controlnet, tmp_path)
+        from_file = ControlNetSpec(str(original), image=_rectangle(), preprocessor="canny")
+        assert np.array_equal(_out(adapters, controlnets=[from_file]),
+                              _out(adapters, controlnets=[spec]))
         # No SDXL pipeline joins PAG, ControlNet and inpainting: refused, nothing changed.
         assert adapters.pag_limit("inpaint", controlnets=True)
         with pytest.raises(AdapterError, match="PAG cannot run here: .*SDXL"):

@@ -1,4 +1,5 @@
-"""Helpers for tests and benchmarks: write tiny pipelines as original-layout single-file checkpoints.
+"""Helpers for tests and benchmarks: write tiny pipelines (and ControlNets) as original-layout
+single-file checkpoints.
 
 The mapping below is the inverse of the library's single-file converters, derived from each model's
 own structure (block counts, layers per block, which blocks carry attention), so it fits the tiny
@@ -198,4 +199,47 @@ def save_single_file(pipe, path, *, family: str | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(to_original_state_dict(pipe, family), str(path))
+    return path
+
+
+def controlnet_to_original(controlnet) -> dict:
+    """ControlNetModel weights under the original names (`control_model.input_blocks`,
+    `zero_convs`, `input_hint_block`, `middle_block_out`), as original ControlNet files hold them.
+
+    The encoder half is named as in the UNet; the hint encoder alternates convolutions and
+    activations, so its k-th convolution is `input_hint_block.{2k}`.
+    """
+    per_block = controlnet.config.layers_per_block
+    if not isinstance(per_block, int):
+        raise ValueError("the original layout needs the same layers_per_block for every block")
+    hint_blocks = len(controlnet.controlnet_cond_embedding.blocks)
+    out = {}
+    for key, value in controlnet.state_dict().items():
+        module, param = key.rsplit(".", 1)
+        parts = module.split(".")
+        if module in _UNET_TOP:
+            name = f"{_UNET_TOP[module]}.{param}"
+        elif parts[0] == "controlnet_down_blocks":
+            name = f"zero_convs.{parts[1]}.0.{param}"
+        elif module == "controlnet_mid_block":
+            name = f"middle_block_out.0.{param}"
+        elif module == "controlnet_cond_embedding.conv_in":
+            name = f"input_hint_block.0.{param}"
+        elif parts[:2] == ["controlnet_cond_embedding", "blocks"]:
+            name = f"input_hint_block.{2 * (int(parts[2]) + 1)}.{param}"
+        elif module == "controlnet_cond_embedding.conv_out":
+            name = f"input_hint_block.{2 * (hint_blocks + 1)}.{param}"
+        else:
+            name = _unet_block_key(key, per_block, set())
+        out["control_model." + name] = value.detach().clone().contiguous()
+    return out
+
+
+def save_controlnet_single_file(controlnet, path) -> Path:
+    """Write a ControlNet as one original-layout .safetensors file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(controlnet_to_original(controlnet), str(path))
     return path

@@ -1276,9 +1276,15 @@ def _read_controlnet(path: Path, unet, dtype):
         raise AdapterError(f"{path.name} is damaged or not a safetensors file ({_short(exc)})",
                            "controlnet") from None
     sidecar = path.with_suffix(".json")
-    if "controlnet_cond_embedding.conv_in.weight" in state:
+    original = any(k.startswith(("control_model.", "input_hint_block.", "zero_convs."))
+                   for k in state)
+    if "controlnet_cond_embedding.conv_in.weight" in state or original:
+        # A file holds no config: the one beside it, else the one training from this UNet
+        # starts with.
         config = json.loads(sidecar.read_text()) if sidecar.is_file() else controlnet_config(unet)
         config = {k: v for k, v in config.items() if not k.startswith("_")}
+        if original:
+            state = _controlnet_from_original(state, config)
         model = ControlNetModel.from_config(config)
         try:
             model.load_state_dict(state, strict=True)
@@ -1288,16 +1294,26 @@ def _read_controlnet(path: Path, unet, dtype):
                 "kind of model, or put its config.json next to it as "
                 f"{sidecar.name}", "controlnet") from None
         return model
-    if any(k.startswith(("control_model.", "input_hint_block.", "zero_convs.")) for k in state):
-        import tempfile
-
-        # Original-layout files: the converter needs a diffusers config, which the resident
-        # UNet provides, so nothing is fetched from the hub.
-        with tempfile.TemporaryDirectory() as tmp:
-            config = json.loads(sidecar.read_text()) if sidecar.is_file() else controlnet_config(unet)
-            config["_class_name"] = "ControlNetModel"
-            Path(tmp, "config.json").write_text(json.dumps(config))
-            return ControlNetModel.from_single_file(str(path), config=tmp, torch_dtype=dtype,
-                                                    local_files_only=True)
     raise AdapterError(f"{path.name} is not a ControlNet (no ControlNet weights inside)",
                        "controlnet")
+
+
+def _controlnet_from_original(state: dict, config: dict) -> dict:
+    """Original-layout ControlNet weights under diffusers names, by the library's converter.
+
+    The converter leaves out SDXL's added time and text embedding (`label_emb`), although the
+    library's own name table lists it; those weights are renamed here by that table.
+    """
+    from diffusers.loaders.single_file_utils import (DIFFUSERS_TO_LDM_MAPPING,
+                                                     convert_controlnet_checkpoint)
+
+    converted = convert_controlnet_checkpoint(state, config)
+    prefix = "control_model." if any(k.startswith("control_model.") for k in state) else ""
+    names = DIFFUSERS_TO_LDM_MAPPING["controlnet"]
+    for kind in ("class_embed_type", "addition_embed_type"):
+        if config.get(kind):
+            for new, old in names[kind].items():
+                if prefix + old in state and new not in converted:
+                    converted[new] = state[prefix + old]
+    # Keys the converter could not place come back as None.
+    return {k: v for k, v in converted.items() if v is not None}
