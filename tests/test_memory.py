@@ -38,11 +38,13 @@ class FakePipe:
         self.offloaded = False
 
     def to(self, device):
+        self.device = device
         return self
 
 
 def simulate(monkeypatch, free_gib: float, model_gib: float):
-    monkeypatch.setattr(memory, "free_vram", lambda device: int(free_gib * GiB))
+    monkeypatch.setattr(memory, "free_vram", lambda device: int(free_gib * GiB)
+                        if device.startswith("cuda") else None)
     monkeypatch.setattr(memory, "model_bytes", lambda pipe: int(model_gib * GiB))
 
 
@@ -80,3 +82,25 @@ def test_explicit_settings_win_and_cpu_explains_offload(monkeypatch):
                            "cpu", 64 * 64)
     assert pipe.slicing and pipe.vae.tiling and not pipe.offloaded
     assert any("no GPU here" in n for n in notices)
+
+
+def test_a_model_too_large_for_the_card_loads_straight_into_offload(monkeypatch):
+    # A 6.5 GB model with 4 GB free: moving it to the GPU would fail before any job.
+    simulate(monkeypatch, free_gib=4, model_gib=6.5)
+    pipe = memory.place(FakePipe(), "cuda", "auto")
+    assert pipe.offloaded and not hasattr(pipe, "device")
+    # The first job keeps it offloaded: it still cannot fit.
+    memory.apply(pipe, make(), "cuda", 512 * 512)
+    assert pipe.offloaded
+    # Off means off: the model goes to the GPU (and a too-large one fails there, as asked).
+    assert memory.place(FakePipe(), "cuda", "off").device == "cuda"
+
+
+def test_a_model_that_fits_goes_to_the_gpu_unless_offload_is_on(monkeypatch):
+    simulate(monkeypatch, free_gib=20, model_gib=6.5)
+    fits = memory.place(FakePipe(), "cuda", "auto")
+    assert fits.device == "cuda" and not fits.offloaded
+    assert memory.place(FakePipe(), "cuda", "on").offloaded
+    # No GPU: the CPU is where it runs, whatever the setting.
+    on_cpu = memory.place(FakePipe(), "cpu", "on")
+    assert on_cpu.device == "cpu" and not on_cpu.offloaded

@@ -358,15 +358,19 @@ class Adapters:
     lora_dir: the LoRA folder (models/Lora); LoRAs are found there by relative name.
     max_controlnets: ControlNet models kept loaded between jobs (least recently used dropped).
     detectors: the depth / pose detector cache (shared with the engine's previews); default: a
-        new one on the pipeline's device.
+        new one on `device`.
+    device: where the pipeline computes, and so where ControlNets and the IP-Adapter's image
+        encoder go (default: the UNet's device; under model CPU offload the UNet sits on the
+        CPU between calls, so the engine passes its GPU).
     """
 
     def __init__(self, base_pipe, lora_dir="models/Lora", max_controlnets: int = 3,
-                 detectors: Detectors | None = None):
+                 detectors: Detectors | None = None, device: str | None = None):
         self.base = base_pipe
         self.lora_dir = Path(lora_dir)
         self.max_controlnets = max_controlnets
-        self.detectors = detectors or Detectors(str(base_pipe.unet.device))
+        self.device = device or str(base_pipe.unet.device)
+        self.detectors = detectors or Detectors(self.device)
         self._loras: dict[str, _LoadedLora] = {}  # LoRA name -> loaded adapter
         self._active: tuple | None = None  # ((adapter, weight), ...) last given to set_adapters
         self._pipes: dict[tuple, Any] = {}
@@ -678,7 +682,7 @@ class Adapters:
 
                 encoder = CLIPVisionModelWithProjection.from_pretrained(
                     key[2], dtype=base.unet.dtype, local_files_only=True)
-                encoder = encoder.to(base.unet.device).eval()
+                encoder = encoder.to(self.device).eval()
                 cached.ip_encoder = (key[2], encoder)
             proj = state[1]["image_proj"].get("proj.weight")
             if proj is not None and proj.shape[1] != cached.ip_encoder[1].config.projection_dim:
@@ -737,7 +741,7 @@ class Adapters:
         if hit is not None and hit[0] == stamp:
             self._cache.controlnets[key] = hit  # most recently used last
             return key, hit[1]
-        dtype, device = self.base.unet.dtype, self.base.unet.device
+        dtype, device = self.base.unet.dtype, self.device
         try:
             model = _read_controlnet(path, self.base.unet, dtype)
         except AdapterError:
@@ -973,7 +977,7 @@ class Adapters:
         pipe = self.base
         f = pipe.vae_scale_factor
         return torch.zeros(count, pipe.vae.config.latent_channels, size[1] // f, size[0] // f,
-                           device=pipe.vae.device, dtype=pipe.vae.dtype)
+                           device=self.device, dtype=pipe.vae.dtype)
 
     def _controlnet_kwargs(self, specs: list[ControlNetSpec], size) -> dict:
         from .controlnet_images import DETECTED, PREPROCESSORS, control_image
@@ -1081,7 +1085,7 @@ class Adapters:
         pipe = self.base
         vae = pipe.vae
         images = image if isinstance(image, (list, tuple)) else [image]
-        pixels = pipe.image_processor.preprocess(images).to(device=vae.device, dtype=vae.dtype)
+        pixels = pipe.image_processor.preprocess(images).to(device=self.device, dtype=vae.dtype)
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
         small = mask.resize((latents.shape[3], latents.shape[2]), resample=2)

@@ -350,22 +350,22 @@ class Engine:
             raise InputError("dtype", "dtype bf16 is not supported by this GPU; use fp16 or fp32")
         return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
 
-    def pipeline(self, model: str = "", dtype: str = "auto"):
+    def pipeline(self, model: str = "", dtype: str = "auto", cpu_offload: str = "auto"):
         """The resident pipeline for (model, dtype), loading it (and dropping the old one) if
-        needed. Call only from the worker thread, or when no job can run."""
+        needed; cpu_offload (auto / on / off) decides where a newly loaded model goes (see
+        memory.place). Call only from the worker thread, or when no job can run."""
         source = self.registry.resolve(model or self.model)
         torch_dtype = self._torch_dtype(dtype)
         key = (source.key, str(torch_dtype))
         if self._pipe_key != key:
             self.unload()
-            pipe = load(source, torch_dtype)
-            pipe = pipe.to(self.device)
+            pipe = memory.place(load(source, torch_dtype), self.device, cpu_offload)
             pipe.set_progress_bar_config(disable=True)
             self._pipe, self._pipe_key = pipe, key
             self._pipe_source = source
             self._base_scheduler_config = dict(pipe.scheduler.config)
             self.adapters = Adapters(pipe, lora_dir=self.registry.models_dir / LORA_SUBDIR,
-                                     detectors=self.detectors)
+                                     detectors=self.detectors, device=self.device)
         return self._pipe
 
     def unload(self) -> None:
@@ -437,7 +437,7 @@ class Engine:
                 results.append(ImageResult(init.copy(), image_seed, text_for(image_seed)))
         else:
             job._emit(Progress("loading", elapsed=time.monotonic() - started))
-            pipe = self.pipeline(params.model or self.model, params.dtype)
+            pipe = self.pipeline(params.model or self.model, params.dtype, params.cpu_offload)
             params = self._name_detectors(params)
             limit = params.pag_scale > 0 and self.adapters.pag_limit(
                 "inpaint" if mask is not None else "img2img",

@@ -34,6 +34,21 @@ def model_bytes(pipe) -> int:
     return total
 
 
+def place(pipe, device: str, cpu_offload: str = "auto"):
+    """Put a freshly loaded pipeline (on the CPU) where it runs, before any job: on `device`, or
+    straight into model CPU offload when it is on, or (auto) when the model does not fit in the
+    free VRAM, so a model too large for the card still loads instead of failing on the way in.
+    Returns the pipeline."""
+    free = free_vram(device)
+    offload = free is not None and (
+        cpu_offload == "on" or (cpu_offload == "auto" and model_bytes(pipe) > free * 0.9))
+    if offload:
+        pipe.enable_model_cpu_offload(device=device)
+        _state(pipe)["offload"] = True
+        return pipe
+    return pipe.to(device)
+
+
 def _state(pipe) -> dict:
     if not hasattr(pipe, "_webui_memory"):
         pipe._webui_memory = {"slicing": False, "tiling": False, "offload": False}
