@@ -45,10 +45,9 @@ def shared_engine(tmp_path_factory):
 
 def _settle(engine, timeout: float = 60.0) -> None:
     """Cancel whatever a test left running or waiting and wait until the worker is idle."""
-    engine.cancel_all()
     current = engine.current
+    engine.cancel_all()
     if current is not None:
-        current.cancel()
         current._done.wait(timeout)
 
 

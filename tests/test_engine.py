@@ -302,7 +302,7 @@ def test_cancel_a_queued_job(engine, make_image):
     assert not after.interrupted
 
 
-def test_cancel_all_finishes_waiting_jobs(engine, make_image):
+def test_cancel_all_finishes_waiting_jobs_and_stops_the_running_one(engine, make_image):
     running, _ = long_job(engine, make_image)
     waiting = [engine.submit(make(steps=2, strength=0.5, seed=s), make_image(32, 32), save=False)
                for s in (1, 2)]
@@ -312,8 +312,8 @@ def test_cancel_all_finishes_waiting_jobs(engine, make_image):
     for job in waiting:
         with pytest.raises(Cancelled):
             job.result(timeout=10)
-    running.cancel()
-    running._done.wait(60)
+    assert running._done.wait(60), "the running job did not stop"
+    assert running.state == "cancelled"
 
 
 def test_queue_full(engine, make_image, monkeypatch):

@@ -283,8 +283,9 @@ class Engine:
         return job.result()
 
     def cancel_all(self) -> None:
+        """Cancel every waiting job and the running one (it stops within one step)."""
         with self._lock:
-            jobs = list(self._waiting)
+            jobs = list(self._waiting) + ([self.current] if self.current is not None else [])
         for job in jobs:  # outside the lock: cancel() takes it to drop a waiting job
             job.cancel()
 
