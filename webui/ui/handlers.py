@@ -24,7 +24,6 @@ from .. import infotext
 from .. import params as P
 from ..engine import outputs
 from ..engine.adapters import AdapterError, mask_to_l, parse_prompt_loras
-from ..engine.controlnet_images import DETECTED
 from ..engine.detectors import list_detectors
 from ..engine.core import Engine, ImageResult, Inputs, Job, Progress, QueueFull, Result
 from ..engine.errors import Cancelled, InputError, ModelError
@@ -894,8 +893,8 @@ class Studio:
             return self.engine.control_preview(picture, preprocessor, detector, float(low),
                                                float(high))
         except InputError as exc:
-            where = f"cn{unit}_detector" if preprocessor in DETECTED else f"cn{unit}_low"
-            raise _fail(where, str(exc)) from None
+            # The engine names the input at fault: the unit's detector or its thresholds.
+            raise _fail(f"cn{unit}_{exc.field}", str(exc)) from None
 
     # -- PNG Info ----------------------------------------------------------------------------
     def png_info(self, image) -> tuple[str, str]:
