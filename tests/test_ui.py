@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from webui import params as P
 from webui.engine.core import Engine
 from webui.ui import handlers, launch, xy
 from webui.ui.handlers import GenerateView, Session, Studio, XYView
+
+from serving import served
 
 ROOT = Path(__file__).resolve().parents[1]
 SNIPPET = ROOT / "webui" / "ui" / "CLIENT_SNIPPET.md"
@@ -95,7 +96,9 @@ def test_generate_yields_previews_then_results(studio, init):
     for text in ("a red fox", "Seed: 7", "CFG scale: 9.5", "Sampler: DPM++ 2M",
                  "Schedule type: Karras", "Denoising strength: 0.5", "Size: 64x64"):
         assert text in final.infotext
-    path = Path(final.path)
+    path = session.current.path
+    # The page names the file only; the server's folders stay unknown to the client.
+    assert final.path == f"saved as {path.name}"
     assert path.is_file()
     assert Image.open(path).info["parameters"] == final.infotext
     before, after = final.compare
@@ -183,10 +186,12 @@ def test_bad_images_name_the_field(studio, tmp_path):
     text_file.write_text("not a picture")
     cases = [
         (None, r"^Init image: no image given"),
-        ({"path": str(text_file)}, r"^Init image: not an image file"),
         (text_file, r"^Init image: not an image file"),
         ("/etc/hostname", r"^Init image: send the image as a file"),
         ({"path": None}, r"^Init image: the upload did not arrive"),
+        # Outside a gradio request no payload is known to be an upload (see test_security).
+        ({"path": str(text_file)}, r"^Init image: the upload did not arrive"),
+        (12, r"^Init image: must be an image file \(got int\)"),
     ]
     for source, message in cases:
         with pytest.raises(gr.Error) as caught:
@@ -251,7 +256,7 @@ def _png_with(tmp_path, text: str) -> Path:
 
 def test_png_info_reads_and_sends_other_tools_pngs(studio, tmp_path):
     path = _png_with(tmp_path, OTHER_TOOL_TEXT)
-    text, summary = studio.png_info({"path": str(path)})
+    text, summary = studio.png_info(path)
     assert text == OTHER_TOOL_TEXT
     assert "| Sampler | DPM++ 2M Karras |" in summary and "| Hires upscale | 2 |" in summary
     *updates, tab, message = studio.send_to_img2img(text)
@@ -270,8 +275,9 @@ def test_png_info_reads_and_sends_other_tools_pngs(studio, tmp_path):
 
 
 def test_png_info_round_trip_of_own_output(studio, init):
-    final = run(studio, Session(), init, steps=2, seed=11, prompt="moss")[-1]
-    text, _ = studio.png_info({"path": final.path})
+    session = Session()
+    final = run(studio, session, init, steps=2, seed=11, prompt="moss")[-1]
+    text, _ = studio.png_info(session.current.path)
     assert text == final.infotext
     *updates, _, message = studio.send_to_img2img(text)
     filled = dict(zip(handlers.FILL_FIELDS, updates))
@@ -289,10 +295,13 @@ def test_png_info_warnings_and_empty_inputs(studio, tmp_path):
     assert "Quantum" in message
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)
-    assert "no generation parameters" in studio.png_info({"path": str(plain)})[1]
+    assert "no generation parameters" in studio.png_info(plain)[1]
     junk = tmp_path / "junk.png"
     junk.write_text("hello")
-    assert "Not an image file" in studio.png_info({"path": str(junk)})[1]
+    assert "Not an image file" in studio.png_info(junk)[1]
+    # A bare string or a payload gradio does not hold is never opened (see test_security).
+    for sent in (str(plain), {"path": str(plain)}):
+        assert "did not arrive" in studio.png_info(sent)[1]
     assert studio.png_info(None) == ("", "Drop a PNG here to read the settings it was made with.")
     with pytest.raises(gr.Error, match="Drop a PNG"):
         studio.send_to_img2img("")
@@ -345,10 +354,12 @@ def test_xy_plot_handler(studio, init, engine):
     assert final.status.startswith("**Done**: 4 cells")
     grid = final.grid
     assert grid.width > 2 * 64 and grid.height > 2 * 64
-    saved = Image.open(final.path)
+    name = final.path.removeprefix("saved as ")
+    [path] = Path(engine.outputs_dir).rglob(name)
+    saved = Image.open(path)
     assert saved.size == grid.size
     assert "X/Y plot" in saved.info["parameters"]
-    assert Path(final.path).is_relative_to(Path(engine.outputs_dir))
+    assert path.parent.parent.name == handlers.GRIDS_SUBDIR
     with pytest.raises(gr.Error, match="too many"):
         next(studio.xy_plot(Session(), init, x_axis="Steps", x_values=",".join(map(str, range(1, 8))),
                             y_axis="CFG scale", y_values="1,2,3,4,5,6"))
@@ -443,31 +454,17 @@ def test_every_component_has_an_elem_id_and_every_event_an_api_name(studio):
     assert "presets-area" in ids
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_client_snippet_runs_against_the_app(studio, tmp_path, monkeypatch):
     """The README's gradio_client snippet, executed as written against a launched studio."""
-    from webui.ui.app import build
-
     text = SNIPPET.read_text()
     code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
-    demo = build(studio)
-    demo.queue(max_size=4)
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, auth=[("user", "pass")],
-                prevent_thread_lock=True, quiet=True, ssr_mode=False,
-                allowed_paths=[str(studio.engine.outputs_dir)])
-    try:
+    assert code in (ROOT / "README.md").read_text()
+    with served(studio) as url:
         Image.new("RGB", (64, 64), (90, 140, 200)).save(tmp_path / "photo.png")
         monkeypatch.chdir(tmp_path)
         namespace: dict = {}
-        exec(code.replace("http://127.0.0.1:7860/", f"http://127.0.0.1:{port}/"), namespace)
-    finally:
-        demo.close()
+        exec(code.replace("http://127.0.0.1:7860/", url), namespace)
     assert "Seed: 42" in namespace["infotext"] and "Sampler: DPM++ 2M" in namespace["infotext"]
-    assert Path(namespace["path"]).is_file()
+    assert Path(namespace["gallery"][0]["image"]).is_file()
+    assert re.fullmatch(r"saved as \d{5}-42\.png", namespace["saved"])
     assert namespace["status"].startswith("**Done**")

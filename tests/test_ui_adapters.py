@@ -22,6 +22,8 @@ from webui.tiny_adapters import (make_controlnet, make_depth_detector, make_ip_a
 from webui.ui import handlers
 from webui.ui.handlers import Session, Studio
 
+from serving import served
+
 # gr.Warning outside a request falls back to a Python warning; the handlers use it on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
 # Fast runs: few steps and no PAG (it doubles the UNet calls) unless a test asks for it.
@@ -301,15 +303,19 @@ def test_depth_and_pose_units_run_with_the_detectors(studio):
 def test_latent_output_then_latent_input(studio):
     session = Session()
     view = run(studio, picture(10), session, output_type="latent")
-    assert view.path.endswith(".safetensors")
+    saved = session.current.path
+    assert view.path == f"saved as {saved.name}" and saved.suffix == ".safetensors"
     files = studio.latent_files(session)
-    assert files["visible"] is True and files["value"] == [view.path]
-    again = run(studio, None, latents=Path(view.path), strength=0.5)
+    # A copy for download, outside the outputs folder (which is never served as such).
+    [copy] = files["value"]
+    assert files["visible"] is True and Path(copy).read_bytes() == saved.read_bytes()
+    assert studio.engine.outputs_dir not in Path(copy).parents
+    again = run(studio, None, latents=saved, strength=0.5)
     assert again.gallery[0][0].size == (64, 64)
     assert studio.latent_files(Session())["visible"] is False
-    wrong = error_of(lambda: run(studio, None, latents={"path": view.path + ".png"}))
+    wrong = error_of(lambda: run(studio, None, latents=saved.with_suffix(".png")))
     assert wrong.startswith("Latent input: "), wrong
-    text = error_of(lambda: run(studio, None, latents=view.path))
+    text = error_of(lambda: run(studio, None, latents=str(saved)))
     assert "send the file as a file" in text
 
 
@@ -376,7 +382,8 @@ def test_xy_plot_with_adapters(studio):
                                 x_values="5, 9", y_axis="Denoising strength", y_values="0.5",
                                 loras=["film"], pag_scale=0, output_type="latent", **unit(1)))
     assert views[-1].status.startswith("**Done**: 2 cells")
-    assert "LoRAs" in Image.open(views[-1].path).info["parameters"]
+    [grid] = studio.engine.outputs_dir.rglob(views[-1].path.removeprefix("saved as "))
+    assert "LoRAs" in Image.open(grid).info["parameters"]
     with pytest.raises(gr.Error, match="ControlNet unit 1 image"):
         next(studio.xy_plot(Session(), picture(14), **unit(1, source="upload")))
 
@@ -402,20 +409,13 @@ def test_api_client_inpaints_with_a_lora(studio, tmp_path, monkeypatch):
     """The keyword settings work from gradio_client as they do from the page."""
     from gradio_client import Client, handle_file
 
-    from webui.ui.app import build
-
     picture(15).save(tmp_path / "photo.png")
     mask = Image.new("L", (64, 64), 0)
     ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)
     mask.save(tmp_path / "mask.png")
-    demo = build(studio)
-    demo.queue(max_size=4)
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                ssr_mode=False, allowed_paths=[str(studio.engine.outputs_dir)])
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        status, _, _, _, text, path = client.predict(
+    with served(studio, users=()) as url:
+        client = Client(url, verbose=False)
+        status, _, gallery, _, text, saved = client.predict(
             handle_file(str(tmp_path / "photo.png")), steps=2, seed=5, pag_scale=0,
             mode="inpaint", mask_image=handle_file(str(tmp_path / "mask.png")),
             loras=["film"], lora_weights={"headers": handlers.LORA_HEADERS,
@@ -424,16 +424,6 @@ def test_api_client_inpaints_with_a_lora(studio, tmp_path, monkeypatch):
         with pytest.raises(Exception, match="ControlNet unit 1 image"):
             client.predict(handle_file(str(tmp_path / "photo.png")), steps=2, cn1_enabled=True,
                            cn1_model="tiny-canny", cn1_source="upload", api_name="/img2img")
-    finally:
-        demo.close()
     assert status.startswith("**Done**") and "Inpainted" in status
     assert 'LoRAs: "film:0.5"' in text and "Inpaint area: Whole picture" in text
-    assert Path(path).is_file()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    assert saved.startswith("saved as ") and Path(gallery[0]["image"]).is_file()

@@ -40,7 +40,7 @@ from typing import Any, Iterable, Literal
 from pydantic import BaseModel, ValidationError
 
 from . import params as P
-from .engine.outputs import write_atomic
+from .engine.outputs import safe_user_dir_name, write_atomic
 
 SCHEMA_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -200,15 +200,6 @@ def check_name(name: Any, file: str | None = None) -> str:
     if name.split(".")[0].strip().upper() in RESERVED_NAMES or slugify(name).upper() in RESERVED_NAMES:
         raise PresetError(file, "name", f"{name!r} is a reserved device name; choose another")
     return name
-
-
-def safe_user_dir_name(user: str) -> str:
-    """A folder name per user: readable slug plus a hash, because slugs alone would merge users
-    whose names differ only in case or punctuation (and case-insensitive disks would too)."""
-    if not isinstance(user, str) or not user.strip():
-        raise ValueError("user must be a non-empty name")
-    stem = re.sub(r"[^a-z0-9]+", "-", user.casefold()).strip("-")[:40] or "user"
-    return f"{stem}-{hashlib.sha256(user.encode()).hexdigest()[:12]}"
 
 
 # -- validation ------------------------------------------------------------------------------

@@ -98,8 +98,12 @@ def test_generate_with_chosen_settings(studio_page, studio, tmp_path):
                      "Steps: 4", "Sampler: DPM++ 2M", "Schedule type: Karras", "CFG scale: 9.5",
                      "Denoising strength: 0.55", "Size: 64x64"):
         assert expected in value, (expected, value)
-    path = text_of(page, "result-path").input_value()
-    assert path.startswith(str(studio["outputs"])) and path.endswith("-1234.png")
+    saved = text_of(page, "result-path").input_value()
+    # The file's name only; it lies in the logged-in user's own folder.
+    assert re.fullmatch(r"saved as \d{5}-1234\.png", saved), saved
+    [path] = studio["outputs"].rglob(saved.removeprefix("saved as "))
+    assert path.parent.parent.name.startswith("user-")
+    assert str(studio["outputs"]) not in page.content()
     expect(page.locator("#compare img").first).to_be_visible()
     shot(page, "03-result")
 

@@ -94,8 +94,9 @@ class Job:
     _ids = itertools.count(1)
 
     def __init__(self, engine: "Engine", params: GenerationParams, init_image, save: bool,
-                 inputs: "Inputs"):
+                 inputs: "Inputs", owner: str | None = None):
         self.id = next(self._ids)
+        self.owner = owner
         self.engine = engine
         self.params = params
         self.init_image = init_image
@@ -254,12 +255,13 @@ class Engine:
 
     # -- jobs --------------------------------------------------------------------------------
     def submit(self, params: GenerationParams, init_image, save: bool = True,
-               inputs: Inputs | None = None) -> Job:
+               inputs: Inputs | None = None, owner: str | None = None) -> Job:
         """Queue a job. `init_image`: a PIL image, a path or bytes (None only with latents in
-        `inputs`). Raises QueueFull."""
+        `inputs`). owner: the logged-in user it runs for; their files are saved in a folder of
+        their own (see outputs.day_folder). Raises QueueFull."""
         if not isinstance(params, GenerationParams):
             raise TypeError("params must be a GenerationParams")
-        job = Job(self, params, init_image, save, inputs or Inputs())
+        job = Job(self, params, init_image, save, inputs or Inputs(), owner)
         with self._lock:
             if len(self._waiting) >= self.queue_size:
                 raise QueueFull(f"the studio is busy: {len(self._waiting)} jobs are waiting; "
@@ -469,7 +471,7 @@ class Engine:
         notice = "; ".join(filter(None, [notice, *notices]))
         if job.save and not interrupted:
             job._emit(Progress("saving", elapsed=time.monotonic() - started))
-            folder = outputs.day_folder(self.outputs_dir)
+            folder = outputs.day_folder(self.outputs_dir, owner=job.owner)
             for item in results:
                 if item.latents is not None:
                     item.path = self._write_latents(item, folder)

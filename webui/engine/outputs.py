@@ -1,4 +1,5 @@
-"""Output files: outputs/img2img/YYYY-MM-DD/NNNNN-SEED.png with the infotext inside.
+"""Output files: outputs/img2img/YYYY-MM-DD/NNNNN-SEED.png with the infotext inside (with a
+login, outputs/img2img/<user folder>/YYYY-MM-DD/...).
 
 Files are written under a temporary name and linked into place, so a crash never leaves a
 half-written PNG under a real name and two writers never overwrite each other's file.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import os
 import re
 import tempfile
@@ -52,10 +54,27 @@ def _next_number(folder: Path) -> int:
     return highest + 1
 
 
+def safe_user_dir_name(user: str) -> str:
+    """A folder name per user (for presets and results): readable slug plus a hash, because slugs alone would merge users
+    whose names differ only in case or punctuation (and case-insensitive disks would too)."""
+    if not isinstance(user, str) or not user.strip():
+        raise ValueError("user must be a non-empty name")
+    stem = re.sub(r"[^a-z0-9]+", "-", user.casefold()).strip("-")[:40] or "user"
+    return f"{stem}-{hashlib.sha256(user.encode()).hexdigest()[:12]}"
+
+
 def day_folder(outputs_dir: str | os.PathLike, today: _dt.date | None = None,
-               kind: str = "img2img") -> Path:
-    """outputs/<kind>/YYYY-MM-DD, created if needed (kind: img2img, img2img-grids, ...)."""
-    folder = Path(outputs_dir) / kind / (today or _dt.date.today()).isoformat()
+               kind: str = "img2img", owner: str | None = None) -> Path:
+    """outputs/<kind>/YYYY-MM-DD, created if needed (kind: img2img, img2img-grids, ...).
+
+    owner: the logged-in user a result belongs to; their files go to
+    outputs/<kind>/<user folder>/YYYY-MM-DD, so results of different people never share a
+    folder (None or empty: the shared folder, for a studio without a login).
+    """
+    folder = Path(outputs_dir) / kind
+    if owner:
+        folder /= safe_user_dir_name(owner)
+    folder /= (today or _dt.date.today()).isoformat()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

@@ -213,4 +213,6 @@ def wire(studio: Studio, panel: Panel, init_image: gr.Image, tabs: tuple[gr.Tab,
         button.click(functools.partial(studio.preview_control, unit=n),
                      [e[f"cn{n}_image"], e[f"cn{n}_source"], init_image,
                       e[f"cn{n}_preprocessor"], e[f"cn{n}_detector"], e[f"cn{n}_low"],
-                      e[f"cn{n}_high"]], [preview], api_name=f"controlnet{n}_preview", **toasting)
+                      e[f"cn{n}_high"]], [preview], api_name=f"controlnet{n}_preview",
+                     # Raw payloads: the handler opens only pictures gradio received (uploads.py).
+                     preprocess=False, **toasting)

@@ -12,6 +12,8 @@ import inspect
 import logging
 import random
 import re
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
@@ -24,11 +26,11 @@ from .. import infotext
 from .. import params as P
 from ..engine import outputs
 from ..engine.adapters import AdapterError, mask_to_l, parse_prompt_loras
-from ..engine.detectors import list_detectors
+from ..engine.detectors import DETECTOR_SUBDIR, list_detectors
 from ..engine.core import Engine, ImageResult, Inputs, Job, Progress, QueueFull, Result
 from ..engine.errors import Cancelled, InputError, ModelError
-from ..engine.models import LORA_SUBDIR
-from . import xy
+from ..engine.models import CHECKPOINTS_SUBDIR, LORA_SUBDIR
+from . import uploads, xy
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +147,15 @@ _D = P.default
 _AXES = list(xy.AXES)
 
 
+def shown_folder(engine: Engine, subfolder: str) -> str:
+    """A models subfolder as the page names it: 'models/Lora/', never the server's full path
+    (a shared page must not show how the server's disk is laid out)."""
+    return f"{engine.registry.models_dir.name}/{subfolder}/"
+
+
 def tiny_notice(engine: Engine) -> str:
     return (f"The built-in tiny-random model only makes noise. Put a .safetensors checkpoint in "
-            f"{engine.registry.checkpoints_dir}/ or pass --model.")
+            f"{shown_folder(engine, CHECKPOINTS_SUBDIR)} or pass --model.")
 
 
 def strength_band(strength: float | None) -> str:
@@ -306,6 +314,16 @@ def _fail(field: str, message: str, units: list[int] | None = None) -> gr.Error:
     return _error(text, title=label)
 
 
+def _user(request) -> str | None:
+    """The logged-in user a request comes from (None without a login, or outside a request)."""
+    return getattr(request, "username", None) or None
+
+
+def _saved_as(path: Path) -> str:
+    # The file's name only: where the server keeps results is not the page's business.
+    return f"saved as {path.name}"
+
+
 def _with_infotext(item: ImageResult) -> Image.Image:
     # The gallery re-encodes images as PNG and copies their text chunks, so a downloaded result
     # keeps its parameters.
@@ -364,6 +382,7 @@ class Studio:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._downloads: Path | None = None  # copies of result files handed to gradio
 
     # -- inputs ------------------------------------------------------------------------------
     def models(self) -> list[str]:
@@ -381,7 +400,7 @@ class Studio:
             # Only listed models: a shared page must not load arbitrary paths on the server.
             raise _fail("model", f"{name!r} is not one of this studio's models ("
                         f"{', '.join(known)}); put checkpoints in "
-                        f"{self.engine.registry.checkpoints_dir}/ and press 🔄")
+                        f"{shown_folder(self.engine, CHECKPOINTS_SUBDIR)} and press 🔄")
         return name
 
     def build_params(self, model, prompt, negative_prompt, strength, guidance_scale, steps, seed,
@@ -467,7 +486,8 @@ class Studio:
         if value and value not in found:
             listed = ", ".join(found) or "none yet"
             raise _fail(field, f"{value!r} is not one of this studio's detector models "
-                        f"({listed}); put its folder in {self.engine.detectors_dir}/ and press 🔄")
+                        f"({listed}); put its folder in {shown_folder(self.engine, DETECTOR_SUBDIR)} and "
+                        "press 🔄")
         return value
 
     def _adapter_location(self, kind: str, value, field: str, hub: bool = False) -> str:
@@ -493,7 +513,7 @@ class Studio:
         listed = ", ".join(self.adapter_models(kind)) or "none yet"
         extra = ", or a hub id (owner/name)" if hub else ""
         raise _fail(field, f"{value!r} is not one of this studio's {kind} models ({listed}); put "
-                    f"it in {root}/ and press 🔄{extra}")
+                    f"it in {shown_folder(self.engine, kind)} and press 🔄{extra}")
 
     def _adapter_choice(self, kind: str, location: str) -> str | None:
         """The inverse of _adapter_location for a value read back from a PNG: the listed name,
@@ -523,7 +543,7 @@ class Studio:
         for name, _ in tags:
             if Path(name).expanduser().is_absolute() or ".." in Path(name).parts:
                 raise _fail("prompt", f"<lora:{name}> names a file path; LoRAs are picked by "
-                            f"name from {self.engine.registry.models_dir / LORA_SUBDIR}/")
+                            f"name from {shown_folder(self.engine, LORA_SUBDIR)}")
 
     def _lora_list(self, names, table) -> list[dict]:
         if names in (None, ""):
@@ -539,7 +559,7 @@ class Studio:
             if name not in known:
                 listed = ", ".join(known) or "none yet"
                 raise _fail("loras", f"{name!r} is not in "
-                            f"{self.engine.registry.models_dir / LORA_SUBDIR}/ (available: "
+                            f"{shown_folder(self.engine, LORA_SUBDIR)} (available: "
                             f"{listed}); put the .safetensors file there and press 🔄")
             weight = weights.get(name, 1.0)
             loras.append({"name": name, "weight": 1.0 if weight in (None, "") else weight})
@@ -554,7 +574,7 @@ class Studio:
                 continue
             if not (get("model") or "").strip():
                 raise _fail(f"cn{n}_model", "pick a ControlNet model (folders and files in "
-                            f"{self.engine.registry.models_dir / CONTROLNET_SUBDIR}/), or untick "
+                            f"{shown_folder(self.engine, CONTROLNET_SUBDIR)}), or untick "
                             "the unit")
             unit = {key: get(key) for key in UNIT_KEYS if key not in ("enabled", "image")}
             unit["model"] = self._adapter_location(CONTROLNET_SUBDIR, unit["model"],
@@ -615,13 +635,13 @@ class Studio:
 
     @staticmethod
     def _file(source, field: str, suffix: str) -> Path:
-        """An uploaded file's path: a gradio payload (checked by gradio to lie in its upload
-        cache) or a Path from a test; a bare string would be a server path, never opened."""
+        """An uploaded file's path: a gradio payload for a file gradio holds (see uploads.py) or
+        a Path from in-process code; anything else is refused without a word about the path."""
         if isinstance(source, dict):
-            source = source.get("path")
-            if source is None:
-                raise _fail(field, "the upload did not arrive; upload the file again")
-            source = Path(source)
+            held = uploads.held_file(source)
+            if held is None:
+                raise _fail(field, uploads.REFUSED)
+            source = held
         if not isinstance(source, Path):
             raise _fail(field, "send the file as a file (gradio_client.handle_file), not as text")
         if source.suffix.lower() != suffix:
@@ -660,13 +680,14 @@ class Studio:
     @staticmethod
     def load_image(source, field: str = "init_image", keep_alpha: bool = False) -> Image.Image:
         """An RGB image (RGBA with keep_alpha) from what the browser or a test sent: a PIL
-        image, an array, an uploaded file's payload (already checked by gradio to lie in its
-        upload cache) or a Path."""
+        image, an array, the payload of a file gradio holds (see uploads.py) or a Path from
+        in-process code. A payload naming any other file is refused with one message, whatever
+        the file is, so a client can neither read nor probe server paths."""
         if isinstance(source, dict):
-            source = source.get("path")
-            if source is None:
-                raise _fail(field, "the upload did not arrive; upload the image again")
-            source = Path(source)
+            held = uploads.held_file(source)
+            if held is None:
+                raise _fail(field, uploads.REFUSED)
+            source = held
         elif isinstance(source, str):
             # A bare string from the API would be a path on the server: never open those.
             raise _fail(field, "send the image as a file (gradio_client.handle_file), not as text")
@@ -675,15 +696,17 @@ class Studio:
         if source is None:
             what = "upload a picture to transform" if field == "init_image" else "upload an image"
             raise _fail(field, f"no image given: {what}")
+        if not isinstance(source, (Image.Image, Path)):
+            raise _fail(field, f"must be an image file (got {type(source).__name__})")
         try:
             return imaging.load_image(source, field, keep_alpha=keep_alpha)
         except InputError as exc:
             raise _fail(exc.field, str(exc)) from None
 
     def _submit(self, session: Session, params: P.GenerationParams, init, save: bool,
-                inputs: Inputs | None = None) -> Job:
+                inputs: Inputs | None = None, owner: str | None = None) -> Job:
         try:
-            job = self.engine.submit(params, init, save=save, inputs=inputs)
+            job = self.engine.submit(params, init, save=save, inputs=inputs, owner=owner)
         except QueueFull as exc:
             raise _error(str(exc), title="Busy") from None
         session.track(job)
@@ -721,8 +744,8 @@ class Studio:
                  prompt=None, negative_prompt=None, strength=_D("strength"),
                  guidance_scale=_D("guidance_scale"), steps=_D("steps"), seed=_D("seed"),
                  scheduler=_D("scheduler"), width=0, height=0, resize_mode=_D("resize_mode"),
-                 batch_count=_D("batch_count"), batch_size=_D("batch_size"), **extras
-                 ) -> Iterator[GenerateView]:
+                 batch_count=_D("batch_count"), batch_size=_D("batch_size"),
+                 request: gr.Request = None, **extras) -> Iterator[GenerateView]:
         """Run one img2img (or, with mode 'inpaint', inpaint) job: yields progress with live
         previews, then the results. `extras`: the EXTRAS settings, by keyword."""
         session = session if session is not None else Session()
@@ -732,7 +755,7 @@ class Studio:
             (model, prompt, negative_prompt, strength, guidance_scale, steps, seed, scheduler,
              width, height, resize_mode, batch_count, batch_size), extras, notes)
         session.start()
-        job = self._submit(session, params, init, save=True, inputs=inputs)
+        job = self._submit(session, params, init, save=True, inputs=inputs, owner=_user(request))
         skip = gr.skip()
         last = Progress("queued")
         try:
@@ -760,9 +783,17 @@ class Studio:
         """The .safetensors files of the last job's latent output, for download (hidden when
         the output was pictures)."""
         items = session.results if session is not None else []
-        paths = [str(item.path) for item in items
+        files = [item.path for item in items
                  if item.path is not None and item.path.suffix == ".safetensors"]
-        return gr.update(value=paths or None, visible=bool(paths))
+        if not files:
+            return gr.update(value=None, visible=False)
+        # The outputs folder is never served as such (other users' results live there): a copy
+        # in a folder of its own goes to gradio, which serves it under a content-hash name.
+        if self._downloads is None:
+            self._downloads = Path(tempfile.mkdtemp(prefix="img2img-downloads-"))
+        folder = Path(tempfile.mkdtemp(dir=self._downloads))
+        copies = [str(shutil.copy2(path, folder / path.name)) for path in files]
+        return gr.update(value=copies, visible=True)
 
     def _summary(self, result: Result, last: Progress, notes: list[str]) -> str:
         n = len(result.images)
@@ -789,7 +820,7 @@ class Studio:
         if item is None:
             return None, "", ""
         compare = (session.before, item.image) if session.before is not None else None
-        path = str(item.path) if item.path else "(not saved: the job was interrupted)"
+        path = _saved_as(item.path) if item.path else "(not saved: the job was interrupted)"
         return compare, item.infotext, path
 
     def select_result(self, session: Session, evt: gr.SelectData) -> tuple:
@@ -904,12 +935,13 @@ class Studio:
         if isinstance(image, Image.Image):
             picture = image
         else:
-            if isinstance(image, dict):
-                image = image.get("path")
-            if not isinstance(image, (str, Path)) or not Path(image).is_file():
+            # A payload for a file gradio holds, or a Path from in-process code; a bare string
+            # or any other file is refused alike (see uploads.py).
+            path = uploads.held_file(image) if isinstance(image, dict) else image
+            if not isinstance(path, Path):
                 return "", "The upload did not arrive; drop the image again."
             try:
-                picture = Image.open(image)
+                picture = Image.open(path)
             except (OSError, SyntaxError, ValueError):
                 return "", "**Not an image file** (PNG, JPEG, WebP, ...)."
         text = outputs.read_infotext(picture)
@@ -960,7 +992,7 @@ class Studio:
                 value = self._adapter_choice(IP_ADAPTER_SUBDIR, value)
                 if value is None:
                     warnings.append(f"IP-Adapter: {values['ip_adapter']!r} is not in "
-                                    f"{self.engine.registry.models_dir / IP_ADAPTER_SUBDIR}/; "
+                                    f"{shown_folder(self.engine, IP_ADAPTER_SUBDIR)}; "
                                     "kept the current one")
                     continue
             elif name == "controlnets":
@@ -986,7 +1018,7 @@ class Studio:
                 rows.append([lora["name"], lora["weight"]])
             else:
                 warnings.append(f"LoRAs: {lora['name']!r} is not in "
-                                f"{self.engine.registry.models_dir / LORA_SUBDIR}/; left out")
+                                f"{shown_folder(self.engine, LORA_SUBDIR)}; left out")
         fill["loras"] = gr.update(choices=known, value=[name for name, _ in rows])
         fill["lora_weights"] = gr.update(value={"headers": LORA_HEADERS, "data": rows},
                                          visible=bool(rows))
@@ -1001,7 +1033,7 @@ class Studio:
             model = self._adapter_choice(CONTROLNET_SUBDIR, unit["model"])
             if model is None:
                 warnings.append(f"ControlNet unit {n}: {unit['model']!r} is not in "
-                                f"{self.engine.registry.models_dir / CONTROLNET_SUBDIR}/; the "
+                                f"{shown_folder(self.engine, CONTROLNET_SUBDIR)}; the "
                                 "unit is left off")
                 continue
             fill[f"cn{n}_enabled"] = True
@@ -1022,8 +1054,8 @@ class Studio:
                 guidance_scale=_D("guidance_scale"), steps=_D("steps"), seed=_D("seed"),
                 scheduler=_D("scheduler"), width=0, height=0, resize_mode=_D("resize_mode"),
                 batch_count=1, batch_size=1, x_axis=_AXES[0], x_values=xy.default_values(_AXES[0]),
-                y_axis=_AXES[1], y_values=xy.default_values(_AXES[1]), **extras
-                ) -> Iterator[XYView]:
+                y_axis=_AXES[1], y_values=xy.default_values(_AXES[1]), request: gr.Request = None,
+                **extras) -> Iterator[XYView]:
         """The same seed over a grid of two settings, rendered as one labelled image; every
         other setting (adapters, inpainting) as on the img2img tab."""
         del batch_count, batch_size  # one image per cell, whatever the main tab says
@@ -1056,7 +1088,8 @@ class Studio:
                 where = (f"Cell {done + 1}/{grid_plan.cells} ({grid_plan.x_axis} "
                          f"{xy.value_label(grid_plan.x_values[xi])}, {grid_plan.y_axis} "
                          f"{xy.value_label(grid_plan.y_values[yi])})")
-                job = self._submit(session, cell, init, save=False, inputs=inputs)
+                job = self._submit(session, cell, init, save=False, inputs=inputs,
+                                   owner=_user(request))
                 try:
                     for progress in self._follow(job):
                         preview = progress.preview if progress.preview is not None else skip
@@ -1091,7 +1124,8 @@ class Studio:
             yield XYView(f"**Interrupted**: {done}/{grid_plan.cells} cells done, grid not saved.",
                          skip, grid.image, "")
             return
-        folder = outputs.day_folder(self.engine.outputs_dir, kind=GRIDS_SUBDIR)
+        folder = outputs.day_folder(self.engine.outputs_dir, kind=GRIDS_SUBDIR,
+                                    owner=_user(request))
         path = outputs.write_numbered(outputs.png_bytes(grid.image, text), folder, base.seed)
         yield XYView(f"**Done**: {grid_plan.cells} cells, seed {base.seed}.", skip, grid.image,
-                     str(path))
+                     _saved_as(path))

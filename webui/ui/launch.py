@@ -155,6 +155,28 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     return code
 
 
+def launch_options(users: list[tuple[str, str]], throttle=None) -> dict:
+    """The keyword arguments of Blocks.launch() that make the studio safe to share (all but
+    where it serves): the login, throttled (see logins.py), and which files are served.
+    throttle: a logins.Throttle (default: a new one with the default policy)."""
+    from starlette.middleware import Middleware
+
+    from .app import CSS
+    from .logins import LoginThrottle
+
+    return dict(
+        auth=users or None, auth_message="img2img studio: log in to continue.",
+        # Only the project's assets are files a browser may fetch by path. Results reach the
+        # page through gradio's cache, under names made from a hash of their content; the
+        # outputs folder itself is never served, since it holds every user's results.
+        allowed_paths=[str(ASSETS_DIR)],
+        max_file_size=MAX_UPLOAD, show_error=False, ssr_mode=False, pwa=False,
+        mcp_server=False, enable_monitoring=False, footer_links=["api"], css=CSS,
+        prevent_thread_lock=True,
+        app_kwargs={"middleware": [Middleware(LoginThrottle, throttle=throttle)]},
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Start the studio and serve until interrupted; the exit status."""
     try:
@@ -184,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"--model: {exc}")
 
     from . import handlers, presets_panel
-    from .app import CSS, build
+    from .app import build
 
     if engine.is_tiny():
         print(f"note: {handlers.tiny_notice(engine)}", file=sys.stderr, flush=True)
@@ -192,15 +214,8 @@ def run(args: argparse.Namespace) -> int:
     demo = build(handlers.Studio(engine), initial=startup, presets=store)
     demo.queue(max_size=args.queue_size)
     try:
-        demo.launch(
-            server_name=host, server_port=args.port, share=args.share, auth=users or None,
-            auth_message="img2img studio: log in to continue.",
-            # Only the results and the project's assets are files a browser may fetch.
-            allowed_paths=[str(outputs_dir), str(ASSETS_DIR)],
-            max_file_size=MAX_UPLOAD, show_error=False, ssr_mode=False, pwa=False,
-            mcp_server=False, enable_monitoring=False, footer_links=["api"], css=CSS,
-            prevent_thread_lock=True,
-        )
+        demo.launch(server_name=host, server_port=args.port, share=args.share,
+                    **launch_options(users))
     except OSError as exc:
         return _fail(f"could not serve on {host}:{args.port} ({exc}); pick another --port",
                      EXIT_FAILED)
