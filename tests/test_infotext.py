@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from webui import infotext, schedulers
+from webui.bench import adversarial_texts
 from webui.params import GenerationParams, make
 
 ROUND_TRIP = {
@@ -196,3 +197,52 @@ def test_parse_of_nothing():
     parsed = infotext.parse("")
     assert parsed.params == GenerationParams()
     assert parsed.warnings == [] and parsed.extras == {}
+
+
+# -- hostile text ----------------------------------------------------------------------------
+def _finishes(function, *args, limit: float = 120.0):
+    """Whether function(*args) returns at all (in a thread, given a generous limit: a
+    backtracking parser on these texts takes minutes to hours, a linear one milliseconds; the
+    speed itself is measured by `python -m webui.bench --parsers-only`)."""
+    import threading
+
+    done = threading.Event()
+    out = {}
+
+    def work():
+        out["value"] = function(*args)
+        done.set()
+
+    threading.Thread(target=work, daemon=True).start()
+    return done.wait(limit), out.get("value")
+
+
+@pytest.mark.parametrize("name", list(adversarial_texts(10)))
+def test_the_settings_scanner_returns_on_a_megabyte_of_hostile_text(name):
+    text = adversarial_texts()[name]
+    assert len(text) >= 1_000_000
+    finished, pairs = _finishes(infotext._pairs, text)
+    assert finished, name
+    assert isinstance(pairs, dict)
+    finished, parsed = _finishes(infotext.parse, text[:infotext.MAX_CHARS])
+    assert finished and isinstance(parsed, infotext.Parsed)
+
+
+def test_text_longer_than_the_cap_is_not_read():
+    settings = "\nSteps: 31, Sampler: Euler, CFG scale: 8, Seed: 5"
+    long = "a" * infotext.MAX_CHARS + settings
+    parsed = infotext.parse(long)
+    assert parsed.fields == set() and parsed.params == GenerationParams()
+    assert "at most 100,000 are read" in parsed.warnings[0]
+    # At the cap it is read.
+    fits = "a" * (infotext.MAX_CHARS - len(settings)) + settings
+    assert infotext.parse(fits).params.steps == 31
+
+
+def test_scanner_keeps_quoted_commas_and_skips_text_without_keys():
+    line = ('junk without key, more junk, Steps: 20, Model: "a, b: c", Size: 64x96, '
+            'x"Odd key: 1, trailing')
+    assert infotext._pairs(line) == {"Steps": "20", "Model": "a, b: c", "Size": "64x96",
+                                     "Odd key": "1"}
+    # An unclosed quote is plain text up to the next comma.
+    assert infotext._pairs('Model: "open, Steps: 3') == {"Model": '"open', "Steps": "3"}

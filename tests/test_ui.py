@@ -285,6 +285,15 @@ def test_png_info_round_trip_of_own_output(studio, init):
     assert "Not used" not in message
 
 
+def test_png_info_on_huge_and_hostile_parameters(studio, tmp_path):
+    # 45 KB without colons once held the server for 20 s; now it is read at once.
+    text, summary = studio.png_info(_png_with(tmp_path, "lorem ipsum " * 4000))
+    assert text.startswith("lorem") and "| setting | value |" in summary
+    huge = _png_with(tmp_path, "x, " * 200_000)
+    text, summary = studio.png_info(huge)
+    assert text == "" and "600,000 characters long" in summary and "not used" in summary
+
+
 def test_png_info_warnings_and_empty_inputs(studio, tmp_path):
     text = "x\nSteps: 500, Sampler: Quantum, CFG scale: 7, Seed: 1"
     _, summary = studio.png_info(_png_with(tmp_path, text))

@@ -5,6 +5,9 @@ real layer shapes (random-sd15, random-sdxl) or the tiny one, so the figures cos
 and match a real checkpoint's FLOPs. Each case runs a warm-up job (model load, first-call
 kernels), then `--runs` timed jobs through Engine.generate with the engine's normal progress
 callback and preview, exactly as the studio runs them.
+
+The text parsers (infotext, prompt syntax) are timed too, on 1 MB of adversarial text each
+(`--parsers-only` for those alone): a parser that backtracks would stall the whole server.
 """
 
 from __future__ import annotations
@@ -68,6 +71,49 @@ def run_case(engine, model: str, size: int, steps: int, strength: float, schedul
     }
 
 
+# Text parsers run on whatever a client sends; each must stay linear on hostile input. The
+# texts are 1 MB (ten times what any field accepts), each built to defeat one kind of parser.
+PARSER_TEXT_BYTES = 1_000_000
+PARSER_BUDGET_S = 1.0
+
+
+def adversarial_texts(size: int = PARSER_TEXT_BYTES) -> dict[str, str]:
+    """Named hostile texts of about `size` characters."""
+    return {
+        "words without colons": ("lorem ipsum " * size)[:size],
+        "commas then a colon": "," * size + ": x",
+        "colons only": ":" * size,
+        "unclosed quotes": ('k:"' * size)[:size],
+        "key characters": "Steps: 1, Sampler: Euler, CFG scale: 7, " + "(" * size + ":",
+        "lora tags": ("<lora:" * size)[:size],
+        "brackets": ("((([[[" * size)[:size],
+        "escapes": ("\\(" * size)[:size],
+        "BREAK words": ("BREAK " * size)[:size],
+    }
+
+
+def parser_cases(budget: float = PARSER_BUDGET_S) -> list[dict]:
+    """Seconds each text parser takes on each adversarial text, against the budget."""
+    from . import infotext
+
+    parsers = {
+        # The settings-line scanner sees the whole text; parse() refuses more than MAX_CHARS
+        # at once, so it is timed on text cut to that length.
+        "infotext settings scanner": infotext._pairs,
+        "infotext.parse": lambda text: infotext.parse(text[:infotext.MAX_CHARS]),
+    }
+    cases = []
+    for parser, parse in parsers.items():
+        for name, text in adversarial_texts().items():
+            t0 = time.perf_counter()
+            parse(text)
+            seconds = time.perf_counter() - t0
+            cases.append({"parser": parser, "text": name, "chars": len(text),
+                          "seconds": round(seconds, 4), "budget_s": budget,
+                          "within_budget": seconds <= budget})
+    return cases
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m webui.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--model", action="append",
@@ -84,7 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--parsers-only", action="store_true",
+                        help="only time the text parsers on adversarial input (no model)")
     args = parser.parse_args(argv)
+    parsers = parser_cases()
+    if args.parsers_only:
+        return _report({"parsers": parsers}, args.out)
 
     from .engine.core import Engine
 
@@ -92,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     models = args.model or (["random-sd15", "random-sdxl"] if engine.device.startswith("cuda")
                             else ["tiny-random"])
     sizes = {"random-sd15": 512, "random-sdxl": 1024}
-    report = {"device": engine.device, "python": platform.python_version(), "cases": []}
+    report = {"device": engine.device, "python": platform.python_version(), "cases": [],
+              "parsers": parsers}
     try:
         import torch
 
@@ -108,10 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         report["cases"].append(case)
         print(json.dumps(case), file=sys.stderr)
         engine.unload()
+    return _report(report, args.out)
+
+
+def _report(report: dict, out: str | None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
-    if args.out:
-        with open(args.out, "w") as handle:
+    if out:
+        with open(out, "w") as handle:
             handle.write(text + "\n")
     return 0
 

@@ -20,8 +20,12 @@ from .params import GenerationParams, ParamsError, make
 
 VERSION = "img2img-webui"
 
-# key: "quoted, value" or plain value up to the next comma.
-_PAIR = re.compile(r'\s*([\w][\w \-/+().]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+# The longest infotext read (a PNG's `parameters` chunk, or pasted text): two prompts at their
+# 20,000-character limit and a settings line fit with room to spare.
+MAX_CHARS = 100_000
+# Characters a settings key may hold ("Schedule type", "Hires upscale", "ControlNet 0", ...).
+_MAX_KEY = 100  # no tool's key is longer ("Hires negative prompt", "ControlNet 0"...)
+_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_ -/+().")
 _SIZE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
 
 
@@ -104,16 +108,61 @@ class Parsed:
 
 
 def _pairs(line: str) -> dict[str, str]:
+    """The `key: value` pairs of a settings line, in one left-to-right pass.
+
+    Values are plain text up to the next comma, or a JSON-quoted string (which may hold commas)
+    followed by a comma or the end. A scanner rather than a regular expression: a pattern that
+    retries a key at every position backtracks quadratically on long text without colons, and
+    one such PNG held the whole server for minutes.
+    """
     out: dict[str, str] = {}
-    for key, value in _PAIR.findall(line):
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                value = value[1:-1]
-        out[key.strip()] = value
+    i, n = 0, len(line)
+    while i < n:
+        colon, comma = line.find(":", i), line.find(",", i)
+        if colon < 0:
+            break
+        if 0 <= comma < colon:
+            # No key before the last comma ahead of this colon (text from another tool): jump
+            # there at once, so a long run of commas costs one scan, not one per comma.
+            i = line.rfind(",", i, colon) + 1
+            continue
+        key = _key(line[i:colon])
+        j = colon + 1
+        while j < n and line[j] in " \t":
+            j += 1
+        value, i = _value(line, j)
+        if key:
+            out[key] = value
     return out
+
+
+def _key(text: str) -> str:
+    """The key right before a colon: the longest run (of at most _MAX_KEY) of key characters
+    ending there that starts with a letter, digit or underscore ('' when there is none)."""
+    start, stop = len(text), max(0, len(text) - _MAX_KEY)
+    while start > stop and text[start - 1] in _KEY_CHARS:
+        start -= 1
+    while start < len(text) and not (text[start].isalnum() or text[start] == "_"):
+        start += 1
+    return text[start:].strip()
+
+
+def _value(line: str, start: int) -> tuple[str, int]:
+    """(the value starting at `start`, the index after it and its comma)."""
+    n = len(line)
+    if start < n and line[start] == '"':
+        j = start + 1
+        while j < n and line[j] != '"':
+            j += 2 if line[j] == "\\" else 1
+        if j < n and (j + 1 == n or line[j + 1] == ","):
+            quoted = line[start:j + 1]
+            try:
+                return json.loads(quoted), j + 2
+            except json.JSONDecodeError:
+                return quoted[1:-1], j + 2
+    end = line.find(",", start)
+    end = n if end < 0 else end
+    return line[start:end].strip(), end + 1
 
 
 def _lora(item: str) -> dict[str, Any]:
@@ -122,13 +171,21 @@ def _lora(item: str) -> dict[str, Any]:
 
 
 def _is_settings_line(line: str) -> bool:
-    return len(_PAIR.findall(line)) >= 3 and "Steps:" in line
+    return "Steps:" in line and len(_pairs(line)) >= 3
 
 
 def parse(text: str, base: GenerationParams | None = None) -> Parsed:
-    """Settings from an infotext; fields it does not mention keep their value in `base`."""
+    """Settings from an infotext; fields it does not mention keep their value in `base`.
+
+    Text longer than MAX_CHARS is not read (a warning says so): no setting is that long, and
+    a huge text is more likely an attack than a picture's settings."""
     values = (base or GenerationParams()).model_dump()
-    lines = (text or "").strip().splitlines()
+    text = text or ""
+    if len(text) > MAX_CHARS:
+        return Parsed(params=make(**values), warnings=[
+            f"the parameters text is {len(text):,} characters long; at most {MAX_CHARS:,} are "
+            "read, so nothing was used"])
+    lines = text.strip().splitlines()
     settings: dict[str, str] = {}
     if lines and _is_settings_line(lines[-1]):
         settings = _pairs(lines.pop())

@@ -948,6 +948,10 @@ class Studio:
         if not text:
             return "", ("This image carries no generation parameters (it may have been "
                         "re-saved by another program, or never had any).")
+        if len(text) > infotext.MAX_CHARS:
+            # Not shown either: a megabyte of text would only slow every browser down.
+            return "", (f"This image's parameters text is {len(text):,} characters long, more "
+                        f"than the {infotext.MAX_CHARS:,} that are read; it was not used.")
         return text, self._parsed_summary(infotext.parse(text))
 
     @staticmethod
