@@ -362,6 +362,43 @@ def test_sdxl_tiny_model_runs(fresh_engine, make_image):
     assert f"Model: {TINY_SDXL}" in result.images[0].infotext
 
 
+# -- the prompt reaches the model -----------------------------------------------------------------
+@pytest.mark.parametrize("model", [TINY_SD, TINY_SDXL])
+def test_prompt_and_negative_prompt_change_the_picture(engine, make_image, model):
+    """The tiny models' tokenizers know their vocabulary, so the prompt reaches the model: two
+    prompts (or negative prompts) give two pictures, the same prompt the same picture."""
+    init = make_image(96, 64, seed=2)
+
+    def picture(**settings):
+        params = make(steps=4, strength=0.8, seed=5, pag_scale=0.0, model=model, **settings)
+        return pixels(engine.generate(params, init, save=False).images[0].image)
+
+    cat, dog, junk = picture(prompt="a cat"), picture(prompt="a dog"), picture(prompt="zzzz qqqq")
+    assert not np.array_equal(cat, dog) and not np.array_equal(cat, junk)
+    assert np.array_equal(cat, picture(prompt="a cat"))
+    assert not np.array_equal(picture(prompt="a cat", negative_prompt="blurry"),
+                              picture(prompt="a cat", negative_prompt="sharp"))
+    engine.unload()
+
+
+@pytest.mark.parametrize("model", [TINY_SD, TINY_SDXL])
+def test_tiny_tokenizers_know_their_vocabulary(engine, model, tmp_path):
+    from transformers import AutoTokenizer
+
+    pipe = engine.pipeline(model)
+    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if model == TINY_SDXL else [])
+    for tokenizer in tokenizers:
+        assert tokenizer("a cat").input_ids != tokenizer("a dog").input_ids
+        # No unknown token between the start and end tokens.
+        assert tokenizer.unk_token_id not in tokenizer("a cat, zzzz qqqq").input_ids[1:-1]
+        # The saved tokenizer (as in a diffusers folder or a single file's config folder)
+        # reads the same.
+        tokenizer.save_pretrained(tmp_path / "tok")
+        again = AutoTokenizer.from_pretrained(tmp_path / "tok")
+        assert again("a cat").input_ids == tokenizer("a cat").input_ids
+    engine.unload()
+
+
 # -- errors ---------------------------------------------------------------------------------------
 def test_unknown_model_name(engine, make_image):
     with pytest.raises(ModelError) as info:

@@ -8,10 +8,6 @@ a second on a laptop CPU, yet every code path of a real SD1.x / SDXL checkpoint 
 
 from __future__ import annotations
 
-import json
-import tempfile
-from pathlib import Path
-
 TINY_SD = "tiny-random"
 TINY_SDXL = "tiny-random-xl"
 TINY_MODELS = (TINY_SD, TINY_SDXL)
@@ -35,7 +31,12 @@ def _byte_alphabet() -> list[str]:
 
 
 def build_tokenizer():
-    """A working CLIP tokenizer with a byte-level vocabulary (no merges), built offline."""
+    """A working CLIP tokenizer with a byte-level vocabulary (no merges), built offline.
+
+    The vocabulary is passed as a dict: transformers 5 silently ignores `vocab_file=` and
+    `merges_file=`, and the tokenizer then knows only its special tokens, so every prompt
+    becomes the same unknown tokens and the model ignores the prompt.
+    """
     from transformers import CLIPTokenizer
 
     alphabet = _byte_alphabet()
@@ -43,15 +44,8 @@ def build_tokenizer():
     vocab.update({c + "</w>": i + len(alphabet) for i, c in enumerate(alphabet)})
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "vocab.json").write_text(json.dumps(vocab))
-        Path(tmp, "merges.txt").write_text("#version: 0.2\n")
-        # Without model_max_length the fast tokenizer's limit is 1e30 and encoding overflows.
-        return CLIPTokenizer(
-            vocab_file=str(Path(tmp, "vocab.json")),
-            merges_file=str(Path(tmp, "merges.txt")),
-            model_max_length=77,
-        )
+    # Without model_max_length the limit is 1e30 and encoding overflows.
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
 def _text_config(**extra):
