@@ -88,19 +88,24 @@ def test_pag_default_on_and_zero_is_plain(studio):
     assert "PAG scale: 3" in guided.images[0].infotext
 
 
-def test_inpaint_keeps_the_unmasked_area(studio):
+@pytest.mark.parametrize("area", ["whole picture", "only masked"])
+@pytest.mark.parametrize("blur", [0, 4])
+def test_inpaint_keeps_the_unmasked_area_pixel_for_pixel(studio, area, blur):
     engine, _, _ = studio
-    init = picture(5)
-    mask = Image.new("L", (64, 64), 0)
-    ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)
-    result = run(engine, init=init, inputs=Inputs(mask=mask), strength=0.9,
-                 inpaint_area="only masked", inpaint_padding=8, mask_blur=0)
+    init = picture(5).resize((96, 64))
+    mask = Image.new("L", (96, 64), 0)
+    ImageDraw.Draw(mask).rectangle((8, 8, 47, 55), fill=255)
+    result = run(engine, init=init, inputs=Inputs(mask=mask), strength=0.9, inpaint_area=area,
+                 inpaint_padding=8, mask_blur=blur)
     out = pixels(result)
-    kept = np.abs(out[:, 40:] - np.asarray(init, dtype=np.int16)[:, 40:]).max()
-    changed = np.abs(out[:, :24] - np.asarray(init, dtype=np.int16)[:, :24]).max()
-    assert kept <= 2 and changed > 10
-    assert "Inpaint area: Only masked" in result.images[0].infotext
-    assert "Mask blur: 0" in result.images[0].infotext
+    original = np.asarray(init, dtype=np.int16)
+    outside = np.asarray(mask) == 0
+    assert np.array_equal(out[outside], original[outside])
+    inside = np.asarray(mask.crop((12, 12, 44, 52)))  # well inside, past the seam
+    assert np.abs(out[12:52, 12:44] - original[12:52, 12:44]).max() > 10 and inside.all()
+    assert "outside it every pixel is the original's" in result.notice
+    assert f"Inpaint area: {area.capitalize()}" in result.images[0].infotext
+    assert f"Mask blur: {blur}" in result.images[0].infotext
 
 
 def test_mask_is_resized_with_the_picture(studio):
@@ -197,3 +202,73 @@ def test_pag_is_turned_off_where_no_pipeline_joins_it_and_said_so(tmp_path):
         assert "PAG" not in kept.notice and kept.params.pag_scale == 3.0
     finally:
         engine.unload()
+
+
+# -- sizes other than the tiny model's default (64x64) -------------------------------------------
+def _wide_mask(size=(96, 64)) -> Image.Image:
+    mask = Image.new("L", size, 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, size[0] // 2 - 1, size[1] - 1), fill=255)
+    return mask
+
+
+ROUTES = {
+    "img2img": {},
+    "img2img PAG": {"pag_scale": 3.0},
+    "inpaint whole picture": {"mask": True},
+    "inpaint whole picture PAG": {"mask": True, "pag_scale": 3.0},
+    "inpaint only masked": {"mask": True, "inpaint_area": "only masked"},
+    "inpaint only masked PAG": {"mask": True, "inpaint_area": "only masked", "pag_scale": 3.0},
+    "inpaint latent noise": {"mask": True, "masked_content": "latent noise"},
+    "ControlNet": {"controlnet": True},
+    "ControlNet PAG": {"controlnet": True, "pag_scale": 3.0},
+    "ControlNet inpaint": {"controlnet": True, "mask": True},
+}
+
+
+def _route(engine, controlnet, route: dict, init, **extra):
+    settings = {k: v for k, v in route.items() if k not in ("mask", "controlnet")}
+    inputs = Inputs(mask=_wide_mask(init.size) if route.get("mask") else None)
+    if route.get("controlnet"):
+        settings["controlnets"] = [{"model": str(controlnet), "preprocessor": "canny"}]
+    return run(engine, init=init, inputs=inputs, save=True, **settings, **extra)
+
+
+@pytest.mark.parametrize("name", list(ROUTES))
+def test_every_route_keeps_a_non_square_size(studio, name):
+    engine, _, controlnet = studio
+    init = picture(3).resize((96, 64))
+    result = _route(engine, controlnet, ROUTES[name], init)
+    item = result.images[0]
+    assert item.image.size == (96, 64), name
+    assert Image.open(item.path).size == (96, 64)
+    assert "Size: 96x64" in item.infotext
+    # A size asked for explicitly wins over the picture's.
+    tall = _route(engine, controlnet, ROUTES[name], picture(3), width=64, height=128)
+    assert tall.images[0].image.size == (64, 128), name
+
+
+def test_latents_keep_a_non_square_size(studio):
+    engine, _, _ = studio
+    made = run(engine, init=picture(4).resize((96, 64)), output_type="latent")
+    assert tuple(made.images[0].latents.shape) == (4, 8, 12)
+    again = run(engine, inputs=Inputs(latents=made.images[0].latents), init=None)
+    assert again.images[0].image.size == (96, 64) and "Size: 96x64" in again.images[0].infotext
+
+
+@pytest.mark.parametrize("name", ["img2img", "img2img PAG", "inpaint whole picture",
+                                  "inpaint only masked", "ControlNet", "ControlNet inpaint"])
+def test_sdxl_routes_keep_a_non_square_size(sdxl, name):
+    engine, controlnet = sdxl
+    result = _route(engine, controlnet, ROUTES[name], picture(3).resize((96, 64)))
+    assert result.images[0].image.size == (96, 64), name
+    assert "Size: 96x64" in result.images[0].infotext
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sdxl-adapters")
+    controlnet = make_controlnet(build_pipeline("tiny-random-xl"), root / "cn-xl", seed=5)
+    engine = Engine(models_dir=root / "models", outputs_dir=root / "outputs", device="cpu",
+                    model="tiny-random-xl")
+    yield engine, controlnet
+    engine.unload()

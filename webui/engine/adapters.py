@@ -332,18 +332,25 @@ def fill_masked(image, mask, passes: int = 12):
 
 
 def overlay_original(images, init, mask, blur: float = 4):
-    """Paste `init` back outside the (blurred) mask of each result image.
+    """Paste `init` back outside the mask of each result image, as other SD tools do.
 
     The pipeline's latent blending keeps the unmasked area only approximately (it goes through
-    the VAE); call this on the results to keep it pixel-exact, with a soft seam of `blur` px.
+    the VAE, and "only masked" pastes with the blurred mask, which reaches past the painted
+    area). Here every pixel outside the mask as painted (value 0, before any blur) is the
+    original's, exactly; the `blur` px seam fades inwards, inside the painted area.
     """
+    import numpy as np
     from PIL import Image
 
-    soft = blur_mask(mask_to_l(mask), blur)
+    painted = mask_to_l(mask)
+    soft = np.asarray(blur_mask(painted, blur), dtype=np.uint8)
+    alpha = Image.fromarray(np.where(np.asarray(painted) > 0, soft, 0).astype(np.uint8), "L")
     out = []
     for image in images:
-        base = init.convert("RGB").resize(image.size) if init.size != image.size else init.convert("RGB")
-        m = soft.resize(image.size) if soft.size != image.size else soft
+        base = init.convert("RGB")
+        if base.size != image.size:
+            base = base.resize(image.size)
+        m = alpha.resize(image.size) if alpha.size != image.size else alpha
         out.append(Image.composite(image.convert("RGB"), base, m))
     return out
 
@@ -934,6 +941,12 @@ class Adapters:
             kwargs["image"] = image
         loaded = tuple(self._controlnet_model(s.model) for s in specs)
         pipe = self.pipeline(pipe_mode, pag, loaded)
+        if image_size is not None and _takes(pipe, "height"):
+            # Pipelines that take a size fall back to the UNet's default (512x512 for SD 1.5)
+            # when it is not given: every job states its own ("only masked" repaints the crop
+            # at this size too).
+            kwargs.setdefault("width", image_size[0])
+            kwargs.setdefault("height", image_size[1])
 
         self.set_loras(loras)
         if isinstance(ip_adapter, (str, Path)):
@@ -1149,6 +1162,13 @@ def _pass_output_type_to_check(pipe) -> None:
         return check(*bound.args, **bound.kwargs)
 
     pipe.check_inputs = checked
+
+
+def _takes(pipe, name: str) -> bool:
+    """Whether the pipeline's call has the keyword argument `name`."""
+    import inspect
+
+    return name in inspect.signature(type(pipe).__call__).parameters
 
 
 def _stamp(path: Path) -> tuple[int, int]:

@@ -25,7 +25,8 @@ from .. import infotext, schedulers
 from ..params import MAX_SEED, GenerationParams
 from . import memory, outputs, previews
 from .errors import Cancelled, InputError, ModelError
-from .adapters import Adapters, ControlNetSpec, IPAdapterSpec, latents_bytes, load_latents
+from .adapters import (Adapters, ControlNetSpec, IPAdapterSpec, latents_bytes, load_latents,
+                       overlay_original)
 from .controlnet_images import control_image
 from .detectors import DETECTOR_SUBDIR, KINDS as DETECTOR_KINDS, Detectors, find_detector
 from .models import LORA_SUBDIR, ModelRegistry, load
@@ -162,6 +163,8 @@ class Job:
         self._events.put(None)
 
 
+INPAINT_NOTICE = ("Inpainted: only the painted area was repainted; outside it every pixel is "
+                  "the original's")
 # Seconds between step previews (each costs a GPU -> CPU read of the latents).
 PREVIEW_INTERVAL = 0.25
 
@@ -579,7 +582,12 @@ class Engine:
             callback_on_step_end_tensor_inputs=["latents"],
             **kwargs,
         )
-        return output.images, state["stopped"]
+        images = output.images
+        if mask is not None and params.output_type == "image":
+            # Outside the mask the result is the original picture, pixel for pixel.
+            images = overlay_original(images, init, mask, params.mask_blur)
+            notices[INPAINT_NOTICE] = None
+        return images, state["stopped"]
 
     def _detector_folder(self, index: int, unit) -> Path | None:
         if unit.preprocessor not in DETECTOR_KINDS:

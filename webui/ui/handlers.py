@@ -775,8 +775,6 @@ class Studio:
             return
         session.results, session.selected, session.seed = result.images, 0, result.seed
         session.before = result.init
-        if inputs.mask is not None:
-            notes.insert(0, "Inpainted: only the painted area was repainted.")
         yield GenerateView(self._summary(result, last, notes), skip, *self._show(session))
 
     def latent_files(self, session: Session):
