@@ -267,9 +267,14 @@ def test_png_info_reads_and_sends_other_tools_pngs(studio, tmp_path):
     assert filled["seed"] == 99 and filled["strength"] == 0.45
     assert filled["scheduler"] == "DPM++ 2M Karras"
     assert (filled["width"], filled["height"]) == (512, 768)
-    # Not in the text, or not available here: left as they are.
-    for name in ("model", "resize_mode", "batch_count", "batch_size"):
-        assert is_skip(filled[name]), name
+    # Not in the text: back to their defaults, so the picture can be made again.
+    for name in ("resize_mode", "batch_count", "batch_size", "pag_scale", "mask_blur"):
+        assert filled[name] == P.default(name), name
+    assert filled["loras"]["value"] == [] and filled["ip_adapter"] == ""
+    assert all(filled[f"cn{n}_enabled"] is False for n in (1, 2, 3))
+    assert "Back to their defaults" in message and "PAG scale" in message
+    # Not available here: the current model stays, and the message says so.
+    assert is_skip(filled["model"])
     assert "v1-5-pruned-emaonly" in message and "not available" in message
     assert tab.selected == "img2img"
 
@@ -300,8 +305,10 @@ def test_png_info_warnings_and_empty_inputs(studio, tmp_path):
     assert "Not usable here" in summary and "steps" in summary and "Quantum" in summary
     *updates, _, message = studio.send_to_img2img(text)
     filled = dict(zip(handlers.FILL_FIELDS, updates))
-    assert is_skip(filled["steps"]) and is_skip(filled["scheduler"]) and filled["seed"] == 1
-    assert "Quantum" in message
+    # Unusable values: the defaults, and the message says what could not be restored.
+    assert filled["steps"] == P.default("steps") and filled["seed"] == 1
+    assert filled["scheduler"] == P.default("scheduler")
+    assert "Quantum" in message and "steps" in message
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)
     assert "no generation parameters" in studio.png_info(plain)[1]

@@ -367,6 +367,34 @@ def test_send_to_img2img_fills_the_adapter_controls(studio, models):
     assert "**Done**" in run(studio, picture(12), **settings).status
 
 
+def _page_after(page: dict, updates) -> dict:
+    """The page's settings after the updates of send_to_img2img are applied to them."""
+    page = dict(page)
+    for key, update in zip(handlers.FILL_FIELDS, updates):
+        if isinstance(update, dict) and update.get("__type__") == "update":
+            if "value" in update:
+                page[key] = update["value"]
+        else:
+            page[key] = update
+    return page
+
+
+def test_send_to_img2img_reproduces_the_picture_whatever_the_page_held(studio):
+    """A PNG made without adapters, sent to a page that has a LoRA, an IP-Adapter, a ControlNet
+    unit and other settings on: every one of them goes back to what made the PNG."""
+    init = picture(16)
+    made = run(studio, init, prompt="a quiet harbour", seed=21, pag_scale=0.0)
+    busy = dict(FAST, prompt="something else", seed=3, loras=["film"],
+                lora_weights=[["film", 0.9]], ip_adapter="tiny-ip", ip_adapter_scale=0.9,
+                pag_scale=2.0, mask_blur=9, batch_size=2, **unit(1))
+    *updates, _, message = studio.send_to_img2img(made.infotext)
+    page = _page_after(busy, updates)
+    assert page["loras"] == [] and page["ip_adapter"] == "" and page["cn1_enabled"] is False
+    again = run(studio, init, reference_image=picture(1), **page)
+    assert np.array_equal(pixels(again), pixels(made))
+    assert "Not restored" not in message
+
+
 def test_own_output_round_trip(studio):
     init = picture(13)
     view = run(studio, init, loras=["film"], lora_weights=[["film", 0.6]], mode="inpaint",

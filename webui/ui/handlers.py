@@ -967,20 +967,30 @@ class Studio:
         return "\n\n".join(parts)
 
     def send_to_img2img(self, text: str | None) -> tuple:
-        """Updates for FILL_FIELDS (only the settings the text sets), then the tab switch and a
-        message listing what could not be used."""
+        """Updates for FILL_FIELDS, then the tab switch and a message.
+
+        Every setting the page holds is set: to the text's value, or to its default when the
+        text does not mention it, so that the same seed gives the same picture again (a LoRA,
+        ControlNet unit or reference model left from earlier would change it). What cannot be
+        restored here (a model, LoRA or ControlNet that is not installed) is listed, and the
+        model picker keeps the current model when the text names none or an unknown one.
+        """
         if not (text or "").strip():
             raise _error("Drop a PNG with generation parameters first.", title="PNG Info")
         parsed = infotext.parse(text)
         warnings = list(parsed.warnings)
-        values = parsed.params.model_dump()
+        values = parsed.params.model_dump()  # defaults where the text says nothing
         fill: dict[str, Any] = {}
         filled: list[str] = []
+        reset: list[str] = []
         for name in P.GenerationParams.model_fields:
-            if name not in parsed.fields:
-                continue
+            if name not in FILL_FIELDS and name != "controlnets":
+                continue  # not a control on the page (precision, output type)
+            given = name in parsed.fields
             value = values[name]
             if name == "model":
+                if not given:
+                    continue
                 value = self._known_model(value)
                 if value is None:
                     warnings.append(f"Model: {values['model']!r} is not available here; kept the "
@@ -994,22 +1004,22 @@ class Studio:
                 value = self._adapter_choice(IP_ADAPTER_SUBDIR, value)
                 if value is None:
                     warnings.append(f"IP-Adapter: {values['ip_adapter']!r} is not in "
-                                    f"{shown_folder(self.engine, IP_ADAPTER_SUBDIR)}; "
-                                    "kept the current one")
-                    continue
+                                    f"{shown_folder(self.engine, IP_ADAPTER_SUBDIR)}; left off")
+                    value = ""
             elif name == "controlnets":
                 self._fill_controlnets(value, fill, warnings)
-            elif name not in FILL_FIELDS:
-                continue  # not a control on the page (precision, output type)
             if name in FILL_FIELDS and name != "loras":
                 fill[name] = value
-            filled.append(LABELS[name])
+            (filled if given else reset).append(LABELS[name])
         updates = [fill.get(key, gr.skip()) for key in FILL_FIELDS]
         for warning in warnings:
             gr.Warning(warning)
-        message = "Filled: " + (", ".join(filled) or "nothing") + "."
+        message = "Filled from the text: " + (", ".join(filled) or "nothing") + "."
+        if reset:
+            message += " Back to their defaults (the text does not mention them): " + \
+                ", ".join(reset) + "."
         if warnings:
-            message += "\n\n**Not used:**\n" + "\n".join(f"- {w}" for w in warnings)
+            message += "\n\n**Not restored:**\n" + "\n".join(f"- {w}" for w in warnings)
         return (*updates, gr.Tabs(selected="img2img"), message)
 
     def _fill_loras(self, loras: list[dict], fill: dict, warnings: list[str]) -> None:
@@ -1042,6 +1052,12 @@ class Studio:
             fill.update({f"cn{n}_{key}": unit[key] for key in UNIT_KEYS
                          if key not in ("enabled", "image")})
             fill[f"cn{n}_model"] = model
+            if unit["detector"] and unit["detector"] not in list_detectors(
+                    self.engine.detectors_dir):
+                warnings.append(f"ControlNet unit {n}: the detector {unit['detector']!r} is not "
+                                f"in {shown_folder(self.engine, DETECTOR_SUBDIR)}; the first of "
+                                "its kind is used")
+                fill[f"cn{n}_detector"] = ""
 
     def _known_model(self, name: str) -> str | None:
         for known in self.models():
