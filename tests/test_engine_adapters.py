@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from webui import infotext
@@ -272,3 +273,29 @@ def sdxl(tmp_path_factory):
                     model="tiny-random-xl")
     yield engine, controlnet
     engine.unload()
+
+
+@pytest.mark.parametrize("kind", ["tiny-random", "tiny-random-xl"])
+def test_an_inpainting_model_on_the_img2img_tab_runs_with_a_full_mask(tmp_path, kind):
+    from webui.testing import tiny_inpainting_pipeline
+
+    folder = tmp_path / "models" / "Stable-diffusion" / "tiny-inpainting"
+    tiny_inpainting_pipeline(kind).save_pretrained(folder)
+    engine = Engine(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs",
+                    device="cpu", model="tiny-inpainting")
+    try:
+        init = picture(8).resize((96, 64))
+        result = run(engine, init=init, strength=0.6)
+        assert engine._pipe.unet.config.in_channels == 9
+        assert result.images[0].image.size == (96, 64)
+        assert "inpainting model" in result.notice
+        # Inpainting itself works as with any model, the unmasked area kept exactly.
+        mask = _wide_mask((96, 64))
+        inpainted = pixels(run(engine, init=init, inputs=Inputs(mask=mask), strength=0.9))
+        outside = np.asarray(mask) == 0
+        assert np.array_equal(inpainted[outside], np.asarray(init, dtype=np.int16)[outside])
+        with pytest.raises(ModelError, match="inpainting model"):
+            run(engine, inputs=Inputs(latents=torch.zeros(1, 4, 8, 12)), init=None)
+        assert run(engine, init=init).images  # still serving
+    finally:
+        engine.unload()

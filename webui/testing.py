@@ -243,3 +243,22 @@ def save_controlnet_single_file(controlnet, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(controlnet_to_original(controlnet), str(path))
     return path
+
+
+def tiny_inpainting_pipeline(kind: str = "tiny-random"):
+    """A tiny pipeline whose UNet is an inpainting one (9 input channels: latents, mask and the
+    masked picture), as inpainting checkpoints have; the rest as in the built-in model."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from .tiny import TINY_SDXL, build_pipeline
+
+    pipe = build_pipeline(kind)
+    config = {k: v for k, v in pipe.unet.config.items() if not k.startswith("_")}
+    config["in_channels"] = 9
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(config).eval()
+    components = {**pipe.components, "unet": unet}
+    if kind != TINY_SDXL:
+        components["requires_safety_checker"] = False
+    return type(pipe)(**components)

@@ -393,6 +393,11 @@ class Adapters:
     def family(self) -> str:
         return "sdxl" if "XL" in type(self.base).__name__ else "sd1"
 
+    @property
+    def inpainting_model(self) -> bool:
+        """Whether the UNet is an inpainting one (9 input channels: latents, mask, picture)."""
+        return self.base.unet.config.in_channels == 9
+
     def available_loras(self) -> dict[str, Path]:
         """LoRA name -> file, for every .safetensors under the LoRA folder (names sorted)."""
         found: dict[str, Path] = {}
@@ -787,6 +792,8 @@ class Adapters:
         The engine asks before a job so that it can turn PAG off, say so and write an honest
         infotext; prepare() refuses such a job with the same reason.
         """
+        if self.inpainting_model:
+            mode = "inpaint"  # img2img runs as inpainting of the whole picture (see prepare)
         if self.family == "sdxl" and mode == "inpaint" and controlnets:
             return ("for SDXL models PAG cannot be combined with ControlNet when inpainting "
                     "(the library has no such pipeline)")
@@ -917,8 +924,16 @@ class Adapters:
                                "it", "mask")
         # SD 1.x has no PAG ControlNet img2img pipeline; its PAG ControlNet inpaint pipeline with
         # a mask covering the whole picture is the same computation (nothing is blended back).
-        pipe_mode = "inpaint" if (pag and specs and mode == "img2img" and self.family == "sd1") \
-            else mode
+        # An inpainting model has no img2img pipeline at all (its UNet also reads a mask and the
+        # masked picture): img2img runs as inpainting of the whole picture.
+        pipe_mode = "inpaint" if mode == "img2img" and (
+            self.inpainting_model or (pag and specs and self.family == "sd1")) else mode
+        if mode == "img2img" and self.inpainting_model:
+            if latent_input:
+                raise AdapterError("this is an inpainting model, which starts from a picture, "
+                                   "not from latents: give the init image", "image")
+            self.notices.append("an inpainting model: img2img ran as inpainting of the whole "
+                                "picture")
         if mode == "inpaint":
             if latent_input:
                 raise AdapterError("inpainting needs the picture itself, not latents: give the "
