@@ -299,3 +299,26 @@ def test_an_inpainting_model_on_the_img2img_tab_runs_with_a_full_mask(tmp_path, 
         assert run(engine, init=init).images  # still serving
     finally:
         engine.unload()
+
+
+def test_attention_slicing_follows_the_ip_adapter_in_and_out(studio):
+    """Loading or removing an IP-Adapter replaces the attention processors; slicing is set from
+    the processors installed, so it is never silently lost."""
+    from webui.engine.memory import SLICING_WITH_IP_ADAPTER, attention_sliced
+
+    engine, ip, _ = studio
+
+    def names():
+        return {type(p).__name__ for p in engine._pipe.unet.attn_processors.values()}
+
+    run(engine, attention_slicing="on")
+    assert attention_sliced(engine._pipe)
+    steered = run(engine, attention_slicing="on", ip_adapter=str(ip),
+                  inputs=Inputs(ip_image=picture(7)))
+    assert any("IPAdapter" in name for name in names())
+    assert SLICING_WITH_IP_ADAPTER in steered.notice
+    plain = run(engine, attention_slicing="on")
+    assert attention_sliced(engine._pipe) and not any("IPAdapter" in n for n in names())
+    assert SLICING_WITH_IP_ADAPTER not in plain.notice
+    run(engine, attention_slicing="off")
+    assert not attention_sliced(engine._pipe)

@@ -19,17 +19,34 @@ class FakeVae:
         self.tiling = False
 
 
+class AttnProcessor2_0:
+    pass
+
+
+class SlicedAttnProcessor:
+    pass
+
+
+class FakeUnet:
+    def __init__(self):
+        self.attn_processors = {"attn1": AttnProcessor2_0()}
+
+
 class FakePipe:
     """Records what the memory modes switch."""
 
     def __init__(self):
-        self.vae, self.slicing, self.offloaded = FakeVae(), False, False
+        self.vae, self.unet, self.offloaded = FakeVae(), FakeUnet(), False
+
+    @property
+    def slicing(self) -> bool:
+        return isinstance(self.unet.attn_processors["attn1"], SlicedAttnProcessor)
 
     def enable_attention_slicing(self):
-        self.slicing = True
+        self.unet.attn_processors = {"attn1": SlicedAttnProcessor()}
 
     def disable_attention_slicing(self):
-        self.slicing = False
+        self.unet.attn_processors = {"attn1": AttnProcessor2_0()}
 
     def enable_model_cpu_offload(self, device):
         self.offloaded = True

@@ -48,6 +48,7 @@ from typing import Any, Iterable
 
 from .detectors import Detectors
 from .errors import ModelError
+from .memory import SLICING_WITH_IP_ADAPTER
 from .models import PICKLE_SUFFIXES
 
 MODES = ("img2img", "inpaint")
@@ -707,8 +708,7 @@ class Adapters:
             if getattr(base, "feature_extractor", None) is None:
                 base.register_modules(feature_extractor=_clip_processor(cached.ip_encoder[1]))
             if self._plain_processors():
-                self.notices.append("attention slicing is off while an IP-Adapter is loaded (the "
-                                    "two cannot be combined)")
+                self.notices.append(SLICING_WITH_IP_ADAPTER)
             with torch.no_grad():
                 base.load_ip_adapter({k: dict(v) for k, v in state[1].items()},
                                      subfolder="", weight_name="")

@@ -515,9 +515,6 @@ class Engine:
             width, height = init.size
         else:
             width, height = latents.shape[-1] * 8, latents.shape[-2] * 8
-        # Memory modes first: switching attention slicing replaces attention processors, which
-        # the adapters then repair.
-        notices.update(dict.fromkeys(memory.apply(pipe, params, self.device, width * height)))
         family = self.family(pipe)
         generator_device = "cpu" if self.device == "mps" else self.device
         generators = [torch.Generator(generator_device).manual_seed(s) for s in seeds]
@@ -549,6 +546,9 @@ class Engine:
             strength=params.strength,
         )
         notices.update(dict.fromkeys(self.adapters.notices))
+        # Memory modes after the adapters: an IP-Adapter loaded or removed just now replaced the
+        # attention processors, and slicing is set from the ones installed.
+        notices.update(dict.fromkeys(memory.apply(pipe, params, self.device, width * height)))
         state = {"t0": time.monotonic(), "stopped": False, "preview_at": 0.0}
 
         def on_step(pipeline, step, timestep, kwargs):

@@ -49,14 +49,29 @@ def place(pipe, device: str, cpu_offload: str = "auto"):
     return pipe.to(device)
 
 
+SLICING_WITH_IP_ADAPTER = ("attention slicing is off while an IP-Adapter is loaded (the two "
+                           "cannot be combined)")
+
+
 def _state(pipe) -> dict:
     if not hasattr(pipe, "_webui_memory"):
-        pipe._webui_memory = {"slicing": False, "tiling": False, "offload": False}
+        pipe._webui_memory = {"tiling": False, "offload": False}
     return pipe._webui_memory
 
 
+def _processor_names(pipe) -> list[str]:
+    return [type(p).__name__ for p in pipe.unet.attn_processors.values()]
+
+
+def attention_sliced(pipe) -> bool:
+    """Whether sliced attention is installed now. Read from the UNet's processors, not
+    remembered: loading or removing an IP-Adapter replaces them behind this module's back."""
+    return any(name.startswith("Sliced") for name in _processor_names(pipe))
+
+
 def apply(pipe, params, device: str, pixels: int) -> list[str]:
-    """Set the three modes on `pipe` for this job; returns notices for the artist."""
+    """Set the three modes on `pipe` for this job; returns notices for the artist. Call it
+    after the adapters are set for the job, so that slicing sees the IP-Adapter's processors."""
     notices: list[str] = []
     state = _state(pipe)
     free = free_vram(device)
@@ -64,9 +79,11 @@ def apply(pipe, params, device: str, pixels: int) -> list[str]:
 
     slicing = params.attention_slicing == "on" or (
         params.attention_slicing == "auto" and on_gpu and free < SLICE_BELOW)
-    if slicing != state["slicing"]:
+    if slicing and any("IPAdapter" in name for name in _processor_names(pipe)):
+        # Sliced processors would replace the IP-Adapter's own, dropping it silently.
+        notices.append(SLICING_WITH_IP_ADAPTER)
+    elif slicing != attention_sliced(pipe):
         pipe.enable_attention_slicing() if slicing else pipe.disable_attention_slicing()
-        state["slicing"] = slicing
 
     tiling = params.vae_tiling == "on" or (
         params.vae_tiling == "auto" and on_gpu and pixels > TILE_ABOVE_PIXELS and free < TILE_BELOW)
