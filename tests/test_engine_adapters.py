@@ -322,3 +322,33 @@ def test_attention_slicing_follows_the_ip_adapter_in_and_out(studio):
     assert SLICING_WITH_IP_ADAPTER not in plain.notice
     run(engine, attention_slicing="off")
     assert not attention_sliced(engine._pipe)
+
+
+def test_infotext_names_adapters_relative_to_their_folder(tmp_path):
+    """A PNG made here names its ControlNet and IP-Adapter as the models folder does, so it
+    loads on another machine; no server path and no empty entry goes into it."""
+    pipe = build_pipeline("tiny-random")
+    models = tmp_path / "models"
+    make_controlnet(pipe, models / "ControlNet" / "sketch" / "tiny-canny", seed=4)
+    make_ip_adapter(pipe, models / "IP-Adapter" / "tiny-ip", seed=3)
+    engine = Engine(models_dir=models, outputs_dir=tmp_path / "outputs", device="cpu",
+                    model="tiny-random")
+    try:
+        # By name (as the studio sends it) and by path (as the command line may).
+        for model, ip in (("sketch/tiny-canny", "tiny-ip"),
+                          (str(models / "ControlNet" / "sketch" / "tiny-canny"),
+                           str(models / "IP-Adapter" / "tiny-ip"))):
+            result = run(engine, save=True, ip_adapter=ip, inputs=Inputs(ip_image=picture(7)),
+                         controlnets=[{"model": model, "preprocessor": "canny"}])
+            text = read_infotext(Image.open(result.images[0].path))
+            assert str(tmp_path) not in text
+            assert "model: sketch/tiny-canny" in text and "IP-Adapter: tiny-ip" in text
+            assert "detector" not in text  # canny uses none: no empty entry
+            assert result.params.controlnets[0].model == "sketch/tiny-canny"
+            # Read back, it runs again to the same picture.
+            again = run(engine, ip_adapter=infotext.parse(text).params.ip_adapter,
+                        inputs=Inputs(ip_image=picture(7)),
+                        controlnets=[infotext.parse(text).params.controlnets[0].model_dump()])
+            assert np.array_equal(pixels(again), pixels(result))
+    finally:
+        engine.unload()

@@ -106,12 +106,12 @@ def test_adapter_lists_and_refresh(studio):
 
 def test_adapter_locations_stay_inside_the_models_folder(studio, models):
     where = studio._adapter_location
-    assert where("IP-Adapter", "tiny-ip", "ip_adapter", hub=True) == str(models / "IP-Adapter"
-                                                                        / "tiny-ip")
+    # Names relative to their folder go into the settings (and so into infotext and presets).
+    assert where("IP-Adapter", "tiny-ip", "ip_adapter", hub=True) == "tiny-ip"
     assert where("IP-Adapter", "h94/IP-Adapter", "ip_adapter", hub=True) == "h94/IP-Adapter"
     inside = str(models / "ControlNet" / "tiny-canny")
-    assert where("ControlNet", inside, "cn1_model") == inside
-    for bad in ("/etc", "../../etc", "a/..", str(models.parent)):
+    assert where("ControlNet", inside, "cn1_model") == "tiny-canny"
+    for bad in ("/etc", "../../etc", "a/..", str(models.parent), str(models / "Lora")):
         with pytest.raises(gr.Error, match="not one of this studio's IP-Adapter models"):
             where("IP-Adapter", bad, "ip_adapter", hub=True)
     # ControlNets are only local.

@@ -80,7 +80,8 @@ def format(params: GenerationParams, *, seed: int, width: int, height: int,
         pairs["Masked content"] = params.masked_content
     for index, unit in enumerate(params.controlnets):
         pairs[f"ControlNet {index}"] = ", ".join(
-            f"{k}: {_number(v) if isinstance(v, float) else v}" for k, v in unit.model_dump().items())
+            f"{k}: {_number(v) if isinstance(v, float) else v}"
+            for k, v in unit.model_dump().items() if v != "")
     pairs.update(extra or {})
     pairs["Version"] = VERSION
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in pairs.items() if v not in ("", None))

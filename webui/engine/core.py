@@ -29,7 +29,8 @@ from .adapters import (Adapters, ControlNetSpec, IPAdapterSpec, latents_bytes, l
                        overlay_original)
 from .controlnet_images import control_image
 from .detectors import DETECTOR_SUBDIR, KINDS as DETECTOR_KINDS, Detectors, find_detector
-from .models import LORA_SUBDIR, ModelRegistry, load
+from .models import (CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, LORA_SUBDIR, ModelRegistry,
+                     load)
 
 
 @dataclass
@@ -444,7 +445,7 @@ class Engine:
         else:
             job._emit(Progress("loading", elapsed=time.monotonic() - started))
             pipe = self.pipeline(params.model or self.model, params.dtype, params.cpu_offload)
-            params = self._name_detectors(params)
+            params = self._name_detectors(self._name_adapters(params))
             limit = params.pag_scale > 0 and self.adapters.pag_limit(
                 "inpaint" if mask is not None else "img2img",
                 controlnets=bool(params.controlnets), latent_input=latents is not None)
@@ -530,9 +531,10 @@ class Engine:
         loras.update(dict(prompt_loras))
         ip = None
         if params.ip_adapter and job.inputs.ip_image is not None:
-            ip = IPAdapterSpec(params.ip_adapter,
-                               image=imaging.load_image(job.inputs.ip_image, "ip_adapter_image"),
-                               scale=params.ip_adapter_scale)
+            ip = IPAdapterSpec(
+                self.registry.adapter_location(IP_ADAPTER_SUBDIR, params.ip_adapter),
+                image=imaging.load_image(job.inputs.ip_image, "ip_adapter_image"),
+                scale=params.ip_adapter_scale)
         elif params.ip_adapter:
             notices["IP-Adapter not applied: no reference image"] = None
         call, kwargs = self.adapters.prepare(
@@ -598,6 +600,17 @@ class Engine:
             raise InputError(f"controlnets[{index}].detector",
                              f"ControlNet {index + 1}: {exc}") from None
 
+    def _name_adapters(self, params: GenerationParams) -> GenerationParams:
+        """The settings with ControlNet and IP-Adapter models inside the models folder named
+        relative to it, as LoRAs are, so the infotext holds no server paths."""
+        ip = self.registry.adapter_name(IP_ADAPTER_SUBDIR, params.ip_adapter)
+        units = [unit.model_copy(update={
+                     "model": self.registry.adapter_name(CONTROLNET_SUBDIR, unit.model)})
+                 for unit in params.controlnets]
+        if ip == params.ip_adapter and units == params.controlnets:
+            return params
+        return params.replace(ip_adapter=ip, controlnets=[u.model_dump() for u in units])
+
     def _name_detectors(self, params: GenerationParams) -> GenerationParams:
         """The settings with each unit's detector named as it will be used (the one an empty
         name picks, none for preprocessors without one), so the infotext can reproduce it."""
@@ -632,7 +645,9 @@ class Engine:
                                      "(or set its source to the init image)")
                 picture = imaging.load_image(upload, f"control image {index + 1}")
             folder = self._detector_folder(index, unit)
-            specs.append(ControlNetSpec(unit.model, image=picture, scale=unit.scale,
+            specs.append(ControlNetSpec(self.registry.adapter_location(CONTROLNET_SUBDIR,
+                                                                       unit.model),
+                                        image=picture, scale=unit.scale,
                                         start=unit.start, end=unit.end,
                                         preprocessor=unit.preprocessor, low=unit.low,
                                         high=unit.high, detector=str(folder or "")))

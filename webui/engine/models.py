@@ -19,6 +19,8 @@ from .errors import ModelError
 
 CHECKPOINTS_SUBDIR = "Stable-diffusion"
 LORA_SUBDIR = "Lora"
+IP_ADAPTER_SUBDIR = "IP-Adapter"
+CONTROLNET_SUBDIR = "ControlNet"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
@@ -117,6 +119,28 @@ class ModelRegistry:
             f"unknown model {name!r}: not a file, a folder, a hub id (owner/name) or one of "
             f"{', '.join(self.names())}"
         )
+
+    def adapter_location(self, subdir: str, name: str) -> str:
+        """Where an adapter named in the settings lives: a name relative to models/<subdir>
+        (what the studio, infotext and presets hold) becomes its path there; anything else (an
+        explicit path from the command line, a hub id) is returned as it is."""
+        if not name:
+            return name
+        candidate = self.models_dir / subdir / name
+        if ".." not in Path(name).parts and not Path(name).is_absolute() and candidate.exists():
+            return str(candidate)
+        return name
+
+    def adapter_name(self, subdir: str, location: str) -> str:
+        """The inverse: a path inside models/<subdir> as its name there (so a PNG made on one
+        machine loads on another); anything else as it is."""
+        if not location:
+            return location
+        try:
+            return Path(location).resolve().relative_to(
+                (self.models_dir / subdir).resolve()).as_posix()
+        except (ValueError, OSError):
+            return location
 
     def model_hash(self, source: ModelSource) -> str:
         """First 10 hex digits of the checkpoint file's sha256 ('' for folders and built-ins).

@@ -29,7 +29,7 @@ from ..engine.adapters import AdapterError, mask_to_l, parse_prompt_loras
 from ..engine.detectors import DETECTOR_SUBDIR, list_detectors
 from ..engine.core import Engine, ImageResult, Inputs, Job, Progress, QueueFull, Result
 from ..engine.errors import Cancelled, InputError, ModelError
-from ..engine.models import CHECKPOINTS_SUBDIR, LORA_SUBDIR
+from ..engine.models import CHECKPOINTS_SUBDIR, CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, LORA_SUBDIR
 from . import uploads, xy
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,6 @@ LABELS = {
 }
 
 MODES = ("img2img", "inpaint")
-IP_ADAPTER_SUBDIR = "IP-Adapter"
-CONTROLNET_SUBDIR = "ControlNet"
 CONTROLNET_UNITS = 3
 LORA_HEADERS = ["LoRA", "weight"]
 # What a ControlNet unit's controls are called (cn1_model, cn2_scale, ...), in wiring order.
@@ -491,23 +489,23 @@ class Studio:
         return value
 
     def _adapter_location(self, kind: str, value, field: str, hub: bool = False) -> str:
-        """The folder, file or hub id the engine gets for what the artist picked or typed.
+        """The name (or hub id) the engine gets for what the artist picked or typed.
 
-        Only names listed under models/<kind>, paths inside the models folder and (for the
-        IP-Adapter) hub ids pass: a shared page must not read arbitrary paths on the server.
+        Only names listed under models/<kind>, paths inside that folder (given back as names,
+        so infotext and presets hold no server paths) and (for the IP-Adapter) hub ids pass: a
+        shared page must not read arbitrary paths on the server.
         """
         if value is not None and not isinstance(value, str):
             raise _fail(field, f"must be text (got {type(value).__name__})")
         value = (value or "").strip()
         if not value:
             return ""
-        root = self.engine.registry.models_dir / kind
         if value in self.adapter_models(kind):
-            return str(root / value)
+            return value  # the engine finds it in models/<kind>; infotext keeps the name
         path = Path(value).expanduser()
-        models = self.engine.registry.models_dir.resolve()
-        if path.is_absolute() and path.exists() and models in path.resolve().parents:
-            return str(path)
+        folder = (self.engine.registry.models_dir / kind).resolve()
+        if path.is_absolute() and path.exists() and folder in path.resolve().parents:
+            return self.engine.registry.adapter_name(kind, str(path))
         if hub and _HUB_ID.match(value) and ".." not in value:
             return value
         listed = ", ".join(self.adapter_models(kind)) or "none yet"

@@ -127,19 +127,18 @@ class LoginThrottle:
             return
         if delay:
             await asyncio.sleep(delay)
-        status = {}
 
         async def watch(message):
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                # Recorded before the answer leaves, so the next attempt already counts it.
+                code = message["status"]
+                if code == 200:
+                    self.throttle.succeeded(address)
+                elif 400 <= code < 500:
+                    self.throttle.failed(address)
             await send(message)
 
         await self.app(scope, receive, watch)
-        code = status.get("code", 500)
-        if code == 200:
-            self.throttle.succeeded(address)
-        elif 400 <= code < 500:
-            self.throttle.failed(address)
 
 
 async def _refuse(send, seconds: float) -> None:
