@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 
 from webui import infotext
 from webui.engine.core import Engine, Inputs
-from webui.engine.errors import InputError, ModelError
+from webui.engine.errors import InputError, ModelError, OutOfMemory
 from webui.engine.outputs import read_infotext
 from webui.params import make
 from webui.tiny import build_pipeline
@@ -167,8 +167,10 @@ def test_out_of_memory_becomes_advice_and_engine_keeps_serving(studio, monkeypat
         raise OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(engine, "_sample", exhausted)
-    with pytest.raises(InputError, match="out of GPU memory"):
+    with pytest.raises(OutOfMemory, match="out of GPU memory") as caught:
         run(engine)
+    # Its own kind of error, not blamed on a setting such as the width.
+    assert not isinstance(caught.value, InputError) and not hasattr(caught.value, "field")
     monkeypatch.setattr(engine, "_sample", original)
     assert run(engine).images
 

@@ -484,3 +484,20 @@ def test_client_snippet_runs_against_the_app(studio, tmp_path, monkeypatch):
     assert Path(namespace["gallery"][0]["image"]).is_file()
     assert re.fullmatch(r"saved as \d{5}-42\.png", namespace["saved"])
     assert namespace["status"].startswith("**Done**")
+
+
+def test_out_of_memory_is_its_own_error_on_the_page(studio, init, monkeypatch):
+    class OutOfMemoryError(RuntimeError):
+        """Stands in for the CUDA allocator's error, which has this class name."""
+
+    def exhausted(*args, **kwargs):
+        raise OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(studio.engine, "_sample", exhausted)
+    with pytest.raises(gr.Error) as caught:
+        run(studio, Session(), init)
+    assert caught.value.title == "Out of GPU memory"
+    assert caught.value.message.startswith("Out of GPU memory: use a smaller size")
+    assert "Width" not in caught.value.message
+    monkeypatch.undo()
+    assert run(studio, Session(), init)[-1].status.startswith("**Done**")

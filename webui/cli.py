@@ -149,7 +149,7 @@ def preset_base(args: argparse.Namespace, base: dict | None = None
 def run_generate(args: argparse.Namespace, base: dict | None = None) -> int:
     from .engine.adapters import AdapterError
     from .engine.core import Engine
-    from .engine.errors import InputError, ModelError
+    from .engine.errors import InputError, ModelError, OutOfMemory
     from .presets import PresetError
 
     try:
@@ -199,7 +199,7 @@ def run_generate(args: argparse.Namespace, base: dict | None = None) -> int:
         # A LoRA name, mask or ControlNet input the artist gave: bad input, not a broken model.
         flag = ADAPTER_FLAGS.get(exc.field)
         return _fail(f"{flag}: {exc}" if flag else str(exc))
-    except ModelError as exc:
+    except (ModelError, OutOfMemory) as exc:
         return _fail(str(exc), EXIT_FAILED)
     from .engine import outputs
 

@@ -24,7 +24,7 @@ from .. import images as imaging
 from .. import infotext, schedulers
 from ..params import MAX_SEED, GenerationParams
 from . import memory, outputs, previews
-from .errors import Cancelled, InputError, ModelError
+from .errors import Cancelled, InputError, ModelError, OutOfMemory
 from .adapters import (Adapters, ControlNetSpec, IPAdapterSpec, latents_bytes, load_latents,
                        overlay_original)
 from .controlnet_images import control_image
@@ -342,8 +342,8 @@ class Engine:
             torch.cuda.empty_cache()
         except (ImportError, RuntimeError):
             pass
-        return InputError("width", "out of GPU memory: use a smaller size or batch size, or turn "
-                          "on attention slicing, VAE tiling or CPU offload (or the Low VRAM preset)")
+        return OutOfMemory("out of GPU memory: use a smaller size or batch size, or turn on "
+                           "attention slicing, VAE tiling or CPU offload (or the Low VRAM preset)")
 
     # -- the pipeline ------------------------------------------------------------------------
     def _torch_dtype(self, dtype: str):

@@ -15,3 +15,8 @@ class InputError(ValueError):
 
 class Cancelled(RuntimeError):
     """The job was interrupted before it produced anything."""
+
+
+class OutOfMemory(RuntimeError):
+    """The GPU ran out of memory during a job; the message says what to change. Its own kind of
+    error: no single setting is at fault, and the engine has given the memory back."""

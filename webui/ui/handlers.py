@@ -28,7 +28,7 @@ from ..engine import outputs
 from ..engine.adapters import AdapterError, mask_to_l, parse_prompt_loras
 from ..engine.detectors import DETECTOR_SUBDIR, list_detectors
 from ..engine.core import Engine, ImageResult, Inputs, Job, Progress, QueueFull, Result
-from ..engine.errors import Cancelled, InputError, ModelError
+from ..engine.errors import Cancelled, InputError, ModelError, OutOfMemory
 from ..engine.models import CHECKPOINTS_SUBDIR, CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, LORA_SUBDIR
 from . import uploads, xy
 
@@ -721,6 +721,9 @@ class Studio:
             raise _fail(exc.field, str(exc)) from None
         except ModelError as exc:
             raise _error(str(exc), title="Model") from None
+        except OutOfMemory as exc:
+            text = str(exc)
+            raise _error(text[:1].upper() + text[1:], title="Out of GPU memory") from None
         except Exception as exc:  # noqa: BLE001 - a library failure must still reach the artist
             log.exception("job %s failed", job.id)
             raise _error(f"The job failed ({type(exc).__name__}: {exc}). The studio keeps "
