@@ -263,6 +263,32 @@ def test_ip_adapter_errors(sd1, xl, adapters, tmp_path):
     assert np.array_equal(_out(adapters), sd1["base"])
 
 
+def test_ip_adapter_image_encoder_is_never_a_pickle(sd1, adapters, tmp_path):
+    import fnmatch
+
+    from webui.engine.adapters import ip_adapter_files
+
+    folder = make_ip_adapter(sd1["pipe"], tmp_path / "pickled", seed=9)
+    encoder = folder / "models" / "image_encoder"
+    weights = encoder / "model.safetensors"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(weights)), encoder / "pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(AdapterError, match="no .safetensors weights.*pickle") as info:
+        adapters.prepare(image=INIT, ip_adapter=IPAdapterSpec(str(folder), REFERENCE))
+    assert info.value.field == "ip_adapter"
+    assert np.array_equal(_out(adapters), sd1["base"])  # nothing left loaded
+    # From the hub only configs and safetensors are fetched.
+    patterns = ip_adapter_files("models", "ip-adapter_sd15.safetensors")
+    listing = ["models/ip-adapter_sd15.safetensors", "models/ip-adapter_sd15.bin",
+               "models/image_encoder/config.json", "models/image_encoder/model.safetensors",
+               "models/image_encoder/pytorch_model.bin", "sdxl_models/image_encoder/x.bin"]
+    fetched = [f for f in listing if any(fnmatch.fnmatch(f, p) for p in patterns)]
+    assert fetched == ["models/ip-adapter_sd15.safetensors", "models/image_encoder/config.json",
+                       "models/image_encoder/model.safetensors"]
+
+
 # -- PAG -------------------------------------------------------------------------------------
 
 

@@ -669,9 +669,7 @@ class Adapters:
             sub = spec.subfolder or ("sdxl_models" if self.family == "sdxl" else "models")
             weight = spec.weight_name or ("ip-adapter_sdxl.safetensors" if self.family == "sdxl"
                                           else "ip-adapter_sd15.safetensors")
-            return Path(snapshot_download(
-                spec.model, allow_patterns=[f"{sub}/{weight}", f"{sub}/image_encoder/*",
-                                            "models/image_encoder/*"]))
+            return Path(snapshot_download(spec.model, allow_patterns=ip_adapter_files(sub, weight)))
         except Exception as exc:  # noqa: BLE001 - offline, unknown repo, no access
             raise AdapterError(
                 f"could not get the IP-Adapter {spec.model!r} from the hub ({type(exc).__name__}); "
@@ -693,8 +691,12 @@ class Adapters:
             if cached.ip_encoder is None or cached.ip_encoder[0] != key[2]:
                 from transformers import CLIPVisionModelWithProjection
 
+                if not any(Path(key[2]).glob("*.safetensors")):
+                    raise AdapterError(
+                        f"the image encoder in {encoder_dir} has no .safetensors weights (pickle "
+                        ".bin files are refused: they can run code when opened)", "ip_adapter")
                 encoder = CLIPVisionModelWithProjection.from_pretrained(
-                    key[2], dtype=base.unet.dtype, local_files_only=True)
+                    key[2], dtype=base.unet.dtype, local_files_only=True, use_safetensors=True)
                 encoder = encoder.to(self.device).eval()
                 cached.ip_encoder = (key[2], encoder)
             proj = state[1]["image_proj"].get("proj.weight")
@@ -1263,6 +1265,14 @@ def _read_ip_state(path: Path) -> dict:
         raise AdapterError(f"{path.name} is not an IP-Adapter (it lacks image_proj.* and "
                            "ip_adapter.* weights)", "ip_adapter")
     return state
+
+
+def ip_adapter_files(subfolder: str, weight_name: str) -> list[str]:
+    """What is fetched of a hub IP-Adapter: its weights and its image encoder's config and
+    safetensors weights; never a pickle (.bin), which can run code when opened."""
+    encoders = [f"{subfolder}/image_encoder", "models/image_encoder"]
+    return [f"{subfolder}/{weight_name}"] + [f"{folder}/*.{kind}" for folder in encoders
+                                             for kind in ("json", "safetensors")]
 
 
 def _clip_processor(encoder):
