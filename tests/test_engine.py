@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -457,3 +458,54 @@ def test_explicit_size_over_the_engine_limit(tmp_path, make_image):
     # An inherited size is scaled down instead.
     result = small.generate(make(strength=0.0), make_image(128, 64), save=False)
     assert result.width * result.height <= 64 * 64
+
+
+# -- threads ------------------------------------------------------------------------------------
+def test_detectors_are_built_once_when_asked_from_two_threads(tmp_path, monkeypatch):
+    built = []
+
+    class SlowDetectors:
+        def __init__(self, device):
+            time.sleep(0.05)  # wide open for a second caller
+            built.append(self)
+
+    monkeypatch.setattr(core, "Detectors", SlowDetectors)
+    engine = Engine(models_dir=tmp_path / "models", outputs_dir=tmp_path / "out", device="cpu")
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(engine.detectors)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(built) == 1 and all(d is built[0] for d in seen)
+
+
+def test_a_detector_preview_waits_for_the_running_job(tmp_path, make_image):
+    from webui.tiny_adapters import make_depth_detector
+
+    make_depth_detector(tmp_path / "models" / "ControlNet-preprocessors" / "tiny-depth", seed=7)
+    engine = Engine(models_dir=tmp_path / "models", outputs_dir=tmp_path / "out", device="cpu")
+    try:
+        job, _ = long_job(engine, make_image)
+        finished = []
+
+        def preview():
+            engine.control_preview(make_image(64, 64, seed=1), "depth")
+            finished.append(job.done)
+
+        thread = threading.Thread(target=preview)
+        thread.start()
+        thread.join(1.0)
+        assert not finished, "the preview ran its detector beside the running job"
+        job.cancel()
+        thread.join(60)
+        assert finished == [True]
+        # Canny needs no model and no device: it never waits.
+        job, _ = long_job(engine, make_image)
+        assert engine.control_preview(make_image(64, 64), "canny").size == (64, 64)
+        assert not job.done
+        job.cancel()
+        assert job.result(timeout=60).interrupted
+    finally:
+        engine.cancel_all()
+        engine.unload()

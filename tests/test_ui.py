@@ -501,3 +501,36 @@ def test_out_of_memory_is_its_own_error_on_the_page(studio, init, monkeypatch):
     assert "Width" not in caught.value.message
     monkeypatch.undo()
     assert run(studio, Session(), init)[-1].status.startswith("**Done**")
+
+
+def test_interrupt_while_the_generate_thread_adds_and_drops_jobs():
+    """Session.cancel (an Interrupt click) reads the job set while the generate thread changes
+    it; it must neither fail nor miss a job."""
+    import threading
+
+    class FakeJob:
+        done = False
+
+        def cancel(self):
+            pass
+
+    session = Session()
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            jobs = [FakeJob() for _ in range(50)]
+            for job in jobs:
+                session.track(job)
+            for job in jobs:
+                session.forget(job)
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for _ in range(2000):
+            session.cancel()  # raised "Set changed size during iteration" before
+    finally:
+        stop.set()
+        thread.join()
+    assert session.interrupted

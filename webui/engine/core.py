@@ -206,6 +206,10 @@ class Engine:
         self._worker: threading.Thread | None = None
         self.current: Job | None = None
         self._detectors: Detectors | None = None
+        self._detectors_lock = threading.Lock()
+        # Held while a job runs and while a control-map preview runs a detector model: one user
+        # at a time on the device, so a preview never competes with a job for GPU memory.
+        self._device_lock = threading.Lock()
 
     # -- information -------------------------------------------------------------------------
     @property
@@ -218,10 +222,12 @@ class Engine:
 
     @property
     def detectors(self) -> Detectors:
-        """The depth / pose detector models, loaded once for jobs and previews alike."""
-        if self._detectors is None:
-            self._detectors = Detectors(self.device)
-        return self._detectors
+        """The depth / pose detector models, loaded once for jobs and previews alike (the
+        worker and a preview may ask at the same moment: built once, under a lock)."""
+        with self._detectors_lock:
+            if self._detectors is None:
+                self._detectors = Detectors(self.device)
+            return self._detectors
 
     @property
     def detectors_dir(self) -> Path:
@@ -240,7 +246,10 @@ class Engine:
                 raise InputError("detector", str(exc)) from None
             detect = functools.partial(self.detectors.control_map, folder)
         try:
-            return control_image(picture, preprocessor, None, low, high, detect)
+            if detect is None:
+                return control_image(picture, preprocessor, None, low, high)
+            with self._device_lock:  # after the running job, never beside it
+                return control_image(picture, preprocessor, None, low, high, detect)
         except ValueError as exc:
             raise InputError("detector" if detect else "low", str(exc)) from None
 
@@ -322,7 +331,8 @@ class Engine:
                 if job.cancel_requested.is_set():
                     raise Cancelled("cancelled while waiting in the queue")
                 job.state = "running"
-                result = self._run(job)
+                with self._device_lock:
+                    result = self._run(job)
             except BaseException as exc:  # noqa: BLE001 - the worker must survive any job
                 job._finish(None, self._explain_failure(exc))
             else:

@@ -8,12 +8,14 @@ Job, read its updates, cancel it.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import random
 import re
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
@@ -237,23 +239,40 @@ class Session:
 
     def __init__(self) -> None:
         self.jobs: set[Job] = set()
+        # The generate thread adds and drops jobs while an Interrupt (another thread) reads them.
+        self._lock = threading.Lock()
         self.interrupted = False
         self.results: list[ImageResult] = []
         self.selected = 0
         self.seed: int | None = None
         self.before: Image.Image | None = None  # the init image as the engine saw it
 
+    def __deepcopy__(self, memo) -> "Session":
+        # Gradio copies a State's value once for each new browser session; a lock cannot be
+        # copied, and each copy needs its own anyway.
+        clone = Session.__new__(Session)
+        clone.__dict__.update({key: copy.deepcopy(value, memo)
+                               for key, value in self.__dict__.items() if key != "_lock"})
+        clone._lock = threading.Lock()
+        return clone
+
     def start(self) -> None:
         """A new run (a job or a whole X/Y plot): forget an earlier interrupt."""
         self.interrupted = False
 
     def track(self, job: Job) -> None:
-        self.jobs.add(job)
+        with self._lock:
+            self.jobs.add(job)
+
+    def forget(self, job: Job) -> None:
+        with self._lock:
+            self.jobs.discard(job)
 
     def cancel(self) -> int:
         """Interrupt this tab's jobs; the number that were running or waiting."""
         self.interrupted = True
-        running = [job for job in self.jobs if not job.done]
+        with self._lock:
+            running = [job for job in self.jobs if not job.done]
         for job in running:
             job.cancel()
         return len(running)
@@ -766,7 +785,7 @@ class Studio:
                 yield GenerateView(describe(last), preview, skip, skip, skip, skip)
             result = self._result(job)
         finally:
-            session.jobs.discard(job)
+            session.forget(job)
             if not job.done:
                 # The browser went away mid-job: free the GPU for the others.
                 job.cancel()
@@ -1115,7 +1134,7 @@ class Studio:
                         yield XYView(f"{where} · {describe(progress)}", preview, skip, skip)
                     result = self._result(job)
                 finally:
-                    session.jobs.discard(job)
+                    session.forget(job)
                     if not job.done:
                         job.cancel()
                 if result is None or result.interrupted:
