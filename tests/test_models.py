@@ -50,8 +50,8 @@ def test_fp16_variant_is_detected(models_dir):
     assert _has_fp16_variant(checkpoints / "tiny-half", torch.float16)
     assert not _has_fp16_variant(checkpoints / "tiny-half", torch.float32)
     assert not _has_fp16_variant(checkpoints / "tiny-folder", torch.float16)
-    pipe = load(ModelRegistry(models_dir).resolve("tiny-half"), torch.float16)
-    assert pipe.unet.dtype == torch.float16
+    pipe, family = load(ModelRegistry(models_dir).resolve("tiny-half"), torch.float16)
+    assert pipe.unet.dtype == torch.float16 and family == "sd1"
 
 
 def test_pickle_checkpoint_refused_by_path(models_dir):

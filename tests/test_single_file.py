@@ -201,3 +201,89 @@ def test_incomplete_checkpoint_is_refused(sd1, tmp_path, dropped, detail):
     with pytest.raises(ModelError, match="partial.safetensors is incomplete") as info:
         load_single_file(path, config_dir=write_config_folder(pipe, tmp_path / "c"))
     assert detail in str(info.value)
+
+
+# -- family and prediction type ------------------------------------------------------------------
+def test_the_engine_keeps_the_family_the_file_declares(tiny, tmp_path):
+    """SD 2.x files are SD 2.x everywhere (the tiny SD 2.x file is shaped like SD 1.x, so the
+    family must come from the file, not from the pipeline's class)."""
+    from webui.engine.core import Engine
+    from webui.params import make
+
+    pipe, checkpoint, config, family = tiny
+    models = tmp_path / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    shutil.copy(checkpoint, models / "Stable-diffusion" / "mine.safetensors")
+    shutil.copytree(config, models / "configs" / family)
+    engine = Engine(models_dir=models, outputs_dir=tmp_path / "out", device="cpu", model="mine")
+    try:
+        rng = np.random.RandomState(1)
+        init = Image.fromarray((rng.rand(64, 64, 3) * 255).astype("uint8"))
+        engine.generate(make(steps=2, strength=0.5, seed=1, pag_scale=0), init, save=False)
+        assert engine.family == family and engine.adapters.family == family
+    finally:
+        engine.unload()
+
+
+def _sd2(tmp_path, name="v.safetensors", **kwargs):
+    pipe = build_pipeline(TINY_SD)
+    path = save_single_file(pipe, tmp_path / name, family="sd2", **kwargs)
+    return path, write_config_folder(pipe, tmp_path / "config")
+
+
+@pytest.mark.parametrize("how", ["metadata", "marker", "yaml"])
+def test_v_prediction_files_get_a_v_prediction_scheduler(tmp_path, how):
+    if how == "metadata":
+        path, config = _sd2(tmp_path, metadata={"modelspec.prediction_type": "v"})
+    elif how == "marker":
+        path, config = _sd2(tmp_path, markers=("v_pred",))
+    else:
+        path, config = _sd2(tmp_path)
+        path.with_suffix(".yaml").write_text('model:\n  params:\n    parameterization: "v"\n')
+    loaded = load_single_file(path, config_dir=config)
+    assert loaded.scheduler.config.prediction_type == "v_prediction"
+    # It reaches the sampler the engine builds from that config, and changes the picture.
+    from webui import schedulers
+
+    built = schedulers.build("DPM++ 2M Karras", dict(loaded.scheduler.config))
+    assert built.config.prediction_type == "v_prediction"
+    plain = load_single_file(_sd2(tmp_path / "plain")[0], config_dir=config)
+    assert plain.scheduler.config.prediction_type == "epsilon"
+    assert not np.array_equal(_img2img(loaded), _img2img(plain))
+
+
+def test_zero_terminal_snr_marker_rescales_betas(tmp_path):
+    path, config = _sd2(tmp_path, metadata={"modelspec.prediction_type": "v"}, markers=("ztsnr",))
+    scheduler = load_single_file(path, config_dir=config).scheduler.config
+    assert scheduler.rescale_betas_zero_snr is True and scheduler.timestep_spacing == "trailing"
+
+
+def test_velocity_is_told_from_noise_by_one_step():
+    """The check for undescribed full-size SD 2.x files, on stand-in UNets that answer as a
+    velocity and a noise predictor do at the last timestep."""
+    from types import SimpleNamespace
+
+    from webui.engine.single_file import _predicts_velocity
+
+    class StandIn(torch.nn.Module):
+        def __init__(self, sign):
+            super().__init__()
+            self.sign = sign
+            self.weight = torch.nn.Parameter(torch.ones(1, dtype=torch.float16))
+            self.config = SimpleNamespace(in_channels=4, cross_attention_dim=1024)
+
+        @property
+        def dtype(self):
+            return self.weight.dtype
+
+        @property
+        def device(self):
+            return self.weight.device
+
+        def forward(self, x, t, context):
+            assert self.weight.dtype == torch.float32  # run in fp32 ...
+            return SimpleNamespace(sample=self.sign * x * self.weight)
+
+    velocity, noise = StandIn(-2.0), StandIn(1.0)
+    assert _predicts_velocity(velocity) and not _predicts_velocity(noise)
+    assert velocity.dtype == torch.float16  # ... and cast back

@@ -189,16 +189,22 @@ def to_original_state_dict(pipe, family: str | None = None) -> dict:
     return {prefix + k: v.detach().clone().contiguous() for prefix, sd in parts for k, v in sd.items()}
 
 
-def save_single_file(pipe, path, *, family: str | None = None) -> Path:
+def save_single_file(pipe, path, *, family: str | None = None, metadata: dict | None = None,
+                     markers: tuple[str, ...] = ()) -> Path:
     """Write `pipe` (e.g. from `webui.tiny.build_pipeline`) as one original-layout `.safetensors`.
 
     `family` as in `to_original_state_dict`; "sd2" writes an SD1-shaped pipeline the SD2 way.
+    metadata: the file's header metadata (e.g. {"modelspec.prediction_type": "v"});
+    markers: empty marker tensors some trainers add ("v_pred", "ztsnr").
     """
+    import torch
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(to_original_state_dict(pipe, family), str(path))
+    state = to_original_state_dict(pipe, family)
+    state.update({name: torch.tensor([]) for name in markers})
+    save_file(state, str(path), metadata=metadata)
     return path
 
 

@@ -49,7 +49,7 @@ from typing import Any, Iterable
 from .detectors import Detectors
 from .errors import ModelError
 from .memory import SLICING_WITH_IP_ADAPTER
-from .models import PICKLE_SUFFIXES
+from .models import FAMILY_LABELS as _FAMILY, PICKLE_SUFFIXES, pipeline_family
 
 MODES = ("img2img", "inpaint")
 MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")
@@ -373,8 +373,11 @@ class Adapters:
     """
 
     def __init__(self, base_pipe, lora_dir="models/Lora", max_controlnets: int = 3,
-                 detectors: Detectors | None = None, device: str | None = None):
+                 detectors: Detectors | None = None, device: str | None = None,
+                 family: str | None = None):
         self.base = base_pipe
+        # The engine knows the family from the model source; alone, it is read off the pipe.
+        self.family = family or pipeline_family(base_pipe)
         self.lora_dir = Path(lora_dir)
         self.max_controlnets = max_controlnets
         self.device = device or str(base_pipe.unet.device)
@@ -390,10 +393,6 @@ class Adapters:
         self._peft_touched = True
 
     # -- information ---------------------------------------------------------------------
-    @property
-    def family(self) -> str:
-        return "sdxl" if "XL" in type(self.base).__name__ else "sd1"
-
     @property
     def inpainting_model(self) -> bool:
         """Whether the UNet is an inpainting one (9 input channels: latents, mask, picture)."""
@@ -799,8 +798,9 @@ class Adapters:
         if self.family == "sdxl" and mode == "inpaint" and controlnets:
             return ("for SDXL models PAG cannot be combined with ControlNet when inpainting "
                     "(the library has no such pipeline)")
-        if self.family == "sd1" and mode == "img2img" and controlnets and latent_input:
-            return ("on SD 1.x models PAG with ControlNet starts from a picture, not from latents")
+        if self.family != "sdxl" and mode == "img2img" and controlnets and latent_input:
+            return (f"on {_FAMILY[self.family]} models PAG with ControlNet starts from a picture, "
+                    "not from latents")
         return ""
 
     def _build(self, mode: str, pag: bool, controlnets: tuple):
@@ -924,12 +924,13 @@ class Adapters:
         if mode == "img2img" and mask is not None:
             raise AdapterError("a mask was given but the mode is img2img; choose inpaint to use "
                                "it", "mask")
-        # SD 1.x has no PAG ControlNet img2img pipeline; its PAG ControlNet inpaint pipeline with
-        # a mask covering the whole picture is the same computation (nothing is blended back).
+        # SD 1.x and 2.x have no PAG ControlNet img2img pipeline; their PAG ControlNet inpaint
+        # pipeline with a mask over the whole picture is the same computation (nothing is
+        # blended back).
         # An inpainting model has no img2img pipeline at all (its UNet also reads a mask and the
         # masked picture): img2img runs as inpainting of the whole picture.
         pipe_mode = "inpaint" if mode == "img2img" and (
-            self.inpainting_model or (pag and specs and self.family == "sd1")) else mode
+            self.inpainting_model or (pag and specs and self.family != "sdxl")) else mode
         if mode == "img2img" and self.inpainting_model:
             if latent_input:
                 raise AdapterError("this is an inpainting model, which starts from a picture, "
@@ -1130,7 +1131,6 @@ class Adapters:
         return latents * (1 - hole) + fill * hole
 
 
-_FAMILY = {"sd1": "Stable Diffusion 1.x", "sdxl": "SDXL"}
 
 
 def _normalise_loras(loras) -> list[tuple[str, float]]:

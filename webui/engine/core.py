@@ -201,6 +201,7 @@ class Engine:
         self._lock = threading.Lock()
         self._pipe = None
         self._pipe_key: tuple | None = None
+        self._family: str | None = None
         self.adapters: Adapters | None = None
         self._base_scheduler_config = None
         self._worker: threading.Thread | None = None
@@ -376,13 +377,14 @@ class Engine:
         key = (source.key, str(torch_dtype))
         if self._pipe_key != key:
             self.unload()
-            pipe = memory.place(load(source, torch_dtype), self.device, cpu_offload)
+            pipe, family = load(source, torch_dtype)
+            pipe = memory.place(pipe, self.device, cpu_offload)
             pipe.set_progress_bar_config(disable=True)
-            self._pipe, self._pipe_key = pipe, key
+            self._pipe, self._pipe_key, self._family = pipe, key, family
             self._pipe_source = source
             self._base_scheduler_config = dict(pipe.scheduler.config)
             self.adapters = Adapters(pipe, lora_dir=self.registry.models_dir / LORA_SUBDIR,
-                                     detectors=self.detectors, device=self.device)
+                                     detectors=self.detectors, device=self.device, family=family)
         return self._pipe
 
     def unload(self) -> None:
@@ -399,8 +401,11 @@ class Engine:
         except ImportError:
             pass
 
-    def family(self, pipe) -> str:
-        return "sdxl" if "XL" in type(pipe).__name__ else "sd1"
+    @property
+    def family(self) -> str | None:
+        """The loaded model's family ('sd1', 'sd2' or 'sdxl'; None before one is loaded), read
+        once from the model source when it was loaded."""
+        return self._family if self._pipe is not None else None
 
     # -- one job -----------------------------------------------------------------------------
     def _run(self, job: Job) -> Result:
@@ -473,7 +478,7 @@ class Engine:
                                                (b, batches, started), notices)
                 for img, s in zip(images, seeds):
                     if params.output_type == "latent":
-                        preview = previews.latents_to_rgb(img[None], self.family(pipe))[0]
+                        preview = previews.latents_to_rgb(img[None], self.family)[0]
                         results.append(ImageResult(preview, s, text_for(s), latents=img.cpu()))
                     else:
                         results.append(ImageResult(img, s, text_for(s)))
@@ -526,7 +531,7 @@ class Engine:
             width, height = init.size
         else:
             width, height = latents.shape[-1] * 8, latents.shape[-2] * 8
-        family = self.family(pipe)
+        family = self.family
         generator_device = "cpu" if self.device == "mps" else self.device
         generators = [torch.Generator(generator_device).manual_seed(s) for s in seeds]
         mode = "inpaint" if mask is not None else "img2img"

@@ -22,6 +22,8 @@ LORA_SUBDIR = "Lora"
 IP_ADAPTER_SUBDIR = "IP-Adapter"
 CONTROLNET_SUBDIR = "ControlNet"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+# The model families, as the engine names them everywhere (messages, adapters, previews).
+FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -175,17 +177,29 @@ def _has_fp16_variant(folder: Path, torch_dtype) -> bool:
     return bool(weighted) and all(any(d.glob("*.fp16.safetensors")) for d in weighted)
 
 
+def pipeline_family(pipe) -> str:
+    """'sd1', 'sd2' or 'sdxl' from a loaded pipeline's structure: SDXL has a second text
+    encoder; SD 2.x shares the SD 1.x classes but its UNet reads 1024-wide OpenCLIP text."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return "sdxl"
+    return "sd2" if pipe.unet.config.cross_attention_dim == 1024 else "sd1"
+
+
 def load(source: ModelSource, torch_dtype):
-    """An img2img pipeline for `source` (on the CPU; the caller moves it to its device)."""
+    """(img2img pipeline, family) for `source`; the pipeline is on the CPU and the caller moves
+    it to its device. The family is read once here, from the checkpoint's own tensor names for
+    a single file (a tiny SD 2.x file is shaped like SD 1.x) and from the structure otherwise."""
     if source.kind == "tiny":
         import torch
 
         pipe = tiny.build_pipeline(source.location)
-        return pipe if torch_dtype == torch.float32 else pipe.to(dtype=torch_dtype)
+        pipe = pipe if torch_dtype == torch.float32 else pipe.to(dtype=torch_dtype)
+        return pipe, pipeline_family(pipe)
     if source.kind == "file":
-        from .single_file import load_single_file
+        from .single_file import detect_family, load_single_file, read_keys
 
-        return load_single_file(source.location, torch_dtype=torch_dtype)
+        family = detect_family(read_keys(source.location))
+        return load_single_file(source.location, torch_dtype=torch_dtype), family
     from diffusers import AutoPipelineForImage2Image
 
     location = source.location
@@ -208,4 +222,4 @@ def load(source: ModelSource, torch_dtype):
                    "check the id and your network access (gated models need `hf auth login`).")
             raise ModelError(f"hub model {location!r} could not be loaded: {how} ({exc})") from None
         raise ModelError(f"{location}: not a loadable diffusers model folder ({exc})") from None
-    return pipe
+    return pipe, pipeline_family(pipe)

@@ -11,13 +11,13 @@ from a diffusers-format config folder, looked up in this order:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .errors import ModelError
-from .models import refuse_pickle
+from .models import FAMILY_LABELS, refuse_pickle
 
-FAMILIES = ("sd1", "sd2", "sdxl")
-FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+FAMILIES = tuple(FAMILY_LABELS)
 
 _UNET = "model.diffusion_model."
 _SDXL_OPEN_CLIP = "conditioner.embedders.1."
@@ -226,7 +226,76 @@ def load_single_file(path, *, config_dir=None, torch_dtype=None):
             f"{type(exc).__name__}: {exc}"
         ) from exc
     _check_complete(pipe, path)
+    _set_prediction_type(pipe, path, family)
     return pipe
+
+
+def prediction_type(path: Path, family: str, unet=None) -> tuple[str, dict]:
+    """('epsilon' or 'v_prediction', extra scheduler settings) for a checkpoint file.
+
+    A single file does not say what its UNet predicts, and a v-prediction model sampled as
+    epsilon makes grey mush. In order, what tells: an original config beside the file
+    (`<name>.yaml` with `parameterization: "v"`, the usual way to ship SD 2.x 768 models), the
+    file's ModelSpec metadata (`modelspec.prediction_type`), a `v_pred` marker tensor, and, for
+    a full-size SD 2.x UNet that none of these describes, the UNet itself (see
+    _predicts_velocity). A `ztsnr` marker (zero terminal SNR training) also asks for rescaled
+    betas and trailing timesteps.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        keys = set(handle.keys())
+    extra = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"} \
+        if "ztsnr" in keys else {}
+    sidecar = path.with_suffix(".yaml")
+    if sidecar.is_file():
+        text = sidecar.read_text(encoding="utf-8", errors="replace")[:100_000]
+        match = re.search(r"^\s*parameterization:\s*[\"']?(\w+)", text, re.M)
+        if match:
+            return ("v_prediction" if match[1] == "v" else "epsilon"), extra
+    declared = metadata.get("modelspec.prediction_type", "").strip().lower()
+    if declared in ("v", "v_prediction", "v-prediction"):
+        return "v_prediction", extra
+    if declared == "epsilon":
+        return "epsilon", extra
+    if "v_pred" in keys:
+        return "v_prediction", extra
+    if family == "sd2" and unet is not None and unet.config.cross_attention_dim == 1024 \
+            and _predicts_velocity(unet):
+        return "v_prediction", extra
+    return "epsilon", extra
+
+
+def _predicts_velocity(unet) -> bool:
+    """Whether a UNet predicts velocity rather than noise, from one step at the last timestep.
+
+    There the noisy latent is almost pure noise: a noise predictor returns about the input, a
+    velocity predictor about its negative. With real weights the two are far apart (a mean of
+    -1 or less for v); random test weights say nothing, which is why this only runs for a
+    full-size SD 2.x UNet without any description. The UNet is run in fp32 (half precision on
+    the CPU is not supported everywhere) and cast back, which is exact.
+    """
+    import torch
+
+    dtype = unet.dtype
+    try:
+        unet.to(torch.float32)
+        with torch.no_grad():
+            x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, device=unet.device)
+            context = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, device=unet.device)
+            out = unet(x, torch.tensor([999], device=unet.device), context).sample
+        return (out - x).mean().item() < -1
+    finally:
+        unet.to(dtype)
+
+
+def _set_prediction_type(pipe, path: Path, family: str) -> None:
+    kind, extra = prediction_type(path, family, pipe.unet)
+    config = pipe.scheduler.config
+    wanted = {"prediction_type": kind, **extra}
+    if any(config.get(k) != v for k, v in wanted.items()):
+        pipe.scheduler = type(pipe.scheduler).from_config(config, **wanted)
 
 
 def write_config_folder(pipe, folder) -> Path:
