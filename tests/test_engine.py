@@ -430,6 +430,43 @@ def test_hub_id_offline_fails_clearly(engine, make_image, monkeypatch):
     assert "offline" in message and "HF_HUB_OFFLINE" in message
 
 
+def test_a_model_that_fails_to_load_keeps_the_working_one(fresh_engine, make_image, tmp_path):
+    engine = fresh_engine
+    params = make(steps=2, strength=0.5, seed=1, pag_scale=0)
+    before = engine.generate(params, make_image(48, 32), save=False).images[0].image
+    pipe = engine._pipe
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelError) as info:
+        engine.generate(params.replace(model=str(broken)), make_image(48, 32), save=False)
+    assert "still loaded" in str(info.value) and TINY_SD in str(info.value)
+    assert engine._pipe is pipe and engine.loaded_model() == TINY_SD  # not even reloaded
+    after = engine.generate(params, make_image(48, 32), save=False).images[0].image
+    assert after.tobytes() == before.tobytes()
+
+
+def test_a_model_that_cannot_be_placed_brings_the_previous_one_back(fresh_engine, make_image,
+                                                                   monkeypatch):
+    from webui.engine import memory
+
+    engine = fresh_engine
+    params = make(steps=2, strength=0.5, seed=1, pag_scale=0)
+    before = engine.generate(params, make_image(48, 32), save=False).images[0].image
+    real = memory.place
+
+    def full(pipe, device, offload):
+        if getattr(pipe, "text_encoder_2", None) is not None:  # the SDXL model does not fit
+            raise RuntimeError("out of memory (simulated)")
+        return real(pipe, device, offload)
+
+    monkeypatch.setattr(memory, "place", full)
+    with pytest.raises(ModelError, match=f"{TINY_SD} was loaded again"):
+        engine.generate(params.replace(model=TINY_SDXL), make_image(48, 32), save=False)
+    assert engine.loaded_model() == TINY_SD
+    after = engine.generate(params, make_image(48, 32), save=False).images[0].image
+    assert after.tobytes() == before.tobytes()
+
+
 def test_fp16_on_the_cpu(engine, make_image):
     engine.generate(make(steps=2, strength=0.5, seed=1), make_image(32, 32), save=False)
     pipe = engine._pipe

@@ -202,6 +202,8 @@ class Engine:
         self._pipe = None
         self._pipe_key: tuple | None = None
         self._family: str | None = None
+        self._pipe_source = None
+        self._pipe_dtype = None
         self.adapters: Adapters | None = None
         self._base_scheduler_config = None
         self._worker: threading.Thread | None = None
@@ -376,16 +378,40 @@ class Engine:
         torch_dtype = self._torch_dtype(dtype)
         key = (source.key, str(torch_dtype))
         if self._pipe_key != key:
+            previous = (self._pipe_source, self._pipe_dtype) if self._pipe is not None else None
+            # Read the new model (on the CPU) before dropping the working one: a file that
+            # fails to load must not leave the studio without a model.
+            try:
+                pipe, family = load(source, torch_dtype)
+            except ModelError as exc:
+                if previous is None:
+                    raise
+                raise ModelError(f"{exc} (still loaded, and used when no model is named: "
+                                 f"{previous[0].name})") from exc
             self.unload()
-            pipe, family = load(source, torch_dtype)
-            pipe = memory.place(pipe, self.device, cpu_offload)
-            pipe.set_progress_bar_config(disable=True)
-            self._pipe, self._pipe_key, self._family = pipe, key, family
-            self._pipe_source = source
-            self._base_scheduler_config = dict(pipe.scheduler.config)
-            self.adapters = Adapters(pipe, lora_dir=self.registry.models_dir / LORA_SUBDIR,
-                                     detectors=self.detectors, device=self.device, family=family)
+            try:
+                self._install(source, torch_dtype, pipe, family, cpu_offload)
+            except Exception as exc:
+                del pipe
+                self.unload()
+                if previous is None:
+                    raise
+                # Placing it failed (out of memory, most likely): the previous model comes back.
+                self._install(*previous, *load(*previous), cpu_offload)
+                raise ModelError(f"{source.name} could not be placed on {self.device} "
+                                 f"({type(exc).__name__}: {exc}); {previous[0].name} was loaded "
+                                 "again") from exc
         return self._pipe
+
+    def _install(self, source, torch_dtype, pipe, family: str, cpu_offload: str) -> None:
+        """Place a loaded pipeline on the device and make it the resident one."""
+        pipe = memory.place(pipe, self.device, cpu_offload)
+        pipe.set_progress_bar_config(disable=True)
+        self._pipe, self._family, self._pipe_source = pipe, family, source
+        self._pipe_key, self._pipe_dtype = (source.key, str(torch_dtype)), torch_dtype
+        self._base_scheduler_config = dict(pipe.scheduler.config)
+        self.adapters = Adapters(pipe, lora_dir=self.registry.models_dir / LORA_SUBDIR,
+                                 detectors=self.detectors, device=self.device, family=family)
 
     def unload(self) -> None:
         """Drop the resident pipeline and give its memory back."""
