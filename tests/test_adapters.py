@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from webui.engine.adapters import (
     AdapterError,
@@ -473,6 +473,29 @@ def test_canny_finds_the_rectangle_border_only():
     assert picture.mode == "RGB" and set(np.unique(np.asarray(picture))) == {0, 255}
     with pytest.raises(ValueError, match="must not exceed"):
         canny_edges(_rectangle(), 200, 100)
+
+
+def test_canny_map_is_opencv_canny_with_its_defaults():
+    """The map the canny ControlNets were trained on: cv2.Canny's L1 gradient, which on a
+    textured picture finds far more edges than the L2 variant at the same thresholds."""
+    import cv2
+
+    from webui.engine.controlnet_images import control_image
+
+    # Soft texture (blurred noise at 1.5x contrast), where the two gradient norms part ways.
+    rng = np.random.RandomState(4)
+    noise = Image.fromarray(rng.randint(0, 256, (768, 1024, 3), dtype=np.uint8))
+    soft = np.asarray(noise.filter(ImageFilter.GaussianBlur(2)), dtype=np.float32)
+    texture = Image.fromarray(np.clip(128 + (soft - 128) * 1.5, 0, 255).astype(np.uint8))
+    pixels = np.asarray(texture)
+    ours = np.asarray(canny(texture, 100, 200))[..., 0]
+    assert np.array_equal(ours, cv2.Canny(pixels, 100, 200))
+    l2 = cv2.Canny(pixels, 100, 200, L2gradient=True)
+    assert (ours > 0).sum() > 1000 and (ours > 0).sum() > 2 * (l2 > 0).sum()
+    # Through the ControlNet path: resized to the job's size first, then traced.
+    mapped = np.asarray(control_image(texture, "canny", (512, 384), 100, 200))[..., 0]
+    small = np.asarray(texture.convert("RGB").resize((512, 384), Image.BICUBIC))
+    assert np.array_equal(mapped, cv2.Canny(small, 100, 200))
 
 
 def test_controlnet_runs_and_shares_modules(sd1, adapters):

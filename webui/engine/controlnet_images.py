@@ -1,12 +1,11 @@
 """Control images for ControlNet: canny edges made without any model weights, and the dispatch
 to the depth and pose detectors (detectors.py), which need the artist's models.
 
-`canny(image, low, high)` is the classic Canny edge detector in NumPy/SciPy: Sobel gradients,
-non-maximum suppression (edges one pixel thin), then hysteresis (a weak edge survives only where it
-connects to a strong one). Thresholds are on the Sobel magnitude of the 0-255 grey image, so the
-usual 100 / 200 pair behaves about as artists expect from other Canny tools; lower them for more
-edges. The gradient magnitude is the Euclidean one (sqrt(gx^2 + gy^2)), which is slightly smaller
-than the |gx| + |gy| some tools use, so an edge sits a little lower against the same threshold.
+Canny is OpenCV's `cv2.Canny` with its defaults (3x3 Sobel aperture, the L1 gradient norm
+|gx| + |gy|), run on the RGB picture as the ControlNet canny models' training data was made:
+the L2 variant finds several times fewer edges at the same thresholds, so the models would see
+sparser maps than they learned from. The usual 100 / 200 pair is the default; lower them for
+more edges.
 """
 
 from __future__ import annotations
@@ -17,14 +16,14 @@ CANNY_LOW = 100
 CANNY_HIGH = 200
 
 
-def _grey(image) -> np.ndarray:
+def _rgb(image) -> np.ndarray:
     from PIL import Image
 
     if isinstance(image, np.ndarray):
-        array = image.astype(np.float32)
-        if array.ndim == 3:
-            array = array[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        return array
+        array = image
+        if array.ndim == 3 and array.shape[2] == 4:
+            array = array[..., :3]
+        return np.ascontiguousarray(array.astype(np.uint8))
     if not isinstance(image, Image.Image):
         raise TypeError("the control image must be a PIL image or a NumPy array")
     if image.mode in ("RGBA", "LA", "P"):
@@ -32,57 +31,23 @@ def _grey(image) -> np.ndarray:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, rgba)
-    return np.asarray(image.convert("L"), dtype=np.float32)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def canny_edges(image, low: float = CANNY_LOW, high: float = CANNY_HIGH,
                 sigma: float = 0.0) -> np.ndarray:
-    """A boolean edge map (H, W). sigma > 0 blurs first, which drops edges from fine noise."""
-    from scipy import ndimage
+    """A boolean edge map (H, W): cv2.Canny with its defaults. sigma > 0 blurs first, which
+    drops edges from fine noise."""
+    import cv2
 
     if low < 0 or high < 0:
         raise ValueError("Canny thresholds must be 0 or more")
     if low > high:
         raise ValueError(f"the low Canny threshold ({low:g}) must not exceed the high one ({high:g})")
-    grey = _grey(image)
+    pixels = _rgb(image)
     if sigma > 0:
-        grey = ndimage.gaussian_filter(grey, sigma)
-    # Sobel along axis 1 is the horizontal derivative; 'nearest' keeps the frame from being an edge.
-    gx = ndimage.sobel(grey, axis=1, mode="nearest")
-    gy = ndimage.sobel(grey, axis=0, mode="nearest")
-    magnitude = np.hypot(gx, gy)
-
-    # Non-maximum suppression: keep a pixel only if it is the peak across the edge, i.e. along the
-    # gradient direction, quantised to 0, 45, 90 or 135 degrees.
-    angle = (np.rad2deg(np.arctan2(gy, gx)) + 180.0) % 180.0
-    padded = np.pad(magnitude, 1, mode="constant")
-    h, w = magnitude.shape
-
-    def shifted(dy: int, dx: int) -> np.ndarray:
-        return padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-
-    horizontal = (angle < 22.5) | (angle >= 157.5)
-    diagonal = (angle >= 22.5) & (angle < 67.5)
-    vertical = (angle >= 67.5) & (angle < 112.5)
-    anti = (angle >= 112.5) & (angle < 157.5)
-    # Ties (a two-pixel-wide ramp) keep the first pixel only, so edges stay one pixel thin.
-    peak = np.zeros_like(magnitude, dtype=bool)
-    peak |= horizontal & (magnitude >= shifted(0, -1)) & (magnitude > shifted(0, 1))
-    peak |= vertical & (magnitude >= shifted(-1, 0)) & (magnitude > shifted(1, 0))
-    # Image rows grow downwards, so a 45-degree gradient points to (+1 row, +1 column).
-    peak |= diagonal & (magnitude >= shifted(-1, -1)) & (magnitude > shifted(1, 1))
-    peak |= anti & (magnitude >= shifted(-1, 1)) & (magnitude > shifted(1, -1))
-    thin = np.where(peak, magnitude, 0.0)
-
-    strong = thin >= high
-    weak = thin >= max(low, 1e-6)
-    labels, count = ndimage.label(weak, structure=np.ones((3, 3), dtype=bool))
-    if count == 0:
-        return np.zeros_like(weak)
-    keep = np.zeros(count + 1, dtype=bool)
-    keep[np.unique(labels[strong])] = True
-    keep[0] = False
-    return keep[labels]
+        pixels = cv2.GaussianBlur(pixels, (0, 0), sigma)
+    return cv2.Canny(pixels, float(low), float(high)) > 0
 
 
 def canny(image, low: float = CANNY_LOW, high: float = CANNY_HIGH, sigma: float = 0.0):
