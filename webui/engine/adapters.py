@@ -46,15 +46,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..params import LoraWeight, field_range
 from .detectors import Detectors
 from .errors import ModelError
 from .memory import SLICING_WITH_IP_ADAPTER
 from .models import FAMILY_LABELS as _FAMILY, PICKLE_SUFFIXES, pipeline_family
 
 MODES = ("img2img", "inpaint")
+# LoRA weights, from the picker or from a <lora:name:weight> tag: the one range params.py sets.
+LORA_MIN, LORA_MAX = field_range("weight", LoraWeight)
 MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")
 LATENT_FORMAT = "webui-latents/1"
-_LORA_TAG = re.compile(r"<\s*lora\s*:([^>]*)>", re.IGNORECASE)
+# `[^<>]*`: a tag never holds another '<', so a prompt of many unclosed tags is scanned once
+# (with `[^>]*` every '<lora:' rescanned the rest of the prompt).
+_LORA_TAG = re.compile(r"<\s*lora\s*:([^<>]*)>", re.IGNORECASE)
 # Keys that only LoRA-style files contain (peft, trainer, LoHa and LoKr layouts).
 _LORA_KEY = re.compile(r"lora_(down|up|A|B)\b|\.lora\.(down|up)\.|hada_w|lokr_w|\.alpha$")
 
@@ -155,12 +160,18 @@ def parse_prompt_loras(prompt: str) -> tuple[str, list[tuple[str, float]]]:
                 raise AdapterError(f"{match.group(0)!r}: the weight must be a number, as in "
                                    f"<lora:{name}:0.8>", "prompt")
             weight = float(weight_text)
+            if not LORA_MIN <= weight <= LORA_MAX:
+                raise AdapterError(f"{match.group(0)!r}: the weight must be from {LORA_MIN:g} to "
+                                   f"{LORA_MAX:g}, as in the LoRA picker", "prompt")
         found[name] = weight
-    clean = _LORA_TAG.sub(" ", prompt)
-    clean = re.sub(r"[ \t]{2,}", " ", clean)
-    clean = re.sub(r"\s+,", ",", clean)
-    clean = re.sub(r"(,\s*){2,}", ", ", clean)
-    return clean.strip().strip(",").strip(), list(found.items())
+    if not found:
+        return prompt, []
+    # Tidy the gaps the tags leave: runs of spaces, and commas left with nothing between them.
+    # String operations rather than patterns like r"\s+,", which backtrack quadratically on
+    # long runs of whitespace.
+    clean = re.sub(r"[ \t]{2,}", " ", _LORA_TAG.sub(" ", prompt))
+    parts = [part.strip() for part in clean.split(",")]
+    return ", ".join(part for part in parts if part), list(found.items())
 
 
 def _is_number(text: str) -> bool:
@@ -1151,9 +1162,9 @@ def _normalise_loras(loras) -> list[tuple[str, float]]:
         except (TypeError, ValueError):
             raise AdapterError(f"LoRA {name!r}: the weight must be a number (got {weight!r})",
                                "lora") from None
-        if not -10.0 <= weight <= 10.0:
-            raise AdapterError(f"LoRA {name!r}: the weight must be from -10 to 10 (got "
-                               f"{weight:g})", "lora")
+        if not LORA_MIN <= weight <= LORA_MAX:
+            raise AdapterError(f"LoRA {name!r}: the weight must be from {LORA_MIN:g} to "
+                               f"{LORA_MAX:g} (got {weight:g})", "lora")
         out[str(name).strip()] = weight
     return list(out.items())
 

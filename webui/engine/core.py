@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .. import images as imaging
-from .. import infotext, schedulers
+from .. import infotext, prompts, schedulers
 from ..params import MAX_SEED, GenerationParams
 from . import memory, outputs, previews
 from .errors import Cancelled, InputError, ModelError, OutOfMemory
@@ -437,6 +437,11 @@ class Engine:
     def _run(self, job: Job) -> Result:
         started = time.monotonic()
         params, inputs = job.params, job.inputs
+        for field in ("prompt", "negative_prompt"):
+            try:
+                prompts.parse(getattr(params, field))
+            except prompts.PromptSyntaxError as exc:
+                raise InputError(field, f"{field}: {exc}") from None
         latents = self._latent_input(inputs.latents)
         init = None
         if latents is not None:
@@ -614,9 +619,13 @@ class Engine:
                 state["stopped"] = True
             return kwargs
 
+        # Embeddings rather than text: the prompt syntax (weights, BREAK, any length) is read
+        # here, the same for every pipeline (prompt_encoding.py).
+        from .prompt_encoding import encode_prompts  # torch: imported where it runs
+
+        embeddings = encode_prompts(self._pipe, prompt, params.negative_prompt, len(seeds))
         output = call(
-            prompt=[prompt] * len(seeds),
-            negative_prompt=[params.negative_prompt] * len(seeds) if params.negative_prompt else None,
+            **embeddings,
             strength=params.strength,
             num_inference_steps=params.steps,
             guidance_scale=params.guidance_scale,

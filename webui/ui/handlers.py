@@ -24,7 +24,7 @@ import gradio as gr
 from PIL import Image, ImageChops
 
 from .. import images as imaging
-from .. import infotext
+from .. import infotext, prompts
 from .. import params as P
 from ..engine import outputs
 from ..engine.adapters import AdapterError, mask_to_l, parse_prompt_loras
@@ -554,8 +554,9 @@ class Studio:
     def _check_prompt_loras(self, prompt: str) -> None:
         """<lora:...> tags must name LoRAs by name: the engine would also open a file path."""
         try:
-            _, tags = parse_prompt_loras(prompt)
-        except AdapterError as exc:
+            clean, tags = parse_prompt_loras(prompt)
+            prompts.parse(clean)
+        except (AdapterError, prompts.PromptSyntaxError) as exc:
             raise _fail("prompt", str(exc)) from None
         for name, _ in tags:
             if Path(name).expanduser().is_absolute() or ".." in Path(name).parts:
