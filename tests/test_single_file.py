@@ -219,8 +219,13 @@ def test_the_engine_keeps_the_family_the_file_declares(tiny, tmp_path):
     try:
         rng = np.random.RandomState(1)
         init = Image.fromarray((rng.rand(64, 64, 3) * 255).astype("uint8"))
-        engine.generate(make(steps=2, strength=0.5, seed=1, pag_scale=0), init, save=False)
+        settings = dict(steps=2, strength=0.5, seed=1, pag_scale=0)
+        plain = engine.generate(make(prompt="a fox", **settings), init, save=False)
         assert engine.family == family and engine.adapters.family == family
+        # The prompt syntax works for every family (SD 2.x reads the last layer, as SD 1.x).
+        weighted = engine.generate(make(prompt="a (fox:1.4) BREAK snow", **settings), init,
+                                   save=False)
+        assert weighted.images[0].image.tobytes() != plain.images[0].image.tobytes()
     finally:
         engine.unload()
 

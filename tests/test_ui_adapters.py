@@ -456,3 +456,12 @@ def test_api_client_inpaints_with_a_lora(studio, tmp_path, monkeypatch):
     assert status.startswith("**Done**") and "Inpainted" in status
     assert 'LoRAs: "film:0.5"' in text and "Inpaint area: Whole picture" in text
     assert saved.startswith("saved as ") and Path(gallery[0]["image"]).is_file()
+
+
+def test_engine_messages_on_the_page_name_no_server_folder(studio, models):
+    """An adapter error names its file; the page shows it under the models folder's name."""
+    message = error_of(lambda: run(studio, picture(3), ip_adapter="no-encoder",
+                                   reference_image=picture(4)))
+    assert "image encoder" in message
+    assert str(models.resolve()) not in message and str(models.parent) not in message
+    assert "models/IP-Adapter/no-encoder" in message

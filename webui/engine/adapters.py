@@ -535,7 +535,9 @@ class Adapters:
         self.load_calls += 1
         self._peft_touched = True
         try:
-            self.base.load_lora_weights(str(path), adapter_name=adapter)
+            # Folder plus file name: the form every library version takes, offline too.
+            self.base.load_lora_weights(str(path.parent), weight_name=path.name,
+                                        adapter_name=adapter)
         except Exception as exc:  # noqa: BLE001 - any failure must leave the pipeline clean
             self._undo_lora(adapter, before)
             raise AdapterError(_lora_failure(path, exc, self.family), "lora") from exc

@@ -730,24 +730,34 @@ class Studio:
         session.track(job)
         return job
 
-    @staticmethod
-    def _result(job: Job) -> Result | None:
-        """The job's result; None when it was interrupted before producing anything."""
+    def _result(self, job: Job) -> Result | None:
+        """The job's result; None when it was interrupted before producing anything. Errors
+        become toasts, with the server's own folders named as the page names them."""
         try:
             return job.result()
         except Cancelled:
             return None
         except (InputError, P.ParamsError, AdapterError) as exc:
-            raise _fail(exc.field, str(exc)) from None
+            raise _fail(exc.field, self._unplaced(str(exc))) from None
         except ModelError as exc:
-            raise _error(str(exc), title="Model") from None
+            raise _error(self._unplaced(str(exc)), title="Model") from None
         except OutOfMemory as exc:
             text = str(exc)
             raise _error(text[:1].upper() + text[1:], title="Out of GPU memory") from None
         except Exception as exc:  # noqa: BLE001 - a library failure must still reach the artist
             log.exception("job %s failed", job.id)
-            raise _error(f"The job failed ({type(exc).__name__}: {exc}). The studio keeps "
-                         "working; change the settings and try again.", title="Job failed") from None
+            raise _error(self._unplaced(f"The job failed ({type(exc).__name__}: {exc}). The "
+                                        "studio keeps working; change the settings and try "
+                                        "again."), title="Job failed") from None
+
+    def _unplaced(self, text: str) -> str:
+        """`text` with the models and outputs folders' full paths shortened to their names:
+        the engine's messages may name the files it read, the page must not show where the
+        server keeps them."""
+        for folder in (self.engine.registry.models_dir, self.engine.outputs_dir):
+            for form in {str(folder.resolve()), str(folder.absolute())}:
+                text = text.replace(form, folder.name)
+        return text
 
     @staticmethod
     def _follow(job: Job) -> Iterator[Progress]:
