@@ -36,7 +36,6 @@ def test_weights_nest_and_multiply():
 def test_weight_one_is_exactly_plain():
     assert parse("(a cat:1)") == [Fragment("a cat", 1.0)]
     assert parse("a (cat:1.0) sat") == [Fragment("a cat sat", 1.0)]
-    assert prompts.is_plain(parse("(a cat:1)")) and not prompts.is_plain(parse("(a cat)"))
 
 
 def test_escapes_unbalanced_brackets_and_colons_are_text():

@@ -138,7 +138,3 @@ def parse(prompt: str) -> list[Fragment]:
     flush()
     return fragments or [Fragment("")]
 
-
-def is_plain(fragments: list[Fragment]) -> bool:
-    """Whether the fragments are one unweighted text (the prompt used no syntax)."""
-    return len(fragments) == 1 and not fragments[0].brk and fragments[0].weight == 1.0

@@ -331,6 +331,15 @@ def _fail(field: str, message: str, units: list[int] | None = None) -> gr.Error:
     return _error(text, title=label)
 
 
+def _held(payload: dict, field: str) -> Path:
+    """The file behind an upload payload gradio holds; anything else is refused with one
+    message that says nothing about the path (see uploads.py)."""
+    held = uploads.held_file(payload)
+    if held is None:
+        raise _fail(field, uploads.REFUSED)
+    return held
+
+
 def _user(request) -> str | None:
     """The logged-in user a request comes from (None without a login, or outside a request)."""
     return getattr(request, "username", None) or None
@@ -656,10 +665,7 @@ class Studio:
         """An uploaded file's path: a gradio payload for a file gradio holds (see uploads.py) or
         a Path from in-process code; anything else is refused without a word about the path."""
         if isinstance(source, dict):
-            held = uploads.held_file(source)
-            if held is None:
-                raise _fail(field, uploads.REFUSED)
-            source = held
+            source = _held(source, field)
         if not isinstance(source, Path):
             raise _fail(field, "send the file as a file (gradio_client.handle_file), not as text")
         if source.suffix.lower() != suffix:
@@ -702,10 +708,7 @@ class Studio:
         in-process code. A payload naming any other file is refused with one message, whatever
         the file is, so a client can neither read nor probe server paths."""
         if isinstance(source, dict):
-            held = uploads.held_file(source)
-            if held is None:
-                raise _fail(field, uploads.REFUSED)
-            source = held
+            source = _held(source, field)
         elif isinstance(source, str):
             # A bare string from the API would be a path on the server: never open those.
             raise _fail(field, "send the image as a file (gradio_client.handle_file), not as text")
