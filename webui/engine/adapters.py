@@ -1144,8 +1144,6 @@ class Adapters:
         return latents * (1 - hole) + fill * hole
 
 
-
-
 def _normalise_loras(loras) -> list[tuple[str, float]]:
     if loras is None:
         return []

@@ -199,7 +199,7 @@ def load(source: ModelSource, torch_dtype):
         from .single_file import detect_family, load_single_file, read_keys
 
         family = detect_family(read_keys(source.location))
-        return load_single_file(source.location, torch_dtype=torch_dtype), family
+        return load_single_file(source.location, torch_dtype=torch_dtype, family=family), family
     from diffusers import AutoPipelineForImage2Image
 
     location = source.location

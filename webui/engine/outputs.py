@@ -55,8 +55,9 @@ def _next_number(folder: Path) -> int:
 
 
 def safe_user_dir_name(user: str) -> str:
-    """A folder name per user (for presets and results): readable slug plus a hash, because slugs alone would merge users
-    whose names differ only in case or punctuation (and case-insensitive disks would too)."""
+    """A folder name per user (for presets and results): readable slug plus a hash, because
+    slugs alone would merge users whose names differ only in case or punctuation (and
+    case-insensitive disks would too)."""
     if not isinstance(user, str) or not user.strip():
         raise ValueError("user must be a non-empty name")
     stem = re.sub(r"[^a-z0-9]+", "-", user.casefold()).strip("-")[:40] or "user"

@@ -179,14 +179,15 @@ def _check_complete(pipe, path: Path) -> None:
             module.eval()
 
 
-def load_single_file(path, *, config_dir=None, torch_dtype=None):
+def load_single_file(path, *, config_dir=None, torch_dtype=None, family: str | None = None):
     """An img2img pipeline from one original-layout `.safetensors` checkpoint, safety checker off.
 
-    Raises ModelError, never a library traceback, for refused, corrupt, unrecognised or
-    unconfigurable files.
+    family: the checkpoint's family when the caller has read it already (detect_family);
+    otherwise it is read here. Raises ModelError, never a library traceback, for refused,
+    corrupt, unrecognised or unconfigurable files.
     """
     path = Path(path)
-    family = detect_family(read_keys(path))
+    family = family or detect_family(read_keys(path))
     config = find_config_dir(path, family, config_dir)
 
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
@@ -251,7 +252,7 @@ def prediction_type(path: Path, family: str, unet=None) -> tuple[str, dict]:
     sidecar = path.with_suffix(".yaml")
     if sidecar.is_file():
         text = sidecar.read_text(encoding="utf-8", errors="replace")[:100_000]
-        match = re.search(r"^\s*parameterization:\s*[\"']?(\w+)", text, re.M)
+        match = re.search(r"^[ \t]*parameterization:[ \t]*[\"']?(\w+)", text, re.M)
         if match:
             return ("v_prediction" if match[1] == "v" else "epsilon"), extra
     declared = metadata.get("modelspec.prediction_type", "").strip().lower()

@@ -544,14 +544,10 @@ class Studio:
     def _adapter_choice(self, kind: str, location: str) -> str | None:
         """The inverse of _adapter_location for a value read back from a PNG: the listed name,
         the hub id, or None when it is not available here."""
-        root = self.engine.registry.models_dir / kind
         listed = self.adapter_models(kind)
         if location in listed:
             return location
-        try:
-            relative = Path(location).resolve().relative_to(root.resolve()).as_posix()
-        except (ValueError, OSError):
-            relative = None
+        relative = self.engine.registry.adapter_name(kind, location)  # a path in models/<kind>
         if relative in listed:
             return relative
         if Path(location).name in listed:
