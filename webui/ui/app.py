@@ -102,6 +102,7 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
                                                 "built-in test models; 🔄 rescans the folder.",
                                                 elem_id="model")
                             refresh = gr.Button("🔄", scale=0, elem_id="refresh-models")
+                        # hook: model download (build)
                         prompt = gr.Textbox(label="Prompt", lines=3, info=_info("prompt"),
                                             elem_id="prompt")
                         negative = gr.Textbox(label="Negative prompt", lines=2,
@@ -151,6 +152,7 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
                         adapters_panel.controlnet_accordion(studio, adapters)
                         adapters_panel.memory_accordion(adapters)
                         adapters_panel.advanced_accordion(adapters)
+                        # hook: loopback panel (build)
                         with gr.Group(elem_id="presets-area"):
                             panel = presets_panel.build(presets, initial)
 
@@ -250,6 +252,8 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
                      **gpu_event)
         xy_stop.click(studio.interrupt, [session], [xy_status], api_name="xy_interrupt",
                       **instant)
+        # hook: model download (wire)
+        # hook: loopback panel (wire)
         adapters_panel.wire(studio, adapters, init_image, (img2img_tab, inpaint_tab), instant,
                             toasting)
         presets_panel.wire(panel, {**by_field, **extras}, demo, studio.models,
