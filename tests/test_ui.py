@@ -160,7 +160,7 @@ def test_interrupt_stops_only_the_own_job(studio):
 def test_queue_full_is_a_clear_error(tmp_path, init):
     engine = Engine(models_dir=tmp_path, outputs_dir=tmp_path, model="tiny-random", queue_size=0)
     with pytest.raises(gr.Error, match="busy"):
-        next(Studio(engine).generate(Session(), init, steps=2))
+        list(Studio(engine).generate(Session(), init, steps=2))
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -460,7 +460,8 @@ def test_every_component_has_an_elem_id_and_every_event_an_api_name(studio):
 
     demo = build(studio)
     missing = [type(block).__name__ for block in demo.blocks.values()
-               if not isinstance(block, gr.State) and not getattr(block, "elem_id", None)
+               if not isinstance(block, (gr.State, gr.BrowserState))
+                   and not getattr(block, "elem_id", None)
                and type(block).__name__ not in ("Form", "Blocks")]
     assert not missing, missing
     names = {fn.api_name for fn in demo.fns.values()}

@@ -47,6 +47,7 @@ class Panel:
     refresh: gr.Button | None = None
     refresh_controlnets: gr.Button | None = None
     previews: list = field(default_factory=list)  # (button, control map) per ControlNet unit
+    clear_mask: gr.Button | None = None
 
     def __getitem__(self, name: str):
         return self.extras[name]
@@ -69,9 +70,14 @@ def inpaint_controls(panel: Panel) -> None:
     e["mask"] = gr.ImageEditor(
         label="Mask: paint what to repaint", type="pil", image_mode="RGBA", format="png",
         sources=["upload", "clipboard"], height=360, transforms=[], layers=False,
-        brush=gr.Brush(colors=["#ffffff", "#ff3b30", "#34c759"], default_color="#ffffff",
-                       color_mode="defaults"),
+        # Half-opaque strokes: the picture shows through what is painted (any alpha counts as
+        # mask, see Studio.mask_from).
+        brush=gr.Brush(colors=[("#ffffff", 0.5), ("#ff3b30", 0.5), ("#34c759", 0.5)],
+                       default_color=("#ffffff", 0.5), color_mode="defaults"),
         eraser=gr.Eraser(), elem_id="mask-editor")
+    # The editor's own clear would empty the picture too (its button is hidden by the page's
+    # CSS): this one drops the strokes and keeps the init image.
+    panel.clear_mask = gr.Button("Clear mask", size="sm", elem_id="clear-mask")
     e["mask_image"] = gr.Image(
         label="…or upload a mask (white = repaint; added to what is painted)", type="pil",
         image_mode=None, sources=["upload", "clipboard"], format="png", height=180,
@@ -200,6 +206,9 @@ def wire(studio: Studio, panel: Panel, init_image: gr.Image, tabs: tuple[gr.Tab,
     # Raw payload in: a picture gradio cannot read must not raise here, Generate names it.
     init_image.change(studio.mask_background, [init_image], [e["mask"]],
                       api_name="mask_background", preprocess=False, **instant)
+    if panel.clear_mask is not None:
+        panel.clear_mask.click(studio.mask_background, [init_image], [e["mask"]],
+                               api_name="clear_mask", preprocess=False, **instant)
     e["loras"].change(studio.lora_table, [e["loras"], e["lora_weights"]], [e["lora_weights"]],
                       api_name="lora_table", **instant)
     controlnet_models = [e[f"cn{n}_model"] for n in range(1, CONTROLNET_UNITS + 1)]

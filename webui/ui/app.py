@@ -22,6 +22,59 @@ CSS = """
 #seed-row button, #model-row button { max-width: 3.2em; min-width: 2.6em; }
 #lora-row > button, #controlnet-help-row > button { max-width: 3.2em; min-width: 2.6em; }
 #status, #xy-status { min-height: 2.2em; }
+#title h3 { margin: 0; }
+#img2img-row { display: grid !important; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr);
+  grid-template-areas: "init out" "settings out"; align-items: start; }
+#init-side { grid-area: init; }
+#settings-side { grid-area: settings; }
+/* The result stays in view while the artist scrolls through the settings. */
+#output-side { grid-area: out; grid-row: 1 / span 2; position: sticky; top: var(--size-2); }
+@media (max-width: 760px) {
+  #img2img-row { grid-template-columns: minmax(0, 1fr);
+    grid-template-areas: "init" "out" "settings"; }
+  #output-side { grid-row: auto; position: static; }
+}
+#tiny-notice, #tiny-notice * { font-size: var(--text-sm); line-height: 1.3; }
+#run-area button { width: 100%; }
+#generate.running { filter: saturate(0.6); }
+/* One output area: the live preview lies over the result gallery while a job samples and is
+   gone once cleared, so no stale preview stays beside a finished result. */
+#output-area { position: relative; }
+#preview { position: absolute; inset: 0; z-index: 20; background: var(--block-background-fill); }
+#preview:not(:has(img)) { display: none; }
+#preview img { object-fit: contain; }
+/* Toasts at the bottom right, away from the model picker at the top. */
+.toast-wrap { top: auto !important; bottom: var(--size-4); }
+/* The preset buttons keep to one line at laptop widths and wrap as whole buttons on a phone. */
+#preset-actions { flex-wrap: wrap; gap: var(--size-1); }
+#preset-actions > button { flex: 1 0 auto; min-width: 5.5em; }
+/* The mask editor's own clear empties the picture too; "Clear mask" below keeps it. */
+#mask-editor button[aria-label="Clear canvas"], #mask-editor button[title="Clear canvas"] {
+  display: none; }
+"""
+
+
+# Ctrl+Enter (⌘+Enter on a Mac) in a prompt box generates; Esc interrupts. Gradio has no
+# key bindings for a whole page, so a small script clicks the page's own buttons: the same path
+# a mouse takes, with the same queue and the same refusals.
+KEYS_JS = """
+() => {
+  document.addEventListener("keydown", (event) => {
+    const inPrompt = event.target.closest && event.target.closest("#prompt, #negative-prompt");
+    if (inPrompt && event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      document.querySelector("#generate")?.click();
+    } else if (event.key === "Escape") {
+      // Only while a job runs: an idle Esc must not replace the last result's summary.
+      const xy = document.querySelector("#tab-xy");
+      if (xy && xy.offsetParent !== null) {
+        document.querySelector("#xy-interrupt")?.click();
+      } else if (document.querySelector("#generate.running")) {
+        document.querySelector("#interrupt")?.click();
+      }
+    }
+  });
+}
 """
 
 
@@ -54,14 +107,49 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
 
     with gr.Blocks(title="img2img studio", analytics_enabled=False) as demo:
         session = gr.State(Session, delete_callback=lambda s: s.cancel())
-        gr.Markdown("## img2img studio", elem_id="title")
-        tiny = gr.Markdown(f"**Note:** {handlers.tiny_notice(engine)}",
-                           visible=engine.is_tiny(), elem_id="tiny-notice")
+        # The workspace rule: on a 1280×720 screen the prompt, Generate, the init image and the
+        # latest result are all in view after a generation. So the header is one row, the prompt
+        # and Generate span the top, and below it the init image and settings sit beside one
+        # output area. On a phone the columns stack in that same order: Generate comes right
+        # after the prompt, before the init image.
+        with gr.Row(elem_id="top-row"):
+            with gr.Column(scale=1, min_width=180, elem_id="title-area"):
+                gr.Markdown("### img2img studio", elem_id="title")
+            with gr.Column(scale=5, min_width=300, elem_id="model-area"):
+                with gr.Row(elem_id="model-row"):
+                    # Checkpoints in the models folder and the built-in test models; 🔄
+                    # rescans the folder (no help line: the header stays one line high).
+                    model = gr.Dropdown(studio.models(), value=engine.model, label="Model",
+                                        container=False, scale=5, elem_id="model")
+                    refresh = gr.Button("🔄", scale=0, elem_id="refresh-models")
+                tiny = gr.Markdown(f"**Note:** {handlers.tiny_notice(engine)}",
+                                   visible=engine.is_tiny(), elem_id="tiny-notice")
+                # hook: model download (build)
 
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("img2img", id="img2img", elem_id="tab-img2img"):
+                with gr.Row(elem_id="prompt-row"):
+                    with gr.Column(scale=6, min_width=280, elem_id="prompt-area"):
+                        prompt = gr.Textbox(label="Prompt", lines=2, max_lines=8,
+                                            placeholder=_info("prompt")
+                                            + " Ctrl+Enter generates, Esc interrupts.",
+                                            elem_id="prompt")
+                        negative = gr.Textbox(label="Negative prompt", show_label=False,
+                                              lines=1, max_lines=6,
+                                              placeholder="Negative prompt: "
+                                              + _info("negative_prompt").split(";")[0].lower(),
+                                              elem_id="negative-prompt")
+                    with gr.Column(scale=1, min_width=180, elem_id="run-area"):
+                        run = gr.Button("Generate", variant="primary", size="lg",
+                                        elem_id="generate")
+                        stop = gr.Button("Interrupt", variant="stop", elem_id="interrupt")
+                        add_negative = gr.Button("+ standard negative", size="sm",
+                                                 elem_id="add-standard-negative")
                 with gr.Row(elem_id="img2img-row"):
-                    with gr.Column(scale=5, elem_id="image-side"):
+                    # Three columns in a CSS grid (see CSS): on a laptop the init image with
+                    # the settings below it on the left and the output area on the right; on a
+                    # phone init image, result, settings, one under the other.
+                    with gr.Column(scale=1, min_width=300, elem_id="init-side"):
                         adapters = adapters_panel.Panel()
                         adapters_panel.mode_selector(adapters)
                         # One settings panel for both: the sub-tab picks what Generate does.
@@ -70,55 +158,45 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
                                         elem_id="mode-tab-img2img") as img2img_tab:
                                 init_image = gr.Image(
                                     label="Init image", type="pil", format="png",
-                                    sources=["upload", "clipboard"], height=300,
+                                    sources=["upload", "clipboard"], height=260,
                                     elem_id="init-image")
                             with gr.Tab("Inpaint", id="mode-inpaint",
                                         elem_id="mode-tab-inpaint") as inpaint_tab:
                                 adapters_panel.inpaint_controls(adapters)
+                    with gr.Column(scale=1, min_width=300, elem_id="output-side"):
                         status = gr.Markdown("Ready.", label="Status", elem_id="status")
-                        preview = gr.Image(label="Live preview", interactive=False, height=200,
-                                           format="jpeg", elem_id="preview")
-                        gallery = gr.Gallery(label="Result", format="png", columns=4,
-                                             height=320, interactive=False, elem_id="gallery")
-                        compare = gr.ImageSlider(label="Before / after", format="png",
-                                                 interactive=False, max_height=360,
-                                                 elem_id="compare")
+                        # One output area: the live preview lies over the result gallery while
+                        # a job samples (CSS), and is cleared when the result replaces it.
+                        with gr.Group(elem_id="output-area"):
+                            preview = gr.Image(label="Live preview", interactive=False,
+                                               format="jpeg", show_label=False,
+                                               elem_id="preview")
+                            gallery = gr.Gallery(label="Result", format="png", columns=4,
+                                                 height=320, preview=True, selected_index=0,
+                                                 object_fit="contain",
+                                                 interactive=False, elem_id="gallery")
+                        with gr.Row(elem_id="result-actions"):
+                            to_init = gr.Button("Send to init image", size="sm",
+                                                elem_id="send-to-init")
+                            reuse = gr.Button("Reuse seed", size="sm", elem_id="reuse-seed")
+                        latent_file = gr.File(label="Latents (.safetensors)", file_count="multiple",
+                                              interactive=False, visible=False,
+                                              elem_id="latent-file")
                         result_info = gr.Textbox(label="Infotext", lines=3, interactive=False,
                                                  buttons=["copy"], elem_id="result-infotext")
                         result_path = gr.Textbox(label="File", interactive=False,
                                                  elem_id="result-path")
-                        latent_file = gr.File(label="Latents (.safetensors)", file_count="multiple",
-                                              interactive=False, visible=False,
-                                              elem_id="latent-file")
-                        with gr.Row(elem_id="result-actions"):
-                            to_init = gr.Button("Send to init image", elem_id="send-to-init")
-                            reuse = gr.Button("Reuse seed", elem_id="reuse-seed")
-
-                    with gr.Column(scale=4, elem_id="controls-side"):
-                        with gr.Row(elem_id="model-row"):
-                            model = gr.Dropdown(studio.models(), value=engine.model,
-                                                label="Model", scale=5,
-                                                info="Checkpoints in the models folder and the "
-                                                "built-in test models; 🔄 rescans the folder.",
-                                                elem_id="model")
-                            refresh = gr.Button("🔄", scale=0, elem_id="refresh-models")
-                        # hook: model download (build)
-                        prompt = gr.Textbox(label="Prompt", lines=3, info=_info("prompt"),
-                                            elem_id="prompt")
-                        negative = gr.Textbox(label="Negative prompt", lines=2,
-                                              info=_info("negative_prompt").split(";")[0]
-                                              + "; the button adds the guide's standard set.",
-                                              elem_id="negative-prompt")
-                        add_negative = gr.Button("Add the standard negative set", size="sm",
-                                                 elem_id="add-standard-negative")
-                        with gr.Row(elem_id="run-row"):
-                            run = gr.Button("Generate", variant="primary", elem_id="generate")
-                            stop = gr.Button("Interrupt", variant="stop", elem_id="interrupt")
+                        compare = gr.ImageSlider(label="Before / after", format="png",
+                                                 interactive=False, max_height=360,
+                                                 elem_id="compare")
+                    with gr.Column(scale=1, min_width=300, elem_id="settings-side"):
                         strength = _slider("strength", "Denoising strength", 0.01, "strength")
                         band = gr.Markdown(handlers.strength_band(P.default("strength")),
                                            elem_id="strength-band")
                         cfg = _slider("guidance_scale", "CFG scale", 0.5, "cfg",
                                       minimum=CFG_SLIDER_FLOOR)
+                        # The loaded preset's band hint, where the artist moves the sliders.
+                        preset_hint = gr.Markdown(padding=True, elem_id="preset-hint")
                         steps = _slider("steps", "Sampling steps", 1, "steps")
                         effective = gr.Markdown(
                             handlers.effective_steps(P.default("steps"), P.default("strength")),
@@ -154,7 +232,8 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
                         adapters_panel.advanced_accordion(adapters)
                         # hook: loopback panel (build)
                         with gr.Group(elem_id="presets-area"):
-                            panel = presets_panel.build(presets, initial)
+                            panel = presets_panel.build(presets, initial, hint=preset_hint)
+
 
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab-pnginfo"):
                 with gr.Row(elem_id="pnginfo-row"):
@@ -168,6 +247,25 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
                         send = gr.Button("Send to img2img", variant="primary",
                                          elem_id="pnginfo-send")
                         send_note = gr.Markdown(label="Filled", elem_id="pnginfo-send-note")
+
+            with gr.Tab("History", id="history", elem_id="tab-history") as history_tab:
+                gr.Markdown(f"This browser tab's results, newest first (the last "
+                            f"{handlers.HISTORY_LIMIT}). Click one to see its settings.",
+                            elem_id="history-help")
+                with gr.Row(elem_id="history-row"):
+                    history_gallery = gr.Gallery(label="History", columns=6, height=420,
+                                                 allow_preview=False, object_fit="contain",
+                                                 interactive=False, elem_id="history-gallery")
+                    with gr.Column(elem_id="history-side"):
+                        history_info = gr.Textbox(label="Settings", lines=6, interactive=False,
+                                                  buttons=["copy"], elem_id="history-infotext")
+                        with gr.Row(elem_id="history-actions"):
+                            history_restore = gr.Button("Restore these settings",
+                                                        variant="primary",
+                                                        elem_id="history-restore")
+                            history_init = gr.Button("Send to init image",
+                                                     elem_id="history-send-to-init")
+                        history_note = gr.Markdown(elem_id="history-note")
 
             with gr.Tab("X/Y plot", id="xy", elem_id="tab-xy"):
                 gr.Markdown("The init image and settings of the img2img tab, over a grid of two "
@@ -209,12 +307,17 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
         # The adapter, inpaint, memory and output settings go by name (handlers.EXTRAS).
         extras = adapters.extras
         reference = adapters.reference
-        run.click(studio.generate, [session, init_image, reference, *controls],
-                  [status, preview, gallery, compare, result_info, result_path],
-                  api_name="img2img", show_progress="full", show_progress_on=[gallery],
-                  inputs_kwargs=extras, **gpu_event
-                  ).success(studio.latent_files, [session], [latent_file],
-                            api_name="latent_files", **instant)
+        # Generate first claims the tab (a second click while its job runs is refused with a
+        # message instead of being dropped), then runs the job, then frees the button.
+        job = run.click(studio.claim, [session], [run], api_name="claim", trigger_mode="multiple",
+                        **toasting
+                        ).success(studio.generate, [session, init_image, reference, *controls],
+                                  [status, preview, gallery, compare, result_info, result_path],
+                                  api_name="img2img", show_progress="full",
+                                  show_progress_on=[gallery], inputs_kwargs=extras, **gpu_event)
+        job.success(studio.latent_files, [session], [latent_file], api_name="latent_files",
+                    **instant)
+        job.then(studio.release, [session], [run], api_name="release", **instant)
         stop.click(studio.interrupt, [session], [status], api_name="interrupt", **instant)
         gallery.select(studio.select_result, [session], [compare, result_info, result_path],
                        api_name="select_result", **instant)
@@ -232,6 +335,30 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
                         **instant)
         gr.on([strength.change, steps.change], handlers.effective_steps, [steps, strength],
               [effective], api_name="effective_steps", **instant)
+
+        # History: this tab's results; a pick restores its settings or becomes the init image.
+        history_tab.select(studio.history, [session], [history_gallery], api_name="history",
+                           **instant)
+        history_gallery.select(studio.select_history, [session], [history_info],
+                               api_name="select_history", **instant)
+        history_restore.click(studio.send_to_img2img, [history_info],
+                              [{**by_field, **extras}[name] for name in handlers.FILL_FIELDS]
+                              + [tabs, history_note], api_name="history_restore", **toasting)
+        history_init.click(studio.history_to_init, [session], [init_image, tabs],
+                           api_name="history_to_init", **toasting)
+
+        # The page's settings survive a reload in the same browser (its local storage). With a
+        # --preset the preset decides what the page starts with, so nothing is recalled then.
+        remembered = [by_field[name] for name in handlers.REMEMBERED]
+        memory = gr.BrowserState({}, storage_key="img2img-studio-settings")
+        text_boxes = (prompt, negative)
+        gr.on([box.blur for box in text_boxes] + [run.click]
+              + [c.change for c in remembered if c not in text_boxes],
+              studio.remember_settings, remembered, [memory], api_name="remember_settings",
+              **instant)
+        if initial is None:
+            demo.load(studio.recall_settings, [memory], remembered, api_name="recall_settings",
+                      **instant)
 
         png_image.change(studio.png_info, [png_image], [png_text, png_summary],
                          api_name="png_info", preprocess=False, **instant)

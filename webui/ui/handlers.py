@@ -141,6 +141,16 @@ REFERENCE_NOTE = ("Reference image given, but no IP-Adapter model is picked (und
                   "does not change the result.")
 # Streaming every step of a fast model would flood the browser; a few updates a second is live.
 UPDATE_INTERVAL = 0.2
+# How long a Generate click holds the tab's slot before its job reaches the engine (the job then
+# holds it itself); a click whose job never came frees the tab after this.
+CLAIM_WINDOW = 60.0
+# Results the History view keeps per browser tab: pictures live in the server's memory.
+HISTORY_LIMIT = 48
+# What the page remembers in the browser between reloads (browser storage), by field.
+REMEMBERED = ("model", "prompt", "negative_prompt", "strength", "guidance_scale", "steps", "seed",
+              "scheduler", "width", "height", "resize_mode", "batch_count", "batch_size")
+BUSY_MESSAGE = ("Your job is still running: wait for it to finish, or press Interrupt (Esc) to "
+                "stop it.")
 GRIDS_SUBDIR = "img2img-grids"
 # API clients may leave out any setting; it then takes the params.py default.
 _D = P.default
@@ -246,6 +256,9 @@ class Session:
         self.selected = 0
         self.seed: int | None = None
         self.before: Image.Image | None = None  # the init image as the engine saw it
+        self.claimed: float | None = None  # when Generate was pressed, until its job is tracked
+        self.history: list[ImageResult] = []  # this tab's results, newest first
+        self.history_selected: int | None = None
 
     def __deepcopy__(self, memo) -> "Session":
         # Gradio copies a State's value once for each new browser session; a lock cannot be
@@ -267,6 +280,20 @@ class Session:
     def forget(self, job: Job) -> None:
         with self._lock:
             self.jobs.discard(job)
+
+    @property
+    def busy(self) -> bool:
+        """A job of this tab is running or waiting, or Generate was pressed a moment ago and its
+        job is on its way to the queue."""
+        with self._lock:
+            running = any(not job.done for job in self.jobs)
+        fresh = self.claimed is not None and time.monotonic() - self.claimed < CLAIM_WINDOW
+        return running or fresh
+
+    def remember(self, items: list[ImageResult]) -> None:
+        """Add a job's pictures to the History view (newest first, bounded)."""
+        self.history = (list(reversed(items)) + self.history)[:HISTORY_LIMIT]
+        self.history_selected = None
 
     def cancel(self) -> int:
         """Interrupt this tab's jobs; the number that were running or waiting."""
@@ -777,15 +804,30 @@ class Studio:
                  batch_count=_D("batch_count"), batch_size=_D("batch_size"),
                  request: gr.Request = None, **extras) -> Iterator[GenerateView]:
         """Run one img2img (or, with mode 'inpaint', inpaint) job: yields progress with live
-        previews, then the results. `extras`: the EXTRAS settings, by keyword."""
+        previews, then the results. `extras`: the EXTRAS settings, by keyword.
+
+        A failure keeps the previous results on the page: the status line says what failed, the
+        live preview is cleared, and the error goes up as the toast."""
         session = session if session is not None else Session()
+        basic = (model, prompt, negative_prompt, strength, guidance_scale, steps, seed, scheduler,
+                 width, height, resize_mode, batch_count, batch_size)
+        try:
+            yield from self._generate(session, init_image, reference_image, basic, request,
+                                      extras)
+        except gr.Error as exc:
+            skip = gr.skip()
+            yield GenerateView(f"**Failed**: {exc.message}", None, skip, skip, skip, skip)
+            raise
+        finally:
+            session.claimed = None
+
+    def _generate(self, session: Session, init_image, reference_image, basic: tuple, request,
+                  extras: dict) -> Iterator[GenerateView]:
         notes: list[str] = []
-        params, init, inputs = self._request(
-            init_image, reference_image,
-            (model, prompt, negative_prompt, strength, guidance_scale, steps, seed, scheduler,
-             width, height, resize_mode, batch_count, batch_size), extras, notes)
+        params, init, inputs = self._request(init_image, reference_image, basic, extras, notes)
         session.start()
         job = self._submit(session, params, init, save=True, inputs=inputs, owner=_user(request))
+        session.claimed = None  # the tracked job keeps the tab busy from here
         skip = gr.skip()
         last = Progress("queued")
         try:
@@ -800,12 +842,84 @@ class Studio:
                 # The browser went away mid-job: free the GPU for the others.
                 job.cancel()
         if result is None:
-            yield GenerateView("Interrupted before the first image was ready.", skip, skip, skip,
+            yield GenerateView("Interrupted before the first image was ready.", None, skip, skip,
                                skip, skip)
             return
         session.results, session.selected, session.seed = result.images, 0, result.seed
         session.before = result.init
-        yield GenerateView(self._summary(result, last, notes), skip, *self._show(session))
+        session.remember(result.images)
+        # The preview is cleared: the result takes its place in the output area.
+        yield GenerateView(self._summary(result, last, notes), None, *self._show(session))
+
+    def claim(self, session: Session):
+        """Generate pressed: refuse with a message while this tab's job still runs (a click is
+        never silently dropped), else mark the button as running."""
+        if session is not None and session.busy:
+            raise _error(BUSY_MESSAGE, title="Busy")
+        if session is not None:
+            session.claimed = time.monotonic()
+        return gr.update(value="Generating… (Esc stops)", elem_classes=["running"])
+
+    def release(self, session: Session):
+        """The job ended (done, interrupted or failed): Generate is ready again."""
+        if session is not None:
+            session.claimed = None
+        return gr.update(value="Generate", elem_classes=[])
+
+    # -- history -----------------------------------------------------------------------------
+    def history(self, session: Session) -> list:
+        """The History view's gallery: this tab's results, newest first."""
+        items = session.history if session is not None else []
+        return [(item.image, f"seed {item.seed}") for item in items]
+
+    def select_history(self, session: Session, evt: gr.SelectData) -> str:
+        """A History click: that result's settings, as its infotext."""
+        if session is None or evt is None or evt.index is None:
+            return ""
+        index = int(evt.index)
+        if not 0 <= index < len(session.history):
+            return ""
+        session.history_selected = index
+        return session.history[index].infotext
+
+    def history_to_init(self, session: Session):
+        """The picked History result as the init image, and back to the img2img tab."""
+        items = session.history if session is not None else []
+        index = session.history_selected if session is not None else None
+        if index is None or not 0 <= index < len(items):
+            raise _error("Pick a result in the History first.", title="History")
+        return items[index].image, gr.Tabs(selected="img2img")
+
+    # -- browser memory ----------------------------------------------------------------------
+    @staticmethod
+    def remember_settings(*values) -> dict:
+        """What the browser stores for the next visit: the REMEMBERED fields' page values."""
+        return dict(zip(REMEMBERED, values))
+
+    def recall_settings(self, stored) -> tuple:
+        """The REMEMBERED controls' values from the browser's storage. The storage is the
+        client's to change, so each value is checked as a setting of its own; one that is not
+        valid here any more (a model since removed, a range since narrowed) is left at the
+        page's default, and so is anything that is not a stored dict."""
+        stored = stored if isinstance(stored, dict) else {}
+        return tuple(self._recalled(name, stored.get(name)) for name in REMEMBERED)
+
+    def _recalled(self, name: str, value):
+        if value is None:
+            return gr.skip()
+        if name == "model":
+            known = [m[1] if isinstance(m, tuple) else m for m in self.models()]
+            return value if isinstance(value, str) and value in known else gr.skip()
+        if name in ("width", "height"):
+            _, hi = P.field_range(name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and value == int(value) and 0 <= value <= hi
+            return int(value) if ok else gr.skip()
+        try:
+            checked = P.GenerationParams(**{name: value})
+        except (P.ParamsError, ValueError, TypeError):
+            return gr.skip()
+        return getattr(checked, name)
 
     def latent_files(self, session: Session):
         """The .safetensors files of the last job's latent output, for download (hidden when

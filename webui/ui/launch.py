@@ -161,7 +161,7 @@ def launch_options(users: list[tuple[str, str]], throttle=None) -> dict:
     throttle: a logins.Throttle (default: a new one with the default policy)."""
     from starlette.middleware import Middleware
 
-    from .app import CSS
+    from .app import CSS, KEYS_JS
     from .logins import LoginThrottle
 
     return dict(
@@ -171,7 +171,7 @@ def launch_options(users: list[tuple[str, str]], throttle=None) -> dict:
         # outputs folder itself is never served, since it holds every user's results.
         allowed_paths=[str(ASSETS_DIR)],
         max_file_size=MAX_UPLOAD, show_error=False, ssr_mode=False, pwa=False,
-        mcp_server=False, enable_monitoring=False, footer_links=["api"], css=CSS,
+        mcp_server=False, enable_monitoring=False, footer_links=["api"], css=CSS, js=KEYS_JS,
         prevent_thread_lock=True,
         app_kwargs={"middleware": [Middleware(LoginThrottle, throttle=throttle)]},
     )

@@ -88,6 +88,7 @@ class View(NamedTuple):
     hint: Any = KEEP      # Markdown: the band hint
     export: Any = KEEP    # File: the exported JSON
     name: Any = KEEP      # Textbox: the save-as name
+    asking: Any = KEEP    # the "delete for good?" row (visibility)
 
 
 class Loaded(NamedTuple):
@@ -122,10 +123,14 @@ class Panel:
     pending: gr.State
     store: PresetStore
     initial: Startup | None = None
+    delete_row: gr.Row | None = None
+    delete_confirm: gr.Button | None = None
+    delete_cancel: gr.Button | None = None
 
     def view_outputs(self) -> list:
         return [self.dropdown, self.broken, self.info, self.active, self.pending,
-                self.confirm_row, self.status, self.hint, self.export_file, self.name]
+                self.confirm_row, self.status, self.hint, self.export_file, self.name,
+                self.delete_row]
 
 
 # -- values between the page and GenerationParams ------------------------------------------------
@@ -472,6 +477,7 @@ class PresetActions:
 
     def _ask(self, name: str) -> View:
         return View(pending=name, confirm=gr.update(visible=True),
+                    asking=gr.update(visible=False),
                     status=f"⚠️ {_quote(name)} already exists. Press “Confirm overwrite” "
                     "to replace it with the current settings, or “Cancel” to keep it.")
 
@@ -502,6 +508,24 @@ class PresetActions:
         return View(pending=None, confirm=gr.update(visible=False), status=text)
 
     # -- delete, export, import ------------------------------------------------------------------
+    def ask_delete(self, selected: str | None, request: Any = None) -> View:
+        """Delete pressed: ask before anything is removed (a shipped preset is refused here)."""
+        if not selected or not str(selected).strip():
+            raise _error("Pick a preset to delete first.")
+        try:
+            preset = self.store_for(request).get(str(selected))
+        except PresetError:
+            preset = None  # an unreadable file of the user's: deletable by its name
+        if preset is not None and preset.shipped:
+            raise _error(f"{_quote(preset.name)} is a shipped preset and cannot be deleted.")
+        return View(asking=gr.update(visible=True), confirm=gr.update(visible=False),
+                    pending=None,
+                    status=f"Delete {_quote(selected)} for good? It cannot be undone.")
+
+    def keep(self, selected: str | None = None) -> View:
+        text = f"Kept {_quote(selected)}." if selected else ""
+        return View(asking=gr.update(visible=False), status=text)
+
     def delete(self, selected: str | None, active: Preset | None, request: Any = None) -> View:
         """Delete one of the user's presets (or an unreadable file of theirs, by its name)."""
         store = self.store_for(request)
@@ -517,7 +541,8 @@ class PresetActions:
         gone = active is not None and presets.slugify(active.name) == presets.slugify(selected)
         return View(choices=choices, broken=broken, info="", status=f"Deleted {_quote(selected)}.",
                     active=None if gone else KEEP, hint="" if gone else KEEP, pending=None,
-                    confirm=gr.update(visible=False), export=gr.update(value=None, visible=False))
+                    confirm=gr.update(visible=False), export=gr.update(value=None, visible=False),
+                    asking=gr.update(visible=False))
 
     def export(self, selected: str | None, request: Any = None) -> View:
         """The selected preset (shipped ones too) as a JSON file to download."""
@@ -563,8 +588,10 @@ class PresetActions:
 
 
 # -- the page ------------------------------------------------------------------------------------
-def build(store: PresetStore | None = None, initial: Startup | None = None) -> Panel:
-    """The panel's components; call inside the page's presets area."""
+def build(store: PresetStore | None = None, initial: Startup | None = None,
+          hint: gr.Markdown | None = None) -> Panel:
+    """The panel's components; call inside the page's presets area. hint: where the band hint
+    goes (the page puts it beside the strength and CFG sliders); default: in the panel."""
     store = store if store is not None else PresetStore()
     # The page is built before anyone logs in: list only the shared presets here and each
     # user's own when their page loads.
@@ -594,8 +621,13 @@ def build(store: PresetStore | None = None, initial: Startup | None = None) -> P
         confirm = gr.Button("Confirm overwrite", variant="stop", size="sm",
                             elem_id="preset-confirm")
         cancel = gr.Button("Cancel", size="sm", elem_id="preset-cancel")
+    with gr.Row(visible=False, elem_id="preset-delete-row") as delete_row:
+        delete_confirm = gr.Button("Delete for good", variant="stop", size="sm",
+                                   elem_id="preset-delete-confirm")
+        delete_cancel = gr.Button("Keep it", size="sm", elem_id="preset-delete-cancel")
     status = gr.Markdown(padding=True, elem_id="preset-status")
-    hint = gr.Markdown(padding=True, elem_id="preset-hint")
+    if hint is None:
+        hint = gr.Markdown(padding=True, elem_id="preset-hint")
     export_file = gr.File(label="Exported preset", visible=False, interactive=False,
                           elem_id="preset-export-file")
     broken = gr.Markdown(padding=True, elem_id="preset-broken")
@@ -603,7 +635,7 @@ def build(store: PresetStore | None = None, initial: Startup | None = None) -> P
     pending = gr.State(None)
     return Panel(dropdown, refresh, info, load, overwrite, delete, export, upload, name, save,
                  confirm_row, confirm, cancel, export_file, status, hint, broken, active, pending,
-                 store, initial)
+                 store, initial, delete_row, delete_confirm, delete_cancel)
 
 
 def _flat(view: View) -> list:
@@ -663,6 +695,12 @@ def wire(panel: Panel, by_field: dict[str, Any], demo: gr.Blocks,
     def delete(request: gr.Request, selected, active):
         return _flat(actions.delete(selected, active, request))
 
+    def ask_delete(request: gr.Request, selected):
+        return _flat(actions.ask_delete(selected, request))
+
+    def keep(selected):
+        return _flat(actions.keep(selected))
+
     def export(request: gr.Request, selected):
         return _flat(actions.export(selected, request))
 
@@ -691,8 +729,12 @@ def wire(panel: Panel, by_field: dict[str, Any], demo: gr.Blocks,
                         api_name="preset_overwrite_confirm", **toasting)
     panel.cancel.click(cancel, [panel.pending], views, api_name="preset_overwrite_cancel",
                        **toasting)
-    panel.delete.click(delete, [panel.dropdown, panel.active], views, api_name="preset_delete",
+    panel.delete.click(ask_delete, [panel.dropdown], views, api_name="preset_delete_ask",
                        **toasting)
+    panel.delete_confirm.click(delete, [panel.dropdown, panel.active], views,
+                               api_name="preset_delete", **toasting)
+    panel.delete_cancel.click(keep, [panel.dropdown], views, api_name="preset_delete_keep",
+                              **toasting)
     panel.export.click(export, [panel.dropdown], views, api_name="preset_export", **toasting)
     panel.upload.upload(import_file, [panel.upload], views, api_name="preset_import",
                         **toasting)
