@@ -71,21 +71,26 @@ def result_pixels(page) -> np.ndarray:
                       dtype=np.int16)
 
 
-def white_pixels(page) -> int:
+def canvas_pixels(page) -> np.ndarray:
     canvas = page.locator("#mask-editor canvas").last
-    shown = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB"))
-    return int((shown.min(axis=2) > 250).sum())
+    return np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB"), dtype=np.int16)
 
 
-def paint(page, x0: float, y0: float, x1: float, y1: float) -> None:
+def brightened(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Where a white stroke went over the picture: clearly lighter in every channel."""
+    return (after - before).min(axis=2) > 30
+
+
+def paint(page, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
     """A white brush stroke on the mask editor, in fractions of its canvas; repeated until the
-    canvas shows it (the editor ignores strokes until its background is in place)."""
+    canvas shows it (the editor ignores strokes until its background is in place). Returns the
+    canvas as it was before the stroke."""
     page.locator("#mask-editor button[aria-label='Brush']").click()
-    before = white_pixels(page)
+    before = canvas_pixels(page)
     for _ in range(5):
         _stroke(page, x0, y0, x1, y1)
-        if white_pixels(page) > before + 100:
-            return
+        if brightened(before, canvas_pixels(page)).sum() > 100:
+            return before
         page.wait_for_timeout(500)
     pytest.fail("the mask editor did not take the brush stroke")
 
@@ -115,8 +120,23 @@ def test_inpaint_with_a_painted_mask(page, tmp_path):
     # The init image is the editor's background.
     expect(page.locator("#mask-editor canvas").last).to_be_visible()
     # A stroke down the left part of the picture (the canvas shows it centred, square).
-    paint(page, 0.40, 0.1, 0.42, 0.9)
+    before = paint(page, 0.40, 0.1, 0.42, 0.9)
+    after = canvas_pixels(page)
+    stroke = brightened(before, after)
+    # The brush is half opaque: the picture shows through the stroke (not flat white).
+    assert (after[stroke].min(axis=1) < 250).mean() > 0.5
     shot(page, "adapters-01-mask-painted")
+    # "Clear mask" drops the strokes and keeps the picture; then the stroke again.
+    page.click("#clear-mask")
+    for _ in range(20):
+        if brightened(before, canvas_pixels(page)).sum() < 20:
+            break
+        page.wait_for_timeout(250)
+    cleared = canvas_pixels(page)
+    assert brightened(before, cleared).sum() < 20, "Clear mask left the stroke"
+    assert np.abs(cleared - before).mean() < 8, "Clear mask did not keep the init image"
+    assert page.locator("#mask-editor button[aria-label='Clear canvas']").is_hidden()
+    paint(page, 0.40, 0.1, 0.42, 0.9)
     set_number(page, "steps", 4)
     set_number(page, "strength", 0.9)
     set_number(page, "mask-blur", 0)

@@ -123,12 +123,20 @@ def test_presets_in_the_browser(browser, presets_studio, tmp_path):
             other_context.close()
         assert not other_outside
 
-        # Delete: own presets go, shipped ones refuse with a message.
+        # Delete asks first; own presets go, shipped ones refuse with a message.
         pick(page, "preset-select", "Browser look (2)")
         page.click("#preset-delete")
+        expect(status).to_contain_text("for good? It cannot be undone")
+        page.click("#preset-delete-cancel")
+        expect(status).to_contain_text("Kept “Browser look (2)”")
+        assert list(presets_studio["presets"].glob("*/browser-look-2.json")), "asking deleted it"
+        page.click("#preset-delete")
+        page.click("#preset-delete-confirm")
         expect(status).to_contain_text("Deleted “Browser look (2)”")
+        expect(page.locator("#preset-delete-row")).to_be_hidden()
         pick(page, "preset-select", "Browser look")
         page.click("#preset-delete")
+        page.click("#preset-delete-confirm")
         expect(status).to_contain_text("Deleted “Browser look”")
         assert not saved[0].exists()
         assert "Browser look" not in options(page, "preset-select")
