@@ -78,6 +78,9 @@ def format(params: GenerationParams, *, seed: int, width: int, height: int,
         pairs["Inpaint area"] = params.inpaint_area.capitalize()
         pairs["Masked area padding"] = params.inpaint_padding
         pairs["Masked content"] = params.masked_content
+    if params.color_correction:
+        # Only when on, as other tools write it: text without the key reads back as off.
+        pairs["Color correction"] = True
     for index, unit in enumerate(params.controlnets):
         pairs[f"ControlNet {index}"] = ", ".join(
             f"{k}: {_number(v) if isinstance(v, float) else v}"
@@ -204,7 +207,8 @@ def parse(text: str, base: GenerationParams | None = None) -> Parsed:
               "Denoising strength": "strength", "Model": "model", "Batch size": "batch_size",
               "Dtype": "dtype", "IP-Adapter": "ip_adapter", "IP-Adapter scale": "ip_adapter_scale",
               "PAG scale": "pag_scale", "Mask blur": "mask_blur",
-              "Masked area padding": "inpaint_padding", **_MEMORY_KEYS}
+              "Masked area padding": "inpaint_padding", "Color correction": "color_correction",
+              **_MEMORY_KEYS}
     for key, value in settings.items():
         if key in simple:
             proposed[simple[key]] = value

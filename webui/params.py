@@ -195,6 +195,12 @@ class GenerationParams(BaseModel):
         "image", description="image: a PNG; latent: the raw latents as .safetensors, to continue "
         "from later.",
     )
+    color_correction: bool = Field(
+        False,
+        description="Colour correction: match each result's colours to the init image "
+        "(histogram match in LAB), against the colour drift of repeated img2img passes; on by "
+        "default for loopback. Pictures only: latent output is never corrected.",
+    )
     model: str = Field(
         "", max_length=1000,
         description="Model name, folder, .safetensors file or hub id; empty uses the studio's "
@@ -307,6 +313,8 @@ def explain(error: dict) -> tuple[str, str]:
         if isinstance(got, float) and not math.isfinite(got):
             return field, f"{field} must be {noun} {span}, not {got}"
         return field, f"{field} must be {noun} {span} (got {got!r})"
+    if kind.startswith("bool"):
+        return field, f"{field} must be true or false (got {got!r})"
     if kind == "string_too_long":
         return field, f"{field} is too long (at most {error['ctx']['max_length']} characters)"
     if kind == "string_too_short":

@@ -82,12 +82,21 @@ class Inputs:
     control_images: one per ControlNet unit whose source is 'upload' (None for the others).
     latents: a (1, 4, h/8, w/8) tensor or a .safetensors latent file to start from instead of
         the init image.
+    color_reference: the picture colour correction (params.color_correction) matches, fitted
+        to the output size like the init image; default None = the init image itself. Loopback
+        passes the first pass's init so that the colours of later passes do not drift with
+        each pass's own input.
+    infotext_extra: `key: value` pairs added to each image's infotext as they are (loopback's
+        "Loopback: pass 2/8"); default None = none. The infotext parser keeps such keys as
+        extras, so they never change a setting read back.
     """
 
     ip_image: Any = None
     mask: Any = None
     control_images: list | None = None
     latents: Any = None
+    color_reference: Any = None
+    infotext_extra: dict[str, str] | None = None
 
 
 class Job:
@@ -470,7 +479,7 @@ class Engine:
         def text_for(image_seed: int) -> str:
             return infotext.format(params, seed=image_seed, width=width, height=height,
                                    model_name=source.name, model_hash=model_hash,
-                                   inpaint=mask is not None)
+                                   inpaint=mask is not None, extra=inputs.infotext_extra)
 
         results: list[ImageResult] = []
         notices: dict[str, None] = {}  # ordered, without repeats across batches
@@ -635,11 +644,39 @@ class Engine:
             **kwargs,
         )
         images = output.images
+        if params.color_correction:
+            images = self._color_correct(images, params, init, job.inputs, notices)
         if mask is not None and params.output_type == "image":
             # Outside the mask the result is the original picture, pixel for pixel.
             images = overlay_original(images, init, mask, params.mask_blur)
             notices[INPAINT_NOTICE] = None
         return images, state["stopped"]
+
+    @staticmethod
+    def _color_correct(images, params: GenerationParams, init, inputs: Inputs,
+                       notices: dict[str, None]):
+        """The decoded pictures with colours matched to the reference (params.color_correction).
+
+        Runs before the inpaint overlay, so the pixels outside the mask are still the original's
+        exactly afterwards. Latent output is left alone (the latents are not colours yet), and
+        so is a job started from latents without a picture to match: a notice says so."""
+        if params.output_type != "image":
+            notices["Colour correction not applied: it works on pictures, not on latent "
+                    "output"] = None
+            return images
+        reference = inputs.color_reference
+        if reference is not None:
+            reference = imaging.load_image(reference, "color_reference")
+            if init is not None and reference.size != init.size:
+                reference = imaging.fit(reference, *init.size, params.resize_mode)
+        else:
+            reference = init
+        if reference is None:
+            notices["Colour correction not applied: no init image to match the colours to"] = None
+            return images
+        from .colour import match_all
+
+        return match_all(images, reference)
 
     def _detector_folder(self, index: int, unit) -> Path | None:
         if unit.preprocessor not in DETECTOR_KINDS:
