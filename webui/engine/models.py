@@ -177,6 +177,24 @@ def _has_fp16_variant(folder: Path, torch_dtype) -> bool:
     return bool(weighted) and all(any(d.glob("*.fp16.safetensors")) for d in weighted)
 
 
+def _cached_fp16_only(repo_id: str, torch_dtype) -> bool:
+    """True when the hub cache's copy of `repo_id` has fp16 weight files for every model and
+    either the engine runs in fp16 or the plain weights are not there (a studio download)."""
+    import torch
+    from huggingface_hub import try_to_load_from_cache
+
+    index = try_to_load_from_cache(repo_id, "model_index.json")
+    if not isinstance(index, str):
+        return False
+    folder = Path(index).parent
+    weighted = [d for d in folder.iterdir() if d.is_dir() and any(d.glob("*.safetensors"))]
+    if not weighted or not all(any(d.glob("*.fp16.safetensors")) for d in weighted):
+        return False
+    plain = all(any(f for f in d.glob("*.safetensors") if ".fp16." not in f.name)
+                for d in weighted)
+    return torch_dtype == torch.float16 or not plain
+
+
 def pipeline_family(pipe) -> str:
     """'sd1', 'sd2' or 'sdxl' from a loaded pipeline's structure: SDXL has a second text
     encoder; SD 2.x shares the SD 1.x classes but its UNet reads 1024-wide OpenCLIP text."""
@@ -206,6 +224,10 @@ def load(source: ModelSource, torch_dtype):
     extra = {}
     if source.kind == "folder" and _has_fp16_variant(Path(location), torch_dtype):
         # Half the download size and load time, and no fp32 -> fp16 cast on load.
+        extra["variant"] = "fp16"
+    elif source.kind == "hub" and _cached_fp16_only(location, torch_dtype):
+        # The studio's downloads fetch the fp16 set only (half the size); the library loads it
+        # as such, upcast where the engine runs in fp32.
         extra["variant"] = "fp16"
     try:
         pipe = AutoPipelineForImage2Image.from_pretrained(
