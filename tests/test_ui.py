@@ -1,5 +1,5 @@
 """The studio's handlers, called directly (no browser): generation with previews, interrupt,
-PNG Info, X/Y plots, validation messages, launch options, the API snippet and the rule that the UI
+PNG Info, validation messages, launch options, the API snippet and the rule that the UI
 never imports torch."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from PIL import Image, PngImagePlugin
 
 from webui import params as P
 from webui.engine.core import Engine
-from webui.ui import handlers, launch, xy
-from webui.ui.handlers import GenerateView, Session, Studio, XYView
+from webui.ui import handlers, launch
+from webui.ui.handlers import GenerateView, Session, Studio
 
 from serving import served
 
@@ -321,64 +321,6 @@ def test_png_info_warnings_and_empty_inputs(studio, tmp_path):
     assert studio.png_info(None) == ("", "Drop a PNG here to read the settings it was made with.")
     with pytest.raises(gr.Error, match="Drop a PNG"):
         studio.send_to_img2img("")
-
-
-# -- X/Y plot ------------------------------------------------------------------------------------
-def test_xy_plan_validation():
-    base = P.GenerationParams()
-    plan = xy.plan("Denoising strength", xy.default_values("Denoising strength"), "CFG scale",
-                   xy.default_values("CFG scale"), base)
-    assert plan.x_values == [0.3, 0.5, 0.7] and plan.y_values == [5.0, 7.0, 10.0]
-    assert plan.params_for(base, 2, 0).strength == 0.7
-    samplers = xy.parse_axis("Sampler", "euler a, DPMSolverMultistepScheduler", base)
-    assert samplers == ["Euler a", "DPM++ 2M"]
-    with pytest.raises(xy.AxisError, match=r"^X values \(Steps\): steps must be a whole number"):
-        xy.plan("Steps", "10, 1000", "CFG scale", "7", base)
-    with pytest.raises(xy.AxisError, match="both CFG scale"):
-        xy.plan("CFG scale", "5", "CFG scale", "7", base)
-    with pytest.raises(xy.AxisError, match=r"7 x 6 = 42 cells is too many.*at most 36"):
-        xy.plan("Steps", "1,2,3,4,5,6,7", "CFG scale", "1,2,3,4,5,6", base)
-    with pytest.raises(xy.AxisError, match="Y values: type"):
-        xy.plan("Steps", "1", "CFG scale", " , ", base)
-    with pytest.raises(xy.AxisError, match="X axis must be one of"):
-        xy.plan("Seed", "1", "CFG scale", "7", base)
-
-
-def test_xy_grid_size_and_labels():
-    cells = [[Image.new("RGB", (64, 48), (40 * x, 40 * y, 90)) for x in range(3)]
-             for y in range(2)]
-    cells[1][2] = None  # an interrupted plot keeps its shape
-    grid = xy.render(cells, "Sampler", ["Euler a", "DPM++ 2M Karras", "DDIM"], "CFG scale",
-                     [5.0, 7.5])
-    assert grid.labels == ["Euler a", "DPM++ 2M Karras", "DDIM", "5", "7.5"]
-    assert grid.titles == ("Sampler", "CFG scale")
-    width, height = grid.image.size
-    assert width > 3 * 64 and height > 2 * 48
-    # The labels live in a narrow header, not in extra rows.
-    assert height - 2 * 48 < 2 * 48
-    big = [[Image.new("RGB", (2048, 2048))]]
-    assert max(xy.render(big, "Steps", [10], "CFG scale", [7]).image.size) < 2048
-
-
-def test_xy_plot_handler(studio, init, engine):
-    session = Session()
-    views = list(studio.xy_plot(session, init, steps=4, seed=-1, x_axis="Denoising strength",
-                                x_values="0.3, 0.6", y_axis="CFG scale", y_values="5, 9"))
-    assert all(isinstance(v, XYView) for v in views)
-    assert any(v.status.startswith("Cell 1/4") for v in views)
-    final = views[-1]
-    assert final.status.startswith("**Done**: 4 cells")
-    grid = final.grid
-    assert grid.width > 2 * 64 and grid.height > 2 * 64
-    name = final.path.removeprefix("saved as ")
-    [path] = Path(engine.outputs_dir).rglob(name)
-    saved = Image.open(path)
-    assert saved.size == grid.size
-    assert "X/Y plot" in saved.info["parameters"]
-    assert path.parent.parent.name == handlers.GRIDS_SUBDIR
-    with pytest.raises(gr.Error, match="too many"):
-        next(studio.xy_plot(Session(), init, x_axis="Steps", x_values=",".join(map(str, range(1, 8))),
-                            y_axis="CFG scale", y_values="1,2,3,4,5,6"))
 
 
 # -- launch options ------------------------------------------------------------------------------

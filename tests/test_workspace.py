@@ -163,3 +163,11 @@ def test_preset_delete_asks_before_anything_is_removed(tmp_path):
     with pytest.raises(gr.Error, match="Pick a preset"):
         actions.ask_delete("  ")
     assert actions.ask_delete("Gone soon").asking is not KEEP  # a file's name is enough
+
+
+def test_interrupt_between_jobs_of_a_run_is_acknowledged(studio):
+    session = Session()
+    assert studio.interrupt(session) == "Nothing of yours is running."
+    studio.claim(session)  # a run holds the tab between two of its jobs (loopback passes)
+    assert studio.interrupt(session).startswith("Interrupting")
+    assert session.interrupted

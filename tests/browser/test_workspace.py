@@ -160,3 +160,21 @@ def test_settings_survive_a_reload_and_history_restores(studio_page, tmp_path):
     expect(text_of(page, "prompt")).to_have_value("a misty harbour at dawn")
     expect(page.locator("#strength input[type=number]")).to_have_value("0.42")
     expect(page.locator("#steps input[type=number]")).to_have_value("3")
+
+
+def test_loopback_runs_every_pass(studio_page, tmp_path):
+    page = studio_page
+    upload(page, "init-image", picture(tmp_path / "init.png", size=96))
+    set_number(page, "steps", 2)
+    page.locator("#loopback-accordion .label-wrap").first.click()
+    set_number(page, "loopback-passes", 3)
+    set_number(page, "loopback-strength-factor", 0.9)
+    expect(page.locator("#loopback-color-correction input")).to_be_checked()
+    page.click("#loopback-run")
+    status = page.locator("#status")
+    expect(status).to_contain_text("Done: 3 loopback passes", timeout=JOB_TIMEOUT)
+    # Every pass is shown; the last one is picked, and its infotext says which pass it was.
+    expect(page.locator("#gallery .thumbnail-small")).to_have_count(3)
+    expect(text_of(page, "result-infotext")).to_have_value(re.compile("Loopback: pass 3/3"))
+    expect(page.locator("#generate")).to_have_text("Generate")
+    shot(page, "workspace-loopback")

@@ -11,7 +11,7 @@ import gradio as gr
 
 from .. import params as P
 from .. import schedulers
-from . import adapters_panel, handlers, presets_panel, xy
+from . import adapters_panel, handlers, loopback_panel, model_download, presets_panel, xy
 from .handlers import Session, Studio
 
 # Below 1 the library turns classifier-free guidance off entirely, so the slider starts where the
@@ -124,7 +124,9 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
                     refresh = gr.Button("🔄", scale=0, elem_id="refresh-models")
                 tiny = gr.Markdown(f"**Note:** {handlers.tiny_notice(engine)}",
                                    visible=engine.is_tiny(), elem_id="tiny-notice")
-                # hook: model download (build)
+            # A first real model: the download panel, closed beside the picker.
+            with gr.Column(scale=2, min_width=240, elem_id="get-model-area"):
+                get_model = model_download.build(studio)
 
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("img2img", id="img2img", elem_id="tab-img2img"):
@@ -172,7 +174,7 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
                                                format="jpeg", show_label=False,
                                                elem_id="preview")
                             gallery = gr.Gallery(label="Result", format="png", columns=4,
-                                                 height=320, preview=True, selected_index=0,
+                                                 height=300, preview=True, selected_index=0,
                                                  object_fit="contain",
                                                  interactive=False, elem_id="gallery")
                         with gr.Row(elem_id="result-actions"):
@@ -230,7 +232,7 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
                         adapters_panel.controlnet_accordion(studio, adapters)
                         adapters_panel.memory_accordion(adapters)
                         adapters_panel.advanced_accordion(adapters)
-                        # hook: loopback panel (build)
+                        loopback = loopback_panel.build(adapters)
                         with gr.Group(elem_id="presets-area"):
                             panel = presets_panel.build(presets, initial, hint=preset_hint)
 
@@ -267,10 +269,20 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
                                                      elem_id="history-send-to-init")
                         history_note = gr.Markdown(elem_id="history-note")
 
-            with gr.Tab("X/Y plot", id="xy", elem_id="tab-xy"):
+            with gr.Tab("X/Y plot", id="xy", elem_id="tab-xy") as xy_tab:
                 gr.Markdown("The init image and settings of the img2img tab, over a grid of two "
-                            f"settings with the same seed in every cell (at most {xy.MAX_CELLS} "
-                            "cells).", elem_id="xy-help")
+                            "settings with the same seed in every cell; a Z axis makes one grid "
+                            f"per value (at most {xy.MAX_CELLS} cells in all). Values are "
+                            "separated by commas (quote one that holds a comma). Prompt S/R "
+                            "searches the prompt for its first value and puts each value in its "
+                            "place; LoRA weight sets the first picked LoRA's weight, ControlNet "
+                            "weight the first enabled unit's scale.", elem_id="xy-help")
+                with gr.Row(elem_id="xy-base-row"):
+                    # What the plot starts from, so nobody plots the wrong picture or prompt.
+                    xy_init = gr.Image(label="Init image (img2img tab)", interactive=False,
+                                       height=180, format="png", scale=1, elem_id="xy-init")
+                    xy_base = gr.Markdown("The img2img tab's settings show here.", scale=3,
+                                          elem_id="xy-base")
                 axes = list(xy.AXES)
                 with gr.Row(elem_id="xy-x-row"):
                     x_axis = gr.Dropdown(axes, value=axes[0], label="X axis", scale=1,
@@ -282,12 +294,17 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
                                          elem_id="xy-y-axis")
                     y_values = gr.Textbox(xy.default_values(axes[1]), label="Y values",
                                           scale=3, elem_id="xy-y-values")
+                with gr.Row(elem_id="xy-z-row"):
+                    z_axis = gr.Dropdown(xy.Z_AXES, value=xy.NOTHING, label="Z axis", scale=1,
+                                         info="One grid per value.", elem_id="xy-z-axis")
+                    z_values = gr.Textbox("", label="Z values", scale=3, elem_id="xy-z-values")
                 with gr.Row(elem_id="xy-run-row"):
                     xy_run = gr.Button("Run X/Y plot", variant="primary", elem_id="xy-run")
                     xy_stop = gr.Button("Interrupt", variant="stop", elem_id="xy-interrupt")
                 xy_status = gr.Markdown(label="Status", elem_id="xy-status")
                 xy_preview = gr.Image(label="Live preview", interactive=False, height=160,
                                       format="jpeg", elem_id="xy-preview")
+                # With a Z axis its grids are shown one under the other (each is saved alone).
                 xy_grid = gr.Image(label="X/Y plot", interactive=False, format="png",
                                    elem_id="xy-grid")
                 xy_path = gr.Textbox(label="File", interactive=False, elem_id="xy-path")
@@ -371,16 +388,37 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
                       **instant)
         y_axis.change(xy.default_values, [y_axis], [y_values], api_name="xy_y_defaults",
                       **instant)
-        xy_run.click(studio.xy_plot,
-                     [session, init_image, reference, *controls, x_axis, x_values, y_axis,
-                      y_values],
-                     [xy_status, xy_preview, xy_grid, xy_path], api_name="xy_plot",
-                     show_progress="full", show_progress_on=[xy_grid], inputs_kwargs=extras,
-                     **gpu_event)
+        z_axis.change(xy.default_values, [z_axis], [z_values], api_name="xy_z_defaults",
+                      **instant)
+        # The summary of what a plot starts from: the settings that name its axes' targets.
+        xy_summary = {key: extras[key] for key in (
+            "loras", "lora_weights", "pag_scale",
+            *(f"cn{n}_{key}" for n in range(1, handlers.CONTROLNET_UNITS + 1)
+              for key in ("enabled", "model", "scale")))}
+        xy_tab.select(studio.xy_base, [init_image, *controls], [xy_init, xy_base],
+                      api_name="xy_base", inputs_kwargs=xy_summary, preprocess=False, **instant)
+        # First the summary again and the last plot's result cleared, then the plot; a plot
+        # refused before it starts still leaves a failed status, never an old "Done".
+        xy_run.click(studio.xy_start, [init_image, *controls],
+                     [xy_init, xy_base, xy_status, xy_preview, xy_grid, xy_path],
+                     api_name="xy_start", preprocess=False,
+                     inputs_kwargs=xy_summary, **instant
+                     ).then(studio.xy_plot,
+                            [session, init_image, reference, *controls, x_axis, x_values,
+                             y_axis, y_values, z_axis, z_values],
+                            [xy_status, xy_preview, xy_grid, xy_path], api_name="xy_plot",
+                            show_progress="full", show_progress_on=[xy_grid],
+                            inputs_kwargs=extras, **gpu_event
+                            ).failure(studio.xy_failed, [xy_status], [xy_status],
+                                      api_name="xy_failed", **instant)
         xy_stop.click(studio.interrupt, [session], [xy_status], api_name="xy_interrupt",
                       **instant)
-        # hook: model download (wire)
-        # hook: loopback panel (wire)
+        model_download.wire(studio, get_model, model, tiny)
+        loopback_panel.wire(studio, loopback, session=session, generate=run,
+                            inputs=[session, init_image, reference, *controls],
+                            outputs=[status, preview, gallery, compare, result_info, result_path],
+                            extras=extras, gpu_event=gpu_event, instant=instant,
+                            toasting=toasting)
         adapters_panel.wire(studio, adapters, init_image, (img2img_tab, inpaint_tab), instant,
                             toasting)
         presets_panel.wire(panel, {**by_field, **extras}, demo, studio.models,

@@ -26,12 +26,14 @@ from PIL import Image, ImageChops
 from .. import images as imaging
 from .. import infotext, prompts
 from .. import params as P
-from ..engine import outputs
+from ..tiny import TINY_MODELS
+from ..engine import hub, outputs
 from ..engine.adapters import AdapterError, mask_to_l, parse_prompt_loras
 from ..engine.detectors import DETECTOR_SUBDIR, list_detectors
 from ..engine.core import Engine, ImageResult, Inputs, Job, Progress, QueueFull, Result
 from ..engine.errors import Cancelled, InputError, ModelError, OutOfMemory
 from ..engine.models import CHECKPOINTS_SUBDIR, CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, LORA_SUBDIR
+from . import loopback as loopback_loop
 from . import uploads, xy
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,10 @@ LABELS = {
     "pag": "PAG scale",
     "image": "Init image",
     "adapters": "Adapters",
+    "color_correction": "Colour correction",
+    "loopback_passes": "Loopback passes",
+    "loopback_strength_factor": "Loopback strength factor",
+    "loopback_color_correction": "Loopback colour correction",
 }
 
 MODES = ("img2img", "inpaint")
@@ -120,6 +126,7 @@ EXTRAS: dict[str, Any] = {
     "vae_tiling": P.default("vae_tiling"),
     "cpu_offload": P.default("cpu_offload"),
     "output_type": P.default("output_type"),
+    "color_correction": P.default("color_correction"),
     "latents": None,  # a .safetensors latent file to start from
     **{f"cn{n}_{key}": _unit_default(key) for n in range(1, CONTROLNET_UNITS + 1)
        for key in UNIT_KEYS},
@@ -164,8 +171,8 @@ def shown_folder(engine: Engine, subfolder: str) -> str:
 
 
 def tiny_notice(engine: Engine) -> str:
-    return (f"The built-in tiny-random model only makes noise. Put a .safetensors checkpoint in "
-            f"{shown_folder(engine, CHECKPOINTS_SUBDIR)} or pass --model.")
+    return (f"The built-in tiny-random model only makes noise: open **Get a model** (top right) "
+            f"or put a .safetensors checkpoint in {shown_folder(engine, CHECKPOINTS_SUBDIR)}.")
 
 
 def strength_band(strength: float | None) -> str:
@@ -442,7 +449,16 @@ class Studio:
         names = self.engine.models()
         if self.engine.model and self.engine.model not in names:
             names.insert(0, self.engine.model)
+        # Models downloaded into the hub cache (the Get a model panel), before the built-in ones,
+        # which always close the engine's list.
+        at = len(names) - len(TINY_MODELS)
+        names[at:at] = [m for m in hub.cached_models() if m not in names]
         return names
+
+    def model_choices(self, names: list[str] | None = None) -> list[tuple[str, str]]:
+        """The picker's (label, name) pairs: the label adds the licence a model states, since
+        commercial use depends on it; the values stay the plain names."""
+        return hub.labelled(self.engine.registry, self.models() if names is None else names)
 
     def _model(self, name) -> str:
         name = (name or "").strip() if isinstance(name, str) else name
@@ -480,7 +496,7 @@ class Studio:
                 **{name: extras[name] for name in (
                     "ip_adapter_scale", "pag_scale", "attention_slicing", "vae_tiling",
                     "cpu_offload", "output_type", "mask_blur", "inpaint_area", "inpaint_padding",
-                    "masked_content")},
+                    "masked_content", "color_correction")},
             )
         try:
             params = P.make(**values)
@@ -972,7 +988,10 @@ class Studio:
 
     def interrupt(self, session: Session) -> str:
         """Stop this tab's job (other people's jobs are never touched)."""
-        if session is None or not session.cancel():
+        if session is None:
+            return "Nothing of yours is running."
+        between = session.busy  # e.g. a loopback between two passes: no job, but a run
+        if not session.cancel() and not between:
             return "Nothing of yours is running."
         return "Interrupting… the partly finished image will be shown."
 
@@ -1001,13 +1020,51 @@ class Studio:
         return P.default("seed")
 
     def refresh_models(self, current: str | None = None):
-        choices = self.models()
-        value = current if current in choices else self.engine.model
-        return gr.update(choices=choices, value=value)
+        names = self.models()
+        value = current if current in names else self.engine.model
+        return gr.update(choices=self.model_choices(names), value=value)
 
     def model_changed(self, model: str | None):
         """Show the tiny-model notice only while the tiny model is picked."""
         return gr.update(visible=self.engine.is_tiny(model or ""))
+
+    # -- loopback ----------------------------------------------------------------------------
+    @_keyword_extras
+    def loopback(self, session: Session, init_image, reference_image=None, model=None,
+                 prompt=None, negative_prompt=None, strength=_D("strength"),
+                 guidance_scale=_D("guidance_scale"), steps=_D("steps"), seed=_D("seed"),
+                 scheduler=_D("scheduler"), width=0, height=0, resize_mode=_D("resize_mode"),
+                 batch_count=_D("batch_count"), batch_size=_D("batch_size"),
+                 request: gr.Request = None, *,
+                 loopback_passes=loopback_loop.DEFAULT_PASSES,
+                 loopback_strength_factor=loopback_loop.DEFAULT_FACTOR,
+                 loopback_color_correction=loopback_loop.DEFAULT_COLOR_CORRECTION,
+                 **extras) -> Iterator[GenerateView]:
+        """Run `loopback_passes` img2img passes, each on the previous pass's picture (see
+        loopback.py): the inputs of `generate`, plus
+
+        loopback_passes: 2-32, default 4: how many passes run.
+        loopback_strength_factor: 0.5-1.5, default 1: each pass's denoising strength is the
+            previous one's times this, kept within 0-1.
+        loopback_color_correction: default True: match every pass's colours to the first init
+            image (the Colour correction setting of Generate is not used here).
+
+        Batch count and size are set to 1; the seed goes up by one per pass. Every pass is saved
+        and shown, and becomes the session's results (Send to init, Reuse seed)."""
+        session = session if session is not None else Session()
+        basic = (model, prompt, negative_prompt, strength, guidance_scale, steps, seed, scheduler,
+                 width, height, resize_mode, batch_count, batch_size)
+        try:
+            yield from loopback_loop.run(self, session, init_image, reference_image, basic,
+                                         request, extras, loopback_passes,
+                                         loopback_strength_factor, loopback_color_correction)
+        except gr.Error as exc:
+            skip = gr.skip()
+            # The passes done so far stay in the gallery; only the status says what failed.
+            yield GenerateView(f"**Failed**: {exc.message}", None, skip, skip, skip, skip)
+            raise
+        finally:
+            session.claimed = None
 
     # -- adapter helpers ---------------------------------------------------------------------
     def mask_background(self, init):
@@ -1210,16 +1267,111 @@ class Studio:
         return None
 
     # -- X/Y plot ----------------------------------------------------------------------------
+    def xy_base(self, init_image=None, model=None, prompt=None, negative_prompt=None,
+                strength=_D("strength"), guidance_scale=_D("guidance_scale"), steps=_D("steps"),
+                seed=_D("seed"), scheduler=_D("scheduler"), width=0, height=0,
+                resize_mode=_D("resize_mode"), batch_count=1, batch_size=1,
+                **extras) -> tuple[Any, str]:
+        """(init image, Markdown summary) of what an X/Y plot starts from: the img2img tab's
+        picture and settings, so the artist sees them on the plot's tab. Never raises: a setting
+        the plot would refuse is named in the summary (the plot's toast says it again)."""
+        picture = None
+        if init_image is not None:
+            # A raw payload (the event skips gradio's preprocessing, which opens any path):
+            # opened only if it is a file gradio holds, as every picture input is.
+            try:
+                picture = self.load_image(init_image, "init_image")
+            except gr.Error:
+                picture = None  # the plot itself names a bad picture
+        try:
+            p = self.build_params(model, prompt, negative_prompt, strength, guidance_scale, steps,
+                                  seed, scheduler, width, height, resize_mode, 1, 1)
+        except gr.Error as exc:
+            return picture, f"**Not ready:** {exc.message}"
+        size = (f"{p.width or '?'}×{p.height or '?'}" if p.width or p.height
+                else "the init image's size")
+        if picture is not None and not (p.width or p.height):
+            size += f" ({picture.width}×{picture.height})"
+        rows = [("Model", p.model), ("Prompt", p.prompt or "(empty)")]
+        if p.negative_prompt:
+            rows.append(("Negative prompt", p.negative_prompt))
+        rows += [("Denoising strength", f"{p.strength:g}"), ("CFG scale", f"{p.guidance_scale:g}"),
+                 ("Sampling steps", f"{p.steps} (effective {p.effective_steps})"),
+                 ("Sampler", p.scheduler),
+                 ("Seed", f"{p.seed}" + (" (one random seed for every cell)" if p.seed < 0
+                                         else "")),
+                 ("Size", size)]
+        loras = [name for name in (extras.get("loras") or []) if isinstance(name, str)]
+        if loras:
+            weights = dict(_lora_rows(extras.get("lora_weights")))
+            rows.append(("LoRAs", ", ".join(f"{name}:{weights.get(name, 1.0)}"
+                                            for name in loras)))
+        units = [f"unit {n}: {extras.get(f'cn{n}_model') or '(no model)'} (scale "
+                 f"{extras.get(f'cn{n}_scale', 1.0)})" for n in range(1, CONTROLNET_UNITS + 1)
+                 if extras.get(f"cn{n}_enabled") in (True, 1, "true", "True")]
+        if units:
+            rows.append(("ControlNet", "; ".join(units)))
+        if "pag_scale" in extras:
+            rows.append(("PAG scale", str(extras["pag_scale"])))
+        table = "\n".join(["| base setting | value |", "|---|---|",
+                           *(f"| {name} | {self._table_cell(str(value))} |"
+                             for name, value in rows)])
+        head = ("" if picture is not None else
+                "**No init image yet:** upload one on the img2img tab.\n\n")
+        return picture, head + table
+
+    @staticmethod
+    def _table_cell(text: str, limit: int = 200) -> str:
+        """A value fit for one Markdown table cell: one line, no column breaks, not too long."""
+        text = " ".join(text.split()).replace("|", "\\|")
+        return text if len(text) <= limit else text[:limit - 1] + "…"
+
+    def xy_start(self, *args, **extras) -> tuple:
+        """The page's first step of a plot: the base settings shown again and the last plot's
+        status, preview, grid and file cleared, so a plot that then fails never leaves an
+        earlier 'Done' in view."""
+        return (*self.xy_base(*args, **extras), "⏳ Starting the plot…", None, None, "")
+
+    # The page's API lists xy_start's inputs by name, as it does xy_base's.
+    xy_start.__signature__ = inspect.signature(xy_base)
+
+    @staticmethod
+    def xy_failed(status: str | None) -> str:
+        """The status after a plot failed: a failure inside the plot already says what went
+        wrong; one refused before it started points at the message it raised."""
+        if (status or "").startswith("**Failed**"):
+            return status
+        return "**Failed**: the plot did not start; the message says which setting to fix."
+
+    def _xy_plan(self, base: P.GenerationParams, axes: tuple) -> xy.Plan:
+        try:
+            grid_plan = xy.plan(*axes[:4], base, *axes[4:])
+        except xy.AxisError as exc:
+            raise _error(str(exc), title=exc.field) from None
+        for axis in grid_plan.axes:
+            if axis.kind != "prompt_sr":
+                continue
+            # A replacement may bring in a <lora:...> tag: the same check as a typed prompt.
+            for index in range(len(axis.values)):
+                try:
+                    self._check_prompt_loras(axis.apply(base, index).prompt)
+                except gr.Error as exc:
+                    raise _error(f"{axis.which} values (Prompt S/R): {exc.message}",
+                                 title=f"{axis.which} values") from None
+        return grid_plan
+
     @_keyword_extras
     def xy_plot(self, session: Session, init_image, reference_image=None, model=None,
                 prompt=None, negative_prompt=None, strength=_D("strength"),
                 guidance_scale=_D("guidance_scale"), steps=_D("steps"), seed=_D("seed"),
                 scheduler=_D("scheduler"), width=0, height=0, resize_mode=_D("resize_mode"),
                 batch_count=1, batch_size=1, x_axis=_AXES[0], x_values=xy.default_values(_AXES[0]),
-                y_axis=_AXES[1], y_values=xy.default_values(_AXES[1]), request: gr.Request = None,
-                **extras) -> Iterator[XYView]:
-        """The same seed over a grid of two settings, rendered as one labelled image; every
-        other setting (adapters, inpainting) as on the img2img tab."""
+                y_axis=_AXES[1], y_values=xy.default_values(_AXES[1]), z_axis=xy.NOTHING,
+                z_values="", request: gr.Request = None, **extras) -> Iterator[XYView]:
+        """The same seed over a grid of two settings, rendered as one labelled image, or with a
+        Z axis one grid per Z value; every other setting (adapters, inpainting) as on the
+        img2img tab. Every value is checked before the first cell runs; a cell that fails fails
+        the plot (the status says so, the error is raised)."""
         del batch_count, batch_size  # one image per cell, whatever the main tab says
         session = session if session is not None else Session()
         # A grid of latent previews compares nothing: cells are always pictures.
@@ -1228,66 +1380,102 @@ class Studio:
             init_image, reference_image,
             (model, prompt, negative_prompt, strength, guidance_scale, steps, seed, scheduler,
              width, height, resize_mode, 1, 1), extras, [])
-        try:
-            grid_plan = xy.plan(x_axis, x_values, y_axis, y_values, base)
-        except xy.AxisError as exc:
-            raise _error(str(exc), title=exc.field) from None
+        grid_plan = self._xy_plan(base, (x_axis, x_values, y_axis, y_values, z_axis, z_values))
         if base.seed < 0:
             # One seed for every cell, or the grid compares noise instead of settings.
             base = base.replace(seed=random.randint(0, P.MAX_SEED))
-        nx, ny = len(grid_plan.x_values), len(grid_plan.y_values)
-        cells: list[list[Image.Image | None]] = [[None] * nx for _ in range(ny)]
+        seeds = next((f"seed on the {axis.which} axis" for axis in grid_plan.axes
+                      if axis.kind == "seed"), f"seed {base.seed}")
+        nx, ny, nz = len(grid_plan.x.values), len(grid_plan.y.values), grid_plan.grids
+        cells = [[[None] * nx for _ in range(ny)] for _ in range(nz)]
+        records: list[list[dict]] = [[] for _ in range(nz)]
         skip = gr.skip()
         session.start()
         done, stopped, last_result = 0, False, None
-        yield XYView(f"X/Y plot: {grid_plan.cells} cells, seed {base.seed}", skip, skip, skip)
-        for yi in range(ny):
-            for xi in range(nx):
-                if session.interrupted:
-                    stopped = True
-                    break
-                cell = grid_plan.params_for(base, xi, yi)
-                where = (f"Cell {done + 1}/{grid_plan.cells} ({grid_plan.x_axis} "
-                         f"{xy.value_label(grid_plan.x_values[xi])}, {grid_plan.y_axis} "
-                         f"{xy.value_label(grid_plan.y_values[yi])})")
-                job = self._submit(session, cell, init, save=False, inputs=inputs,
-                                   owner=_user(request))
-                try:
-                    for progress in self._follow(job):
-                        preview = progress.preview if progress.preview is not None else skip
-                        yield XYView(f"{where} · {describe(progress)}", preview, skip, skip)
-                    result = self._result(job)
-                finally:
-                    session.forget(job)
-                    if not job.done:
-                        job.cancel()
-                if result is None or result.interrupted:
-                    stopped = True
-                if result is not None and result.images:
-                    cells[yi][xi] = result.images[0].image
-                    last_result = result
-                    done += 1
+        in_grids = f" in {nz} grids" if nz > 1 else ""
+        yield XYView(f"{grid_plan.name}: {grid_plan.cells} cells{in_grids}, {seeds}", skip, None,
+                     "")
+        for zi in range(nz):
+            for yi in range(ny):
+                for xi in range(nx):
+                    if session.interrupted:
+                        stopped = True
+                        break
+                    cell = grid_plan.params_for(base, xi, yi, zi)
+                    where = self._xy_where(grid_plan, done, xi, yi, zi)
+                    try:
+                        job = self._submit(session, cell, init, save=False, inputs=inputs,
+                                           owner=_user(request))
+                        try:
+                            for progress in self._follow(job):
+                                preview = progress.preview if progress.preview is not None \
+                                    else skip
+                                yield XYView(f"{where} · {describe(progress)}", preview, skip,
+                                             skip)
+                            result = self._result(job)
+                        finally:
+                            session.forget(job)
+                            if not job.done:
+                                job.cancel()
+                    except gr.Error as exc:
+                        # One failed cell fails the plot: a grid with a hole compares nothing.
+                        yield XYView(f"**Failed** at {where[0].lower()}{where[1:]}: "
+                                     f"{exc.message}", skip, None, "")
+                        raise
+                    if result is None or result.interrupted:
+                        stopped = True
+                    if result is not None and result.images:
+                        item = result.images[0]
+                        cells[zi][yi][xi] = item.image
+                        records[zi].append(xy.cell_record(grid_plan, xi, yi, zi, item.infotext))
+                        last_result = result
+                        done += 1
+                    if stopped:
+                        break
                 if stopped:
                     break
             if stopped:
                 break
         if last_result is None:
-            yield XYView("X/Y plot interrupted before the first cell was ready.", skip, skip, skip)
+            yield XYView(f"{grid_plan.name} interrupted before the first cell was ready.", skip,
+                         skip, skip)
             return
-        grid = xy.render(cells, grid_plan.x_axis, grid_plan.x_values, grid_plan.y_axis,
-                         grid_plan.y_values)
-        text = infotext.format(
-            base, seed=base.seed, width=last_result.width, height=last_result.height,
-            model_name=last_result.model,
-            extra={"X/Y plot": f"{grid_plan.x_axis} ({', '.join(map(xy.value_label, grid_plan.x_values))}) "
-                               f"x {grid_plan.y_axis} ({', '.join(map(xy.value_label, grid_plan.y_values))})"})
-        grid.image.info["parameters"] = text
+        grids, texts = [], []
+        for zi in range(nz):
+            title = f"{grid_plan.z.title}: {grid_plan.z.labels[zi]}" if grid_plan.z else ""
+            grids.append(xy.render(cells[zi], grid_plan.x.title, grid_plan.x.labels,
+                                   grid_plan.y.title, grid_plan.y.labels, title=title).image)
+            texts.append(self._xy_text(grid_plan, base, last_result, zi if grid_plan.z else None))
+        everything = [record for grid_records in records for record in grid_records]
+        shown = xy.attach(xy.stack(grids), texts[0] if nz == 1 else
+                          self._xy_text(grid_plan, base, last_result, None), everything)
         if stopped:
-            yield XYView(f"**Interrupted**: {done}/{grid_plan.cells} cells done, grid not saved.",
-                         skip, grid.image, "")
+            yield XYView(f"**Interrupted**: {done}/{grid_plan.cells} cells done, "
+                         f"{'grids' if nz > 1 else 'grid'} not saved.", skip, shown, "")
             return
         folder = outputs.day_folder(self.engine.outputs_dir, kind=GRIDS_SUBDIR,
                                     owner=_user(request))
-        path = outputs.write_numbered(outputs.png_bytes(grid.image, text), folder, base.seed)
-        yield XYView(f"**Done**: {grid_plan.cells} cells, seed {base.seed}.", skip, grid.image,
-                     _saved_as(path))
+        paths = [outputs.write_numbered(xy.png_bytes(image, text, grid_records), folder,
+                                        base.seed)
+                 for image, text, grid_records in zip(grids, texts, records)]
+        names = ", ".join(path.name for path in paths)
+        yield XYView(f"**Done**: {grid_plan.cells} cells{in_grids}, {seeds}.", skip, shown,
+                     f"saved as {names}")
+
+    @staticmethod
+    def _xy_where(grid_plan: xy.Plan, done: int, xi: int, yi: int, zi: int) -> str:
+        parts = [f"{grid_plan.x.title} {grid_plan.x.labels[xi]}",
+                 f"{grid_plan.y.title} {grid_plan.y.labels[yi]}"]
+        if grid_plan.z:
+            parts.append(f"{grid_plan.z.title} {grid_plan.z.labels[zi]}")
+        return f"Cell {done + 1}/{grid_plan.cells} ({', '.join(parts)})"
+
+    @staticmethod
+    def _xy_text(grid_plan: xy.Plan, base: P.GenerationParams, result: Result,
+                 zi: int | None) -> str:
+        """A grid's infotext: the settings its cells share (with its Z value, for one grid of a
+        Z axis) and what the plot compares."""
+        params = grid_plan.grid_params(base, zi) if zi is not None else base
+        return infotext.format(params, seed=params.seed, width=result.width,
+                               height=result.height, model_name=result.model,
+                               extra=grid_plan.extra(zi))
