@@ -223,3 +223,29 @@ class HubServer:
                 self.close_connection = True
 
         return Handler
+
+
+TINY_REPO = "tester/tiny-sd"
+MODEL_CARD = "---\nlicense: creativeml-openrail-m\ntags:\n- stable-diffusion\n---\n# Tiny\n"
+
+
+def build_tiny_repo(root: Path, repo_id: str = TINY_REPO) -> Path:
+    """The tiny-random SD model as a hub repo under `root`: plain and fp16 safetensors weights,
+    a model card with a licence, and files a download must skip (a root-level single file, the
+    safety checker, a pickle)."""
+    import torch
+
+    from webui import tiny
+
+    repo = Path(root) / repo_id
+    pipe = tiny.build_pipeline(tiny.TINY_SD)
+    # fp16 first: the second save's configs (dtype float32) are the ones kept.
+    pipe.to(dtype=torch.float16).save_pretrained(repo, variant="fp16")
+    pipe.to(dtype=torch.float32).save_pretrained(repo)
+    (repo / "README.md").write_text(MODEL_CARD)
+    (repo / "v1-5-pruned.safetensors").write_bytes(b"a single-file checkpoint, never fetched")
+    (repo / "safety_checker").mkdir()
+    (repo / "safety_checker" / "model.safetensors").write_bytes(b"not used by the engine")
+    (repo / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"a pickle, never fetched")
+    return repo
+

@@ -16,37 +16,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.hub_server import HubServer
+from tests.hub_server import TINY_REPO, HubServer, build_tiny_repo
 from webui.engine import hub
 from webui.engine.errors import Cancelled, InputError, ModelError
 from webui.engine.models import ModelRegistry, ModelSource
 from webui.params import make
 
-TINY_REPO = "tester/tiny-sd"
 PICKLE_REPO = "tester/pickles"
 UNET = "unet/diffusion_pytorch_model.safetensors"
-CARD = "---\nlicense: creativeml-openrail-m\ntags:\n- stable-diffusion\n---\n# Tiny\n"
 
 
 @pytest.fixture(scope="session")
 def hub_root(tmp_path_factory):
     """The served repos: the tiny-random SD model (plain and fp16 weights, a model card, and
     files a download must skip), and a repo whose only weights are pickles."""
-    import torch
-
-    from webui import tiny
-
     root = tmp_path_factory.mktemp("hub")
-    repo = root / TINY_REPO
-    pipe = tiny.build_pipeline(tiny.TINY_SD)
-    # fp16 first: the second save's configs (dtype float32) are the ones kept.
-    pipe.to(dtype=torch.float16).save_pretrained(repo, variant="fp16")
-    pipe.to(dtype=torch.float32).save_pretrained(repo)
-    (repo / "README.md").write_text(CARD)
-    (repo / "v1-5-pruned.safetensors").write_bytes(b"a single-file checkpoint, never fetched")
-    (repo / "safety_checker").mkdir()
-    (repo / "safety_checker" / "model.safetensors").write_bytes(b"not used by the engine")
-    (repo / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"a pickle, never fetched")
+    build_tiny_repo(root, TINY_REPO)
     pickles = root / PICKLE_REPO
     (pickles / "unet").mkdir(parents=True)
     (pickles / "model_index.json").write_text(

@@ -68,9 +68,10 @@ def _wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
 
 
 @contextlib.contextmanager
-def running_studio(base: Path, *args: str, auth: str = f"{USER}:{PASSWORD}"):
+def running_studio(base: Path, *args: str, auth: str = f"{USER}:{PASSWORD}",
+                   env: dict | None = None):
     """A studio subprocess on a free loopback port with its folders under `base`; yields its URL
-    and stops it afterwards."""
+    and stops it afterwards. env: the process environment (default: studio_env())."""
     port = free_port()
     log = base / "studio.log"
     with open(log, "w") as handle:
@@ -78,7 +79,7 @@ def running_studio(base: Path, *args: str, auth: str = f"{USER}:{PASSWORD}"):
             studio_command(port, "--auth", auth, "--models-dir", str(base / "models"),
                            "--outputs-dir", str(base / "outputs"), "--model", "tiny-random",
                            *args),
-            cwd=ROOT, env=studio_env(), stdout=handle, stderr=subprocess.STDOUT)
+            cwd=ROOT, env=env or studio_env(), stdout=handle, stderr=subprocess.STDOUT)
     try:
         _wait_for_port(port, process, log)
         yield f"http://127.0.0.1:{port}/"

@@ -233,7 +233,8 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
                         adapters_panel.memory_accordion(adapters)
                         adapters_panel.advanced_accordion(adapters)
                         loopback = loopback_panel.build(adapters)
-                        with gr.Group(elem_id="presets-area"):
+                        # A panel, not a Group: a Group strips the buttons of their look.
+                        with gr.Column(variant="panel", elem_id="presets-area"):
                             panel = presets_panel.build(presets, initial, hint=preset_hint)
 
 
