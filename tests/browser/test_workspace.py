@@ -178,3 +178,22 @@ def test_loopback_runs_every_pass(studio_page, tmp_path):
     expect(text_of(page, "result-infotext")).to_have_value(re.compile("Loopback: pass 3/3"))
     expect(page.locator("#generate")).to_have_text("Generate")
     shot(page, "workspace-loopback")
+
+
+def test_an_error_keeps_the_results_and_says_so(studio_page, tmp_path):
+    page = studio_page
+    upload(page, "init-image", picture(tmp_path / "init.png"))
+    set_number(page, "steps", 2)
+    page.click("#generate")
+    status = page.locator("#status")
+    expect(status).to_contain_text("Done", timeout=JOB_TIMEOUT)
+    shown = page.locator("#gallery img").first.get_attribute("src")
+    # Inpaint with nothing painted: refused, with the message as a toast and in the status line.
+    page.get_by_role("tab", name="Inpaint").click()
+    page.click("#generate")
+    expect(toast(page, "nothing is painted")).to_be_visible()
+    expect(status).to_contain_text("Failed")
+    expect(status).to_contain_text("nothing is painted")
+    assert page.locator("#gallery img").first.get_attribute("src") == shown
+    expect(page.locator("#generate")).to_have_text("Generate")
+    shot(page, "workspace-error-keeps-results")

@@ -335,7 +335,11 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
                                   show_progress_on=[gallery], inputs_kwargs=extras, **gpu_event)
         job.success(studio.latent_files, [session], [latent_file], api_name="latent_files",
                     **instant)
+        # .then alone is not run after a job that raised (gradio ends the chain there), so the
+        # button is freed on both paths.
         job.then(studio.release, [session], [run], api_name="release", **instant)
+        job.failure(studio.release, [session], [run], api_name="release_after_failure",
+                    **instant)
         stop.click(studio.interrupt, [session], [status], api_name="interrupt", **instant)
         gallery.select(studio.select_result, [session], [compare, result_info, result_path],
                        api_name="select_result", **instant)

@@ -83,4 +83,7 @@ def wire(studio: Studio, panel: Panel, *, session: gr.State, generate: gr.Button
                           ).success(studio.loopback, inputs, outputs, api_name="loopback",
                                     show_progress="full", show_progress_on=[outputs[2]],
                                     inputs_kwargs={**extras, **panel.kwargs}, **gpu_event)
+    # Freed on both paths: gradio does not run .then after a job that raised.
     job.then(studio.release, [session], [generate], api_name="loopback_release", **instant)
+    job.failure(studio.release, [session], [generate], api_name="loopback_release_after_failure",
+                **instant)
