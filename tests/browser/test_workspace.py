@@ -167,8 +167,13 @@ def test_loopback_runs_every_pass(studio_page, tmp_path):
     upload(page, "init-image", picture(tmp_path / "init.png", size=96))
     set_number(page, "steps", 2)
     page.locator("#loopback-accordion .label-wrap").first.click()
+    # The accordion's sliders mount as it opens: type only once they are there, and check the
+    # slider itself took the value (not just the box typed into).
+    expect(page.locator("#loopback-passes input[type=range]")).to_be_visible()
     set_number(page, "loopback-passes", 3)
     set_number(page, "loopback-strength-factor", 0.9)
+    expect(page.locator("#loopback-passes input[type=range]")).to_have_value("3")
+    expect(page.locator("#loopback-strength-factor input[type=range]")).to_have_value("0.9")
     expect(page.locator("#loopback-color-correction input")).to_be_checked()
     page.click("#loopback-run")
     status = page.locator("#status")
