@@ -1,7 +1,8 @@
 """The adapter layer on the tiny models: LoRA, IP-Adapter, PAG, inpainting, ControlNet, latents.
 
-Every adapter file is written offline by webui.tiny_adapters into a temporary folder. Outputs are
-compared as NumPy arrays: "equals base" means bit-identical, "differs" means a visible change.
+Every adapter file is written offline by tests.support.tiny_adapters into a temporary folder.
+Outputs are compared as NumPy arrays: "equals base" means bit-identical, "differs" means a
+visible change.
 """
 
 from __future__ import annotations
@@ -11,23 +12,16 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from webui.engine.adapters import (
-    AdapterError,
-    Adapters,
-    ControlNetSpec,
-    IPAdapterSpec,
-    LoraSpec,
-    adapter_name,
-    check_latents,
-    load_latents,
-    mask_to_l,
-    overlay_original,
-    parse_prompt_loras,
-    save_latents,
-)
-from webui.engine.controlnet_images import canny, canny_edges
+from webui.engine.adapter_inputs import AdapterError
+from webui.engine.adapters import Adapters, JobAdapters
+from webui.engine.controlnet import ControlNetSpec, canny, canny_edges
+from webui.engine.inpaint import mask_to_l, overlay_original
+from webui.engine.ip_adapter import IPAdapterSpec
+from webui.engine.latents import check_latents, load_latents, save_latents
+from webui.engine.lora import LoraSpec, adapter_name, parse_prompt_loras
 from webui.tiny import TINY_SD, TINY_SDXL, build_pipeline, get_dummy_components
-from webui.tiny_adapters import make_controlnet, make_ip_adapter, make_lora
+
+from tests.support.tiny_adapters import make_controlnet, make_ip_adapter, make_lora
 
 STEPS = 3
 
@@ -64,7 +58,7 @@ def _run(pipe, kwargs: dict, seed: int = 0) -> np.ndarray:
 def _out(adapters: Adapters, mode: str = "img2img", **options) -> np.ndarray:
     options.setdefault("image", INIT)
     options.setdefault("output_type", "np")
-    pipe, kwargs = adapters.prepare(mode, **options)
+    pipe, kwargs = adapters.prepare(JobAdapters(mode, **options))
     return _run(pipe, kwargs)
 
 
@@ -118,7 +112,7 @@ def test_lora_changes_output_and_weight_zero_or_unload_is_base(sd1, adapters):
     assert np.abs(styled - sd1["base"]).max() > 1e-2
     assert np.array_equal(_out(adapters, loras=[("style", 0.0)]), sd1["base"])
     assert np.array_equal(_out(adapters, loras=[]), sd1["base"])
-    assert not adapters._has_peft_layers()  # unloaded, not just switched off
+    assert not adapters.loras.has_peft_layers()  # unloaded, not just switched off
     # Same LoRA again after an unload gives the same picture as the first time.
     assert np.array_equal(_out(adapters, loras=[("style", 1.0)]), styled)
 
@@ -194,15 +188,15 @@ def test_bad_lora_files_raise_and_leave_the_pipeline_unchanged(sd1, xl, adapters
                               ("for_xl", "another kind of model"),
                               ("for_xl_trainer", "another kind of model"), ("old", "pickle")]:
             with pytest.raises(AdapterError, match=message) as info:
-                adapters.prepare(image=INIT, loras=[("style", 1.0), (name, 1.0)])
+                adapters.prepare(JobAdapters(image=INIT, loras=[("style", 1.0), (name, 1.0)]))
             assert info.value.field == "lora"
             # The LoRAs of the previous job are untouched and still applied.
             assert np.array_equal(_out(adapters, loras=[("style", 1.0)]), styled), name
         for name in ("for_xl", "broken"):
             with pytest.raises(AdapterError):
-                adapters.prepare(image=INIT, loras=[(name, 1.0)])
+                adapters.prepare(JobAdapters(image=INIT, loras=[(name, 1.0)]))
         assert np.array_equal(_out(adapters, loras=[]), sd1["base"])
-        assert not adapters._has_peft_layers()
+        assert not adapters.loras.has_peft_layers()
     finally:
         for name in ("broken.safetensors", "checkpoint.safetensors", "for_xl.safetensors",
                      "for_xl_trainer.safetensors", "old.ckpt"):
@@ -224,8 +218,8 @@ def test_ip_adapter_scale_and_reference(sd1, adapters, monkeypatch):
     assert np.abs(strong - sd1["base"]).max() > 1e-2
     # No reference image: not applied, and nothing is reloaded.
     assert np.array_equal(_out(adapters, ip_adapter=IPAdapterSpec(str(sd1["ip"]))), sd1["base"])
-    assert np.array_equal(_out(adapters, ip_adapter=str(sd1["ip"]), ip_image=REFERENCE,
-                               ip_scale=0.8), strong)
+    assert np.array_equal(_out(adapters, ip_adapter=IPAdapterSpec(str(sd1["ip"]), REFERENCE, 0.8)),
+                          strong)
     assert len(loads) == 1
     # Off, then on again: the weights and the encoder come from memory, not from disk.
     assert np.array_equal(_out(adapters, ip_adapter=None), sd1["base"])
@@ -233,8 +227,8 @@ def test_ip_adapter_scale_and_reference(sd1, adapters, monkeypatch):
     assert np.array_equal(_out(adapters, ip_adapter=spec), strong)
     # With PAG the same IP-Adapter (same UNet) applies; the PAG pipeline was built before the
     # IP-Adapter was loaded and still gets its image encoder.
-    adapters.prepare(image=INIT, ip_adapter=None, pag_scale=2.0)
-    pipe_pag, kwargs = adapters.prepare(image=INIT, ip_adapter=spec, pag_scale=2.0)
+    adapters.prepare(JobAdapters(image=INIT, ip_adapter=None, pag_scale=2.0))
+    pipe_pag, kwargs = adapters.prepare(JobAdapters(image=INIT, ip_adapter=spec, pag_scale=2.0))
     assert pipe_pag.image_encoder is pipe.image_encoder and "ip_adapter_image" in kwargs
     # Attention slicing replaces the IP-Adapter's processors; prepare notices and restores them.
     pipe.enable_attention_slicing(1)
@@ -249,16 +243,19 @@ def test_ip_adapter_scale_and_reference(sd1, adapters, monkeypatch):
 def test_ip_adapter_errors(sd1, xl, adapters, tmp_path):
     no_encoder = make_ip_adapter(sd1["pipe"], tmp_path / "bare", image_encoder=False)
     with pytest.raises(AdapterError, match="no image encoder"):
-        adapters.prepare(image=INIT, ip_adapter=IPAdapterSpec(str(no_encoder), REFERENCE))
+        adapters.prepare(JobAdapters(image=INIT,
+                                     ip_adapter=IPAdapterSpec(str(no_encoder), REFERENCE)))
     with pytest.raises(AdapterError, match="hub") as info:
-        adapters.prepare(image=INIT, ip_adapter=IPAdapterSpec("nobody/no-such-ip-adapter",
-                                                              REFERENCE))
+        adapters.prepare(JobAdapters(image=INIT,
+                                     ip_adapter=IPAdapterSpec("nobody/no-such-ip-adapter",
+                                                              REFERENCE)))
     assert info.value.field == "ip_adapter"
     with pytest.raises(AdapterError, match="from 0 to 1"):
-        adapters.prepare(image=INIT, ip_adapter=IPAdapterSpec(str(sd1["ip"]), REFERENCE, 1.5))
+        adapters.prepare(JobAdapters(image=INIT,
+                                     ip_adapter=IPAdapterSpec(str(sd1["ip"]), REFERENCE, 1.5)))
     for_xl = make_ip_adapter(xl["pipe"], tmp_path / "xl_ip")
     with pytest.raises(AdapterError, match="IP-Adapter"):
-        adapters.prepare(image=INIT, ip_adapter=IPAdapterSpec(str(for_xl), REFERENCE))
+        adapters.prepare(JobAdapters(image=INIT, ip_adapter=IPAdapterSpec(str(for_xl), REFERENCE)))
     assert sd1["pipe"].image_encoder is None
     assert np.array_equal(_out(adapters), sd1["base"])
 
@@ -266,7 +263,7 @@ def test_ip_adapter_errors(sd1, xl, adapters, tmp_path):
 def test_ip_adapter_image_encoder_is_never_a_pickle(sd1, adapters, tmp_path):
     import fnmatch
 
-    from webui.engine.adapters import ip_adapter_files
+    from webui.engine.ip_adapter import ip_adapter_files
 
     folder = make_ip_adapter(sd1["pipe"], tmp_path / "pickled", seed=9)
     encoder = folder / "models" / "image_encoder"
@@ -276,7 +273,7 @@ def test_ip_adapter_image_encoder_is_never_a_pickle(sd1, adapters, tmp_path):
     torch.save(load_file(str(weights)), encoder / "pytorch_model.bin")
     weights.unlink()
     with pytest.raises(AdapterError, match="no .safetensors weights.*pickle") as info:
-        adapters.prepare(image=INIT, ip_adapter=IPAdapterSpec(str(folder), REFERENCE))
+        adapters.prepare(JobAdapters(image=INIT, ip_adapter=IPAdapterSpec(str(folder), REFERENCE)))
     assert info.value.field == "ip_adapter"
     assert np.array_equal(_out(adapters), sd1["base"])  # nothing left loaded
     # From the hub only configs and safetensors are fetched.
@@ -293,21 +290,22 @@ def test_ip_adapter_image_encoder_is_never_a_pickle(sd1, adapters, tmp_path):
 
 
 def test_pag_off_is_base_on_differs_and_shares_modules(sd1, adapters):
-    pipe, _ = adapters.prepare(image=INIT, pag_scale=0.0)
+    pipe, _ = adapters.prepare(JobAdapters(image=INIT, pag_scale=0.0))
     assert pipe is sd1["pipe"]
     assert np.array_equal(_out(adapters, pag_scale=0.0), sd1["base"])
-    pag_pipe, kwargs = adapters.prepare(image=INIT, pag_scale=3.0, output_type="np")
+    pag_pipe, kwargs = adapters.prepare(JobAdapters(image=INIT, pag_scale=3.0, output_type="np"))
     assert "PAG" in type(pag_pipe).__name__ and kwargs["pag_scale"] == 3.0
     for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert getattr(pag_pipe, name) is getattr(sd1["pipe"], name), name
     assert np.abs(_run(pag_pipe, kwargs) - sd1["base"]).max() > 1e-3
-    assert adapters.prepare(image=INIT, pag_scale=2.0)[0] is pag_pipe  # cached
+    assert adapters.prepare(JobAdapters(image=INIT, pag_scale=2.0))[0] is pag_pipe  # cached
     # The engine swaps schedulers on the base pipeline; the PAG pipeline follows.
     from diffusers import DDIMScheduler
 
     sd1["pipe"].scheduler = DDIMScheduler.from_config(sd1["pipe"].scheduler.config)
     try:
-        assert adapters.prepare(image=INIT, pag_scale=2.0)[0].scheduler is sd1["pipe"].scheduler
+        pipe, _ = adapters.prepare(JobAdapters(image=INIT, pag_scale=2.0))
+        assert pipe.scheduler is sd1["pipe"].scheduler
     finally:
         from diffusers import EulerAncestralDiscreteScheduler
 
@@ -320,7 +318,7 @@ def test_a_failed_pag_run_and_unsupported_combinations_leave_the_base_intact(sd1
     def fail(pipe, step, timestep, kwargs):
         raise RuntimeError("stopped")
 
-    pipe, kwargs = adapters.prepare(image=INIT, pag_scale=3.0, output_type="np")
+    pipe, kwargs = adapters.prepare(JobAdapters(image=INIT, pag_scale=3.0, output_type="np"))
     with pytest.raises(RuntimeError):
         pipe(prompt="a red fox", strength=0.75, num_inference_steps=STEPS,
              callback_on_step_end=fail, **kwargs)
@@ -329,7 +327,8 @@ def test_a_failed_pag_run_and_unsupported_combinations_leave_the_base_intact(sd1
     latents = torch.zeros(1, 4, 8, 8)
     assert adapters.pag_limit(controlnets=True, latent_input=True)
     with pytest.raises(AdapterError, match="PAG cannot run here: .*not from latents") as info:
-        adapters.prepare(image=latents, pag_scale=1.0, controlnets=[spec], loras=[("style", 1.0)])
+        adapters.prepare(JobAdapters(image=latents, pag_scale=1.0, controlnets=[spec],
+                                     loras=[("style", 1.0)]))
     assert info.value.field == "pag"
     assert not adapters.loaded_loras()  # nothing was changed by the refused job
     assert np.array_equal(_out(adapters), sd1["base"])
@@ -340,27 +339,28 @@ def test_pag_with_controlnet_on_sd1_img2img_is_the_full_mask_inpaint_pipeline(sd
 
     spec = ControlNetSpec(str(sd1["controlnet"]), image=_rectangle(), preprocessor="canny")
     assert adapters.pag_limit("img2img", controlnets=True) == ""
-    pipe, kwargs = adapters.prepare(image=INIT, pag_scale=3.0, controlnets=[spec],
-                                    output_type="np")
+    pipe, kwargs = adapters.prepare(JobAdapters(image=INIT, pag_scale=3.0, controlnets=[spec],
+                                                output_type="np"))
     assert type(pipe).__name__ == "StableDiffusionControlNetPAGInpaintPipeline"
     for name in ("unet", "vae", "text_encoder"):
         assert getattr(pipe, name) is getattr(sd1["pipe"], name), name
     mask = np.asarray(kwargs["mask_image"])
     assert mask.shape == (64, 64) and (mask == 255).all()
     guided = _run(pipe, kwargs)
-    plain_pipe, plain_kwargs = adapters.prepare(image=INIT, controlnets=[spec], output_type="np")
+    plain_pipe, plain_kwargs = adapters.prepare(JobAdapters(image=INIT, controlnets=[spec],
+                                                            output_type="np"))
     plain = _run(plain_pipe, plain_kwargs)
     assert np.abs(guided - plain).max() > 1e-3  # PAG acts
     # With PAG at 0 and a sampler that draws no noise, the route is ControlNet img2img itself.
     scheduler = sd1["pipe"].scheduler
     sd1["pipe"].scheduler = DDIMScheduler.from_config(scheduler.config)
     try:
-        pipe, kwargs = adapters.prepare(image=INIT, pag_scale=3.0, controlnets=[spec],
-                                        output_type="np")
+        pipe, kwargs = adapters.prepare(JobAdapters(image=INIT, pag_scale=3.0, controlnets=[spec],
+                                                    output_type="np"))
         kwargs["pag_scale"] = 0.0
         routed = _run(pipe, kwargs)
-        plain_pipe, plain_kwargs = adapters.prepare(image=INIT, controlnets=[spec],
-                                                    output_type="np")
+        plain_pipe, plain_kwargs = adapters.prepare(JobAdapters(image=INIT, controlnets=[spec],
+                                                                output_type="np"))
         assert np.allclose(routed, _run(plain_pipe, plain_kwargs), atol=1e-4)
     finally:
         sd1["pipe"].scheduler = scheduler
@@ -368,8 +368,9 @@ def test_pag_with_controlnet_on_sd1_img2img_is_the_full_mask_inpaint_pipeline(sd
     for pag in (0.0, 3.0):
         outs = []
         for picture in (INIT, REFERENCE):
-            pipe, kwargs = adapters.prepare(image=picture, pag_scale=pag, controlnets=[spec],
-                                            output_type="np", strength=1.0)
+            pipe, kwargs = adapters.prepare(JobAdapters(image=picture, pag_scale=pag,
+                                                        controlnets=[spec], output_type="np",
+                                                        strength=1.0))
             outs.append(pipe(prompt="a red fox", strength=1.0, num_inference_steps=STEPS,
                              generator=torch.Generator().manual_seed(0), **kwargs).images)
         assert np.allclose(outs[0], outs[1], atol=1e-5), pag
@@ -378,8 +379,9 @@ def test_pag_with_controlnet_on_sd1_img2img_is_the_full_mask_inpaint_pipeline(sd
 def test_pag_with_inpaint_only_masked_on_sd1(sd1, adapters):
     outs = {}
     for pag in (0.0, 3.0):
-        pipe, kwargs = adapters.prepare("inpaint", image=INIT, mask=_mask(), mask_blur=0,
-                                        inpaint_full_res=True, padding=8, pag_scale=pag)
+        pipe, kwargs = adapters.prepare(JobAdapters("inpaint", image=INIT, mask=_mask(),
+                                                    mask_blur=0, inpaint_full_res=True, padding=8,
+                                                    pag_scale=pag))
         outs[pag] = _run(pipe, kwargs)
     assert type(pipe).__name__ == "StableDiffusionPAGInpaintPipeline"
     outside = np.asarray(_mask(box=(8, 8, 55, 55))) == 0
@@ -392,8 +394,8 @@ def test_pag_with_inpaint_only_masked_on_sd1(sd1, adapters):
 
 
 def test_inpaint_only_masked_keeps_the_rest(sd1, adapters):
-    pipe, kwargs = adapters.prepare("inpaint", image=[INIT, INIT], mask=_mask(), mask_blur=2,
-                                    inpaint_full_res=True, padding=8)
+    pipe, kwargs = adapters.prepare(JobAdapters("inpaint", image=[INIT, INIT], mask=_mask(),
+                                                mask_blur=2, inpaint_full_res=True, padding=8))
     assert "Inpaint" in type(pipe).__name__ and pipe.unet is sd1["pipe"].unet
     assert kwargs["padding_mask_crop"] == 8 and kwargs["image"] is INIT
     out = _run(pipe, kwargs)
@@ -424,17 +426,17 @@ def test_inpaint_mask_inputs_and_errors(sd1, adapters):
     assert np.array_equal(np.asarray(mask_to_l(rgba)), np.asarray(_mask()))
     assert np.array_equal(np.asarray(mask_to_l(_mask().convert("RGB"))), np.asarray(_mask()))
     with pytest.raises(AdapterError, match="mask is 32x32 but the image is 64x64") as info:
-        adapters.prepare("inpaint", image=INIT, mask=_mask(32, (4, 4, 20, 20)))
+        adapters.prepare(JobAdapters("inpaint", image=INIT, mask=_mask(32, (4, 4, 20, 20))))
     assert info.value.field == "mask"
     with pytest.raises(AdapterError, match="needs a mask"):
-        adapters.prepare("inpaint", image=INIT)
+        adapters.prepare(JobAdapters("inpaint", image=INIT))
     with pytest.raises(AdapterError, match="empty"):
-        adapters.prepare("inpaint", image=INIT, mask=Image.new("L", (64, 64)))
+        adapters.prepare(JobAdapters("inpaint", image=INIT, mask=Image.new("L", (64, 64))))
     with pytest.raises(AdapterError, match="PIL"):
-        adapters.prepare("inpaint", image=INIT, mask=_mask(), inpaint_full_res=True,
-                         output_type="np")
+        adapters.prepare(JobAdapters("inpaint", image=INIT, mask=_mask(), inpaint_full_res=True,
+                                     output_type="np"))
     with pytest.raises(AdapterError, match="masked content must be one of"):
-        adapters.prepare("inpaint", image=INIT, mask=_mask(), masked_content="blur")
+        adapters.prepare(JobAdapters("inpaint", image=INIT, mask=_mask(), masked_content="blur"))
 
 
 def test_inpaint_with_a_9_channel_unet(tmp_path):
@@ -451,7 +453,8 @@ def test_inpaint_with_a_9_channel_unet(tmp_path):
     out = _out(adapters, "inpaint", mask=_mask(), masked_content="fill", pag_scale=1.0)
     assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
     with pytest.raises(AdapterError, match="standard models only"):
-        adapters.prepare("inpaint", image=INIT, mask=_mask(), masked_content="latent noise")
+        adapters.prepare(JobAdapters("inpaint", image=INIT, mask=_mask(),
+                                     masked_content="latent noise"))
 
 
 # -- ControlNet ------------------------------------------------------------------------------
@@ -480,7 +483,7 @@ def test_canny_map_is_opencv_canny_with_its_defaults():
     textured picture finds far more edges than the L2 variant at the same thresholds."""
     import cv2
 
-    from webui.engine.controlnet_images import control_image
+    from webui.engine.controlnet import control_image
 
     # Soft texture (blurred noise at 1.5x contrast), where the two gradient norms part ways.
     rng = np.random.RandomState(4)
@@ -501,7 +504,7 @@ def test_canny_map_is_opencv_canny_with_its_defaults():
 def test_controlnet_runs_and_shares_modules(sd1, adapters):
     spec = ControlNetSpec(str(sd1["controlnet"]), image=_rectangle(), preprocessor="canny",
                           scale=1.0)
-    pipe, kwargs = adapters.prepare(image=INIT, controlnets=[spec], output_type="np")
+    pipe, kwargs = adapters.prepare(JobAdapters(image=INIT, controlnets=[spec], output_type="np"))
     assert "ControlNet" in type(pipe).__name__
     for name in ("unet", "vae", "text_encoder"):
         assert getattr(pipe, name) is getattr(sd1["pipe"], name)
@@ -512,16 +515,18 @@ def test_controlnet_runs_and_shares_modules(sd1, adapters):
     # Two at once, with their own scales and step ranges.
     specs = [ControlNetSpec(str(sd1["controlnet"]), _rectangle(), 1.0, 0.0, 0.5, "canny"),
              ControlNetSpec(str(sd1["controlnet_2"]), _rectangle(), 0.5, 0.2, 1.0)]
-    pipe2, kwargs2 = adapters.prepare(image=INIT, controlnets=specs, output_type="np")
+    pipe2, kwargs2 = adapters.prepare(JobAdapters(image=INIT, controlnets=specs, output_type="np"))
     assert kwargs2["controlnet_conditioning_scale"] == [1.0, 0.5]
     assert type(pipe2.controlnet).__name__ == "MultiControlNetModel"
     assert np.isfinite(_run(pipe2, kwargs2)).all()
     with pytest.raises(AdapterError, match="no control image"):
-        adapters.prepare(image=INIT, controlnets=[ControlNetSpec(str(sd1["controlnet"]))])
+        adapters.prepare(JobAdapters(image=INIT,
+                                     controlnets=[ControlNetSpec(str(sd1["controlnet"]))]))
     with pytest.raises(AdapterError, match="no ControlNet model"):
-        adapters.prepare(image=INIT, controlnets=[ControlNetSpec("/nowhere/cn", _rectangle())])
+        adapters.prepare(JobAdapters(image=INIT,
+                                     controlnets=[ControlNetSpec("/nowhere/cn", _rectangle())]))
     # Back to plain img2img: exactly the base output.
-    assert adapters.prepare(image=INIT)[0] is sd1["pipe"]
+    assert adapters.prepare(JobAdapters(image=INIT))[0] is sd1["pipe"]
     assert np.array_equal(_out(adapters), sd1["base"])
 
 
@@ -532,8 +537,8 @@ def test_controlnet_single_file_and_inpaint(sd1, adapters, tmp_path):
     folder_spec = ControlNetSpec(str(sd1["controlnet"]), image=_rectangle(), preprocessor="canny")
     assert np.allclose(_out(adapters, controlnets=[spec]),
                        _out(adapters, controlnets=[folder_spec]), atol=1e-6)
-    pipe, kwargs = adapters.prepare("inpaint", image=INIT, mask=_mask(), controlnets=[spec],
-                                    output_type="np")
+    pipe, kwargs = adapters.prepare(JobAdapters("inpaint", image=INIT, mask=_mask(),
+                                                controlnets=[spec], output_type="np"))
     assert "ControlNetInpaint" in type(pipe).__name__
     assert np.isfinite(_run(pipe, kwargs)).all()
 
@@ -543,7 +548,7 @@ def _original_layout_controlnet(folder, tmp_path):
     control_model.input_blocks / zero_convs / input_hint_block)."""
     from diffusers import ControlNetModel
 
-    from webui.testing import save_controlnet_single_file
+    from tests.support.testing import save_controlnet_single_file
 
     path = save_controlnet_single_file(ControlNetModel.from_pretrained(str(folder)),
                                        tmp_path / "control_original.safetensors")
@@ -566,7 +571,8 @@ def test_controlnet_original_layout_file(sd1, adapters, tmp_path):
     xl_cn = make_controlnet(build_pipeline(TINY_SDXL), tmp_path / "xl-cn")
     xl_file = _original_layout_controlnet(xl_cn, tmp_path / "xl")
     with pytest.raises(AdapterError, match="control_original.safetensors does not fit this model"):
-        adapters.prepare(image=INIT, controlnets=[ControlNetSpec(str(xl_file), _rectangle())])
+        adapters.prepare(JobAdapters(image=INIT,
+                                     controlnets=[ControlNetSpec(str(xl_file), _rectangle())]))
     assert np.array_equal(_out(adapters), sd1["base"])
 
 
@@ -590,9 +596,9 @@ def test_latents_round_trip_and_latent_start(sd1, adapters, tmp_path):
     out = _out(adapters, image=loaded, size=(64, 64))
     assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
     with pytest.raises(AdapterError, match="latents"):
-        adapters.prepare(image=loaded, size=(128, 128))
+        adapters.prepare(JobAdapters(image=loaded, size=(128, 128)))
     with pytest.raises(AdapterError, match="not latents"):
-        adapters.prepare("inpaint", image=loaded, mask=_mask())
+        adapters.prepare(JobAdapters("inpaint", image=loaded, mask=_mask()))
 
 
 # -- SDXL ------------------------------------------------------------------------------------
@@ -605,12 +611,13 @@ def test_sdxl_lora_pag_and_inpaint(xl, tmp_path):
         assert np.abs(styled - xl["base"]).max() > 1e-2
         assert np.array_equal(_out(adapters, loras=[]), xl["base"])
         assert np.array_equal(_out(adapters, pag_scale=0.0), xl["base"])
-        pag_pipe, kwargs = adapters.prepare(image=INIT, pag_scale=3.0, output_type="np")
+        pag_pipe, kwargs = adapters.prepare(JobAdapters(image=INIT, pag_scale=3.0,
+                                                        output_type="np"))
         assert type(pag_pipe).__name__ == "StableDiffusionXLPAGImg2ImgPipeline"
         assert pag_pipe.unet is xl["pipe"].unet and pag_pipe.text_encoder_2 is xl["pipe"].text_encoder_2
         assert np.abs(_run(pag_pipe, kwargs) - xl["base"]).max() > 1e-3
-        pipe, kwargs = adapters.prepare("inpaint", image=INIT, mask=_mask(), mask_blur=2,
-                                        inpaint_full_res=True, padding=8)
+        pipe, kwargs = adapters.prepare(JobAdapters("inpaint", image=INIT, mask=_mask(),
+                                                    mask_blur=2, inpaint_full_res=True, padding=8))
         assert type(pipe).__name__ == "StableDiffusionXLInpaintPipeline"
         out = _run(pipe, kwargs)
         outside = np.asarray(_mask(box=(10, 10, 53, 53))) == 0
@@ -629,7 +636,7 @@ def test_sdxl_ip_adapter_and_controlnet(xl, tmp_path):
         spec = ControlNetSpec(str(controlnet), image=_rectangle(), preprocessor="canny")
         out = _out(adapters, controlnets=[spec], ip_adapter=IPAdapterSpec(str(ip), REFERENCE, 0.6))
         assert np.isfinite(out).all() and np.abs(out - xl["base"]).max() > 1e-3
-        pipe, _ = adapters.prepare(image=INIT, controlnets=[spec], pag_scale=3.0)
+        pipe, _ = adapters.prepare(JobAdapters(image=INIT, controlnets=[spec], pag_scale=3.0))
         assert type(pipe).__name__ == "StableDiffusionXLControlNetPAGImg2ImgPipeline"
         # The same ControlNet as one original-layout file (SDXL adds its label embedding).
         original = _original_layout_controlnet(controlnet, tmp_path)
@@ -639,10 +646,11 @@ def test_sdxl_ip_adapter_and_controlnet(xl, tmp_path):
         # No SDXL pipeline joins PAG, ControlNet and inpainting: refused, nothing changed.
         assert adapters.pag_limit("inpaint", controlnets=True)
         with pytest.raises(AdapterError, match="PAG cannot run here: .*SDXL"):
-            adapters.prepare("inpaint", image=INIT, mask=_mask(), controlnets=[spec],
-                             pag_scale=3.0, loras=[("xl_style", 1.0)])
+            adapters.prepare(JobAdapters("inpaint", image=INIT, mask=_mask(), controlnets=[spec],
+                                         pag_scale=3.0, loras=[("xl_style", 1.0)]))
         assert not adapters.loaded_loras()
-        pipe, _ = adapters.prepare("inpaint", image=INIT, mask=_mask(), controlnets=[spec])
+        pipe, _ = adapters.prepare(JobAdapters("inpaint", image=INIT, mask=_mask(),
+                                               controlnets=[spec]))
         assert type(pipe).__name__ == "StableDiffusionXLControlNetInpaintPipeline"
     finally:
         adapters.unload_all()

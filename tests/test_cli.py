@@ -248,7 +248,7 @@ def test_mask_switches_to_inpainting(gen, tmp_path):
 
 def test_depth_preprocessor_with_a_detector_model(gen, tmp_path):
     from webui.tiny import build_pipeline
-    from webui.tiny_adapters import make_controlnet, make_depth_detector
+    from tests.support.tiny_adapters import make_controlnet, make_depth_detector
 
     controlnet = make_controlnet(build_pipeline("tiny-random"), tmp_path / "cn", seed=1)
     flags = ("--steps", "2", "--pag-scale", "0", "--controlnet", str(controlnet),

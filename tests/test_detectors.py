@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from webui.engine.adapters import AdapterError, Adapters, ControlNetSpec
+from webui.engine.adapter_inputs import AdapterError
+from webui.engine.adapters import Adapters, JobAdapters
+from webui.engine.controlnet import ControlNetSpec
 from webui.engine.core import Engine
 from webui.engine.detectors import (
     DETECTOR_SUBDIR,
@@ -20,10 +22,11 @@ from webui.engine.detectors import (
     list_detectors,
     pose_picture,
 )
-from webui.engine.errors import InputError
+from webui.errors import InputError
 from webui.params import ControlNetUnit, make
 from webui.tiny import build_pipeline
-from webui.tiny_adapters import make_controlnet, make_depth_detector, make_pose_detector
+
+from tests.support.tiny_adapters import make_controlnet, make_depth_detector, make_pose_detector
 
 # The 18 body colours: joints use them, limbs 60 % of them.
 PALETTE = {(255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0),
@@ -166,12 +169,12 @@ def test_adapters_give_the_controlnet_the_detector_map(root, tmp_path):
     for kind, folder in (("depth", root / "depth-tiny"), ("pose", root / "pose-tiny")):
         spec = ControlNetSpec(str(controlnet), image=picture, preprocessor=kind,
                               detector=str(folder))
-        _, kwargs = adapters.prepare(image=picture, controlnets=[spec])
+        _, kwargs = adapters.prepare(JobAdapters(image=picture, controlnets=[spec]))
         expected = adapters.detectors.control_map(folder, kind, picture)
         assert np.array_equal(np.asarray(kwargs["control_image"]), np.asarray(expected))
     with pytest.raises(AdapterError, match="needs its detector model folder"):
-        adapters.prepare(image=picture,
-                         controlnets=[ControlNetSpec(str(controlnet), picture, preprocessor="pose")])
+        adapters.prepare(JobAdapters(image=picture, controlnets=[
+            ControlNetSpec(str(controlnet), picture, preprocessor="pose")]))
 
 
 def test_engine_names_the_detector_it_used_and_explains_a_missing_one(root, tmp_path):
@@ -210,7 +213,7 @@ def test_engine_names_the_detector_it_used_and_explains_a_missing_one(root, tmp_
 
 def test_canny_needs_no_detector_and_depth_does():
     # canny stays model-free beside the detectors: the same entry point, no detector needed.
-    from webui.engine.controlnet_images import control_image
+    from webui.engine.controlnet import control_image
 
     image = Image.new("RGB", (32, 32), (30, 30, 30))
     ImageDraw.Draw(image).rectangle((8, 8, 23, 23), fill=(220, 220, 220))

@@ -19,7 +19,7 @@ from webui import images as imaging
 from webui import infotext, schedulers
 from webui.engine import core, outputs
 from webui.engine.core import Engine, QueueFull
-from webui.engine.errors import Cancelled, InputError, ModelError
+from webui.errors import Cancelled, InputError, ModelError
 from webui.params import MAX_SEED, make
 from webui.tiny import TINY_SD, TINY_SDXL
 
@@ -243,7 +243,7 @@ def test_progress_of_a_low_strength_job(engine, make_image):
                              save=False, on_progress=seen.append)
     sampling = [p for p in seen if p.stage == "sampling"]
     assert result.effective_steps == 4
-    assert [(p.image, p.step, p.total, p.images) for p in sampling] == [
+    assert [(p.batch_index, p.step, p.total, p.batch_count) for p in sampling] == [
         (b, s, 4, 2) for b in (0, 1) for s in (1, 2, 3, 4)]
 
 
@@ -518,7 +518,7 @@ def test_detectors_are_built_once_when_asked_from_two_threads(tmp_path, monkeypa
 
 
 def test_a_detector_preview_waits_for_the_running_job(tmp_path, make_image):
-    from webui.tiny_adapters import make_depth_detector
+    from tests.support.tiny_adapters import make_depth_detector
 
     make_depth_detector(tmp_path / "models" / "ControlNet-preprocessors" / "tiny-depth", seed=7)
     engine = Engine(models_dir=tmp_path / "models", outputs_dir=tmp_path / "out", device="cpu")

@@ -9,11 +9,12 @@ from PIL import Image, ImageDraw
 
 from webui import infotext
 from webui.engine.core import Engine, Inputs
-from webui.engine.errors import InputError, ModelError, OutOfMemory
 from webui.engine.outputs import read_infotext
+from webui.errors import InputError, OutOfMemory
 from webui.params import make
 from webui.tiny import build_pipeline
-from webui.tiny_adapters import make_controlnet, make_ip_adapter, make_lora
+
+from tests.support.tiny_adapters import make_controlnet, make_ip_adapter, make_lora
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def test_lora_goes_into_infotext_and_back(studio):
 
 def test_unknown_lora_is_a_clear_error_and_engine_keeps_working(studio):
     engine, _, _ = studio
-    with pytest.raises(ModelError, match="film"):
+    with pytest.raises(InputError, match="film"):
         run(engine, prompt="a cat <lora:nope:1>")
     assert run(engine).images
 
@@ -150,7 +151,7 @@ def test_latent_output_then_latent_input(studio):
     assert tuple(item.latents.shape) == (4, 8, 8)
     again = run(engine, inputs=Inputs(latents=item.path), init=None, strength=0.5)
     assert again.images[0].image.size == (64, 64)
-    with pytest.raises(ModelError, match="2 channels"):
+    with pytest.raises(InputError, match="2 channels"):
         run(engine, inputs=Inputs(latents=item.latents[None, :2]), init=None)
     assert run(engine).images  # still serving
 
@@ -279,7 +280,7 @@ def sdxl(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["tiny-random", "tiny-random-xl"])
 def test_an_inpainting_model_on_the_img2img_tab_runs_with_a_full_mask(tmp_path, kind):
-    from webui.testing import tiny_inpainting_pipeline
+    from tests.support.testing import tiny_inpainting_pipeline
 
     folder = tmp_path / "models" / "Stable-diffusion" / "tiny-inpainting"
     tiny_inpainting_pipeline(kind).save_pretrained(folder)
@@ -296,7 +297,7 @@ def test_an_inpainting_model_on_the_img2img_tab_runs_with_a_full_mask(tmp_path, 
         inpainted = pixels(run(engine, init=init, inputs=Inputs(mask=mask), strength=0.9))
         outside = np.asarray(mask) == 0
         assert np.array_equal(inpainted[outside], np.asarray(init, dtype=np.int16)[outside])
-        with pytest.raises(ModelError, match="inpainting model"):
+        with pytest.raises(InputError, match="inpainting model"):
             run(engine, inputs=Inputs(latents=torch.zeros(1, 4, 8, 12)), init=None)
         assert run(engine, init=init).images  # still serving
     finally:

@@ -18,8 +18,8 @@ import pytest
 
 from tests.hub_server import TINY_REPO, HubServer, build_tiny_repo
 from webui.engine import hub
-from webui.engine.errors import Cancelled, InputError, ModelError
 from webui.engine.models import ModelRegistry, ModelSource
+from webui.errors import Cancelled, InputError, ModelError
 from webui.params import make
 
 PICKLE_REPO = "tester/pickles"

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from webui import images as imaging
-from webui.engine.errors import InputError
+from webui.errors import InputError
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 

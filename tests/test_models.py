@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from webui.engine.core import Engine
-from webui.engine.errors import ModelError
 from webui.engine.models import ModelRegistry, _has_fp16_variant, load
+from webui.errors import ModelError
 from webui.params import make
 from webui.tiny import build_pipeline
 

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from pydantic import Field
 
+from webui import files
 from webui import params as P
 from webui import presets
-from webui.engine import outputs
 from webui.__main__ import main
 from webui.presets import (
     Preset,
@@ -445,7 +445,7 @@ def _crash_midway(handle, data: bytes) -> None:
 
 
 def test_a_crash_while_saving_leaves_no_partial_preset(store, monkeypatch):
-    monkeypatch.setattr(outputs, "_write_bytes", _crash_midway)
+    monkeypatch.setattr(files, "_write_bytes", _crash_midway)
     with pytest.raises(OSError, match="simulated"):
         store.save(from_dict({"name": "Crash", "steps": 30}))
     assert not (store.user_dir / "crash.json").exists()
@@ -455,7 +455,7 @@ def test_a_crash_while_saving_leaves_no_partial_preset(store, monkeypatch):
 
 def test_a_crash_while_overwriting_keeps_the_old_preset(store, monkeypatch):
     store.save(from_dict({"name": "Keep", "steps": 30}))
-    monkeypatch.setattr(outputs, "_write_bytes", _crash_midway)
+    monkeypatch.setattr(files, "_write_bytes", _crash_midway)
     with pytest.raises(OSError):
         store.save(from_dict({"name": "Keep", "steps": 45}), overwrite=True)
     assert store.get("Keep").settings["steps"] == 30

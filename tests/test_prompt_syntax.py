@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from webui import prompts
-from webui.engine.adapters import AdapterError, parse_prompt_loras
+from webui.engine.adapter_inputs import AdapterError
+from webui.engine.lora import parse_prompt_loras
 from webui.engine.prompt_encoding import encode_prompts
 from webui.params import make
 from webui.prompts import BREAK, Fragment, parse
@@ -192,7 +193,7 @@ def test_the_syntax_changes_the_picture_and_weight_one_does_not(engine, model):
 
 
 def test_a_weight_out_of_range_names_the_prompt(engine):
-    from webui.engine.errors import InputError
+    from webui.errors import InputError
 
     init = Image.new("RGB", (64, 64), (90, 120, 200))
     for field in ("prompt", "negative_prompt"):

@@ -16,12 +16,12 @@ from PIL import Image
 
 from webui.engine.core import Engine
 from webui.tiny import build_pipeline
-from webui.tiny_adapters import make_controlnet
 from webui.ui import uploads
 from webui.ui.handlers import Studio
 from webui.ui.logins import Policy, Throttle
 
 from serving import served
+from tests.support.tiny_adapters import make_controlnet
 
 USERS = (("alice", "alice-pw"), ("bob", "bob-pw"))
 FAST = dict(steps=2, strength=0.5, pag_scale=0.0)

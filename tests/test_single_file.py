@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from webui.engine.errors import ModelError
 from webui.engine.single_file import (
     detect_family,
     load_single_file,
@@ -19,8 +18,10 @@ from webui.engine.single_file import (
     read_keys,
     write_config_folder,
 )
-from webui.testing import save_single_file, to_original_state_dict
+from webui.errors import ModelError
 from webui.tiny import TINY_SD, TINY_SDXL, build_pipeline
+
+from tests.support.testing import save_single_file, to_original_state_dict
 
 
 @pytest.fixture(scope="module", autouse=True)

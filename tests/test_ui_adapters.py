@@ -17,12 +17,12 @@ from PIL import Image, ImageDraw
 from webui import infotext
 from webui.engine.core import Engine
 from webui.tiny import build_pipeline
-from webui.tiny_adapters import (make_controlnet, make_depth_detector, make_ip_adapter,
-                                 make_lora, make_pose_detector)
 from webui.ui import handlers
 from webui.ui.handlers import Session, Studio
 
 from serving import served
+from tests.support.tiny_adapters import (make_controlnet, make_depth_detector, make_ip_adapter,
+                                         make_lora, make_pose_detector)
 
 # gr.Warning outside a request falls back to a Python warning; the handlers use it on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")

@@ -447,7 +447,7 @@ def test_page_has_the_panel_wired(tmp_path):
 def lora_studio(tmp_path_factory):
     from webui.engine.core import Engine
     from webui.tiny import build_pipeline
-    from webui.tiny_adapters import make_lora
+    from tests.support.tiny_adapters import make_lora
     from webui.ui import handlers
 
     root = tmp_path_factory.mktemp("lora-models")

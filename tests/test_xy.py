@@ -352,7 +352,7 @@ def test_base_settings_summary(studio, init):
 @pytest.fixture(scope="module")
 def adapter_studio(tmp_path_factory):
     from webui.tiny import build_pipeline
-    from webui.tiny_adapters import make_controlnet, make_lora
+    from tests.support.tiny_adapters import make_controlnet, make_lora
 
     root = tmp_path_factory.mktemp("xy-adapters") / "models"
     pipe = build_pipeline("tiny-random")

@@ -95,7 +95,7 @@ def adversarial_texts(size: int = PARSER_TEXT_BYTES) -> dict[str, str]:
 def parser_cases(budget: float = PARSER_BUDGET_S) -> list[dict]:
     """Seconds each text parser takes on each adversarial text, against the budget."""
     from . import infotext, prompts
-    from .engine.adapters import parse_prompt_loras
+    from .engine.lora import parse_prompt_loras
 
     parsers = {
         "prompt syntax": prompts.parse,

@@ -58,7 +58,8 @@ def add_generate_parser(sub) -> argparse.ArgumentParser:
         # No argparse type or choices: GenerationParams validates, with one message style.
         gen.add_argument(flag, dest=field, default=None, help=_help(field))
     gen.add_argument("--lora", dest="lora", action="append", metavar="NAME[:WEIGHT]",
-                     help="a LoRA from models/Lora (repeatable; weight -4..4, default 1)")
+                     help="a LoRA from models/Lora (repeatable; weight {}..{}, default 1)".format(
+                         *(P._num(v) for v in P.field_range("weight", P.LoraWeight))))
     gen.add_argument("--controlnet", dest="controlnet", action="append", metavar="MODEL",
                      help="a ControlNet model folder or .safetensors (repeatable, at most 3)")
     gen.add_argument("--control-image", dest="control_image", action="append", metavar="IMG",
@@ -147,9 +148,9 @@ def preset_base(args: argparse.Namespace, base: dict | None = None
 
 
 def run_generate(args: argparse.Namespace, base: dict | None = None) -> int:
-    from .engine.adapters import AdapterError
+    from .engine.adapter_inputs import AdapterError
     from .engine.core import Engine
-    from .engine.errors import InputError, ModelError, OutOfMemory
+    from .errors import InputError, ModelError, OutOfMemory
     from .presets import PresetError
 
     try:
@@ -189,18 +190,20 @@ def run_generate(args: argparse.Namespace, base: dict | None = None) -> int:
               file=sys.stderr)
     try:
         result = engine.generate(params, init, save=out is None, inputs=inputs)
+    except AdapterError as exc:
+        # A LoRA name, mask or ControlNet input the artist gave: bad input, not a broken model.
+        # Before InputError, which it is too: its fields name the adapter flags.
+        flag = ADAPTER_FLAGS.get(exc.field)
+        return _fail(f"{flag}: {exc}" if flag else str(exc))
     except (InputError, P.ParamsError) as exc:
         # Name the flag, as for the settings above: --init for the init image.
         field = getattr(exc, "field", "")
         flag = {"init_image": "--init", "mask": "--mask", "ip_adapter_image": "--ip-image",
                 "latents": "--latents"}.get(field) or (flag_for(field) if field else "")
         return _fail(f"{flag}: {exc}" if flag and flag != field else str(exc))
-    except AdapterError as exc:
-        # A LoRA name, mask or ControlNet input the artist gave: bad input, not a broken model.
-        flag = ADAPTER_FLAGS.get(exc.field)
-        return _fail(f"{flag}: {exc}" if flag else str(exc))
     except (ModelError, OutOfMemory) as exc:
         return _fail(str(exc), EXIT_FAILED)
+    from . import files
     from .engine import outputs
 
     for item in result.images:
@@ -211,7 +214,7 @@ def run_generate(args: argparse.Namespace, base: dict | None = None) -> int:
         elif out is not None:
             data = outputs.png_bytes(item.image, item.infotext)
             if out.suffix.lower() == ".png":
-                outputs.write_atomic(out, data, overwrite=True)
+                files.write_atomic(out, data, overwrite=True)
                 path = out
             else:
                 out.mkdir(parents=True, exist_ok=True)

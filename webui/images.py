@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .engine.errors import InputError
+from .errors import InputError
 from .params import RESIZE_MODES
 
 # A 4096x4096 picture; anything larger is scaled down before it reaches the model.

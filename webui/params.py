@@ -19,6 +19,8 @@ RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
 DTYPES = ("auto", "fp16", "bf16", "fp32")
 MEMORY_MODES = ("auto", "on", "off")
 MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")
+# What a job does with its picture: transform it all, or repaint where a mask says.
+MODES = ("img2img", "inpaint")
 MAX_SEED = 2**32 - 1
 
 # The guide's standard negative prompt set.

@@ -40,7 +40,7 @@ from typing import Any, Iterable, Literal
 from pydantic import BaseModel, ValidationError
 
 from . import params as P
-from .engine.outputs import safe_user_dir_name, write_atomic
+from .files import safe_user_dir_name, write_atomic
 
 SCHEMA_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "presets"

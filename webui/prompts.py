@@ -7,7 +7,7 @@ BREAK. Parsing only, no torch; engine/prompt_encoding.py turns the result into e
     BREAK          (in capitals, as a word) starts a new 75-token chunk
 
 An unclosed bracket weights the rest of the prompt; a stray closing one is plain text. The
-`<lora:name:weight>` tags are handled before this (engine/adapters.py).
+`<lora:name:weight>` tags are handled before this (engine/lora.py).
 
 Written here rather than taken from a library: the libraries that build weighted embeddings use
 another syntax and another weighting, and the parser must stay linear on hostile text (a

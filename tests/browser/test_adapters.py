@@ -26,7 +26,7 @@ def adapter_studio(tmp_path_factory):
     """The studio with models/Lora/film.safetensors and models/ControlNet/tiny-canny in place
     before it starts."""
     from webui.tiny import build_pipeline
-    from webui.tiny_adapters import make_controlnet, make_depth_detector, make_lora
+    from tests.support.tiny_adapters import make_controlnet, make_depth_detector, make_lora
 
     base = tmp_path_factory.mktemp("adapter-browser")
     pipe = build_pipeline("tiny-random")

@@ -14,6 +14,7 @@ import os
 import itertools
 import queue
 import random
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -22,13 +23,17 @@ from typing import Any, Callable, Iterator
 
 from .. import images as imaging
 from .. import infotext, prompts, schedulers
+from ..errors import Cancelled, InputError, ModelError, OutOfMemory
 from ..params import MAX_SEED, GenerationParams
-from . import memory, outputs, previews
-from .errors import Cancelled, InputError, ModelError, OutOfMemory
-from .adapters import (Adapters, ControlNetSpec, IPAdapterSpec, latents_bytes, load_latents,
-                       overlay_original)
-from .controlnet_images import control_image
-from .detectors import DETECTOR_SUBDIR, KINDS as DETECTOR_KINDS, Detectors, find_detector
+from . import hub, memory, outputs, previews
+from .adapters import Adapters, JobAdapters
+from .controlnet import ControlNetSpec, control_image
+from .inpaint import overlay_original
+from .ip_adapter import IPAdapterSpec
+from .latents import latents_bytes, load_latents
+from .detectors import (DETECTOR_SUBDIR, KINDS as DETECTOR_KINDS, Detectors, find_detector,
+                        list_detectors)
+from .interface import JobRequest, ModelInfo, QueueStatus
 from .models import (CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, LORA_SUBDIR, ModelRegistry,
                      load)
 
@@ -40,12 +45,30 @@ class Progress:
     stage: str
     step: int = 0
     total: int = 0
-    image: int = 0  # index of the batch being sampled
-    images: int = 1  # batches in the job
+    batch_index: int = 0  # the batch being sampled, from 0
+    batch_count: int = 1  # batches in the job
     position: int = 0  # jobs ahead in the queue
     elapsed: float = 0.0
     eta: float | None = None
     preview: Any = None  # a PIL image, when one is ready
+
+
+@dataclass(frozen=True)
+class BatchPlace:
+    """Where one batch sits in its job, for the progress and ETA it reports."""
+
+    index: int  # this batch, from 0
+    count: int  # batches in the job
+    job_started: float  # time.monotonic() when the job began: elapsed counts from there
+
+
+@dataclass
+class _StepClock:
+    """What a batch's step callback keeps from one step to the next."""
+
+    started: float  # time.monotonic() when this batch began sampling: the ETA's rate
+    last_preview: float = 0.0  # time.monotonic() of the last preview sent (0: none yet)
+    stopped: bool = False  # a cancel arrived; the library stops before the next step
 
 
 @dataclass
@@ -119,6 +142,7 @@ class Job:
         self._events: "queue.Queue[Progress | None]" = queue.Queue()
         self._result: Result | None = None
         self._error: BaseException | None = None
+        self._temporary: list[Path] = []  # files made for this job alone, removed when it ends
 
     @property
     def done(self) -> bool:
@@ -165,6 +189,8 @@ class Job:
         self._events.put(progress)
 
     def _finish(self, result: Result | None, error: BaseException | None) -> None:
+        for path in self._temporary:
+            path.unlink(missing_ok=True)
         self._result, self._error = result, error
         self.state = "error" if error else ("cancelled" if result and result.interrupted else "done")
         if isinstance(error, Cancelled):
@@ -279,16 +305,36 @@ class Engine:
             return False
 
     # -- jobs --------------------------------------------------------------------------------
-    def submit(self, params: GenerationParams, init_image, save: bool = True,
+    def submit(self, request: JobRequest | GenerationParams, init_image=None, save: bool = True,
                inputs: Inputs | None = None, owner: str | None = None) -> Job:
-        """Queue a job. `init_image`: a PIL image, a path or bytes (None only with latents in
-        `inputs`). owner: the logged-in user it runs for; their files are saved in a folder of
-        their own (see outputs.day_folder). Raises QueueFull."""
+        """Queue a job (the interface's form: one JobRequest). Raises QueueFull, and InputError
+        when the request names a model or adapter outside the models folder (unless
+        request.allow_paths).
+
+        In-process code may pass the parts instead (params, init_image, save, inputs, owner):
+        a request with allow_paths, since such a caller can open any file itself anyway.
+        `init_image`: a PIL image, a path or bytes (None only with latents). owner: the
+        logged-in user it runs for; their files are saved in a folder of their own (see
+        outputs.day_folder)."""
+        params = request.params if isinstance(request, JobRequest) else request
         if not isinstance(params, GenerationParams):
             raise TypeError("params must be a GenerationParams")
+        if isinstance(request, JobRequest):
+            if not request.allow_paths:
+                self.registry.confine(params, self.model, list_detectors(self.detectors_dir))
+            init_image, save, owner = request.init_image, request.save, request.owner
+            inputs = Inputs(ip_image=request.ip_image, mask=request.mask,
+                            control_images=request.control_images,
+                            latents=self._latents_file(request.latents),
+                            color_reference=request.color_reference,
+                            infotext_extra=request.infotext_extra)
         job = Job(self, params, init_image, save, inputs or Inputs(), owner)
+        if isinstance(request, JobRequest) and isinstance(request.latents, (bytes, bytearray)):
+            job._temporary.append(inputs.latents)
         with self._lock:
             if len(self._waiting) >= self.queue_size:
+                for path in job._temporary:
+                    path.unlink(missing_ok=True)
                 raise QueueFull(f"the studio is busy: {len(self._waiting)} jobs are waiting; "
                                 "try again in a moment")
             self._waiting.append(job)
@@ -299,15 +345,82 @@ class Engine:
                 self._worker.start()
         return job
 
-    def generate(self, params: GenerationParams, init_image, save: bool = True,
-                 on_progress: Callable[[Progress], None] | None = None,
+    def generate(self, request: JobRequest | GenerationParams, init_image=None,
+                 save: bool = True, on_progress: Callable[[Progress], None] | None = None,
                  inputs: Inputs | None = None) -> Result:
-        """Submit and wait: the simple synchronous call the CLI and tests use."""
-        job = self.submit(params, init_image, save, inputs)
+        """Submit and wait: the simple synchronous call the CLI and tests use (the request, or
+        its parts as for submit)."""
+        job = (self.submit(request) if isinstance(request, JobRequest)
+               else self.submit(request, init_image, save, inputs))
         for progress in job.updates():
             if on_progress:
                 on_progress(progress)
         return job.result()
+
+    @staticmethod
+    def _latents_file(latents):
+        """A request's latents as the worker reads them: bytes (from another process) go to a
+        private temporary file, read once when the job starts."""
+        if not isinstance(latents, (bytes, bytearray)):
+            return latents
+        handle, name = tempfile.mkstemp(prefix="img2img-latents-", suffix=".safetensors")
+        with os.fdopen(handle, "wb") as out:
+            out.write(latents)
+        return Path(name)
+
+    def load_model(self, name: str = "") -> str:
+        """Load `name` (a listed model; default: the studio's model) now, between jobs, so the
+        next job starts at once; the resolved model's location. ModelError when it cannot be
+        loaded (the resident model stays), InputError for a name that is not listed."""
+        name = (name or "").strip()
+        if name and name not in self.models() and name != self.model:
+            raise InputError("model", f"{name!r} is not one of this studio's models")
+        with self._device_lock:  # between jobs, never beside one
+            self.pipeline(name)
+        return self.loaded_model() or ""
+
+    def queue_status(self) -> QueueStatus:
+        with self._lock:
+            running = self.current.id if self.current is not None else None
+            return QueueStatus(running=running, waiting=len(self._waiting),
+                               capacity=self.queue_size)
+
+    # -- listings (the registry owns discovery) ----------------------------------------------
+    def list_models(self) -> list[ModelInfo]:
+        infos = []
+        for name in self.models():
+            try:
+                source = self.registry.resolve(name)
+            except ModelError:
+                continue
+            family = self.family if self.loaded_model() == source.location else None
+            if source.kind == "file" and family is None:
+                from .single_file import detect_family, read_keys
+
+                try:
+                    family = detect_family(read_keys(source.location))
+                except (ModelError, OSError, ValueError):
+                    family = None
+            infos.append(ModelInfo(name=name, kind=source.kind, family=family,
+                                   hash=self.registry.known_hash(source),
+                                   licence=hub.licence(source)))
+        return infos
+
+    def list_loras(self) -> list[str]:
+        return self.registry.loras()
+
+    def list_controlnets(self) -> list[str]:
+        return self.registry.adapters(CONTROLNET_SUBDIR)
+
+    def list_ip_adapters(self) -> list[str]:
+        return self.registry.adapters(IP_ADAPTER_SUBDIR)
+
+    def list_detectors(self) -> dict[str, str]:
+        return {name: kind for name, (kind, _) in list_detectors(self.detectors_dir).items()}
+
+    @staticmethod
+    def list_samplers() -> list[str]:
+        return schedulers.all_names()
 
     def cancel_all(self) -> None:
         """Cancel every waiting job and the running one (it stops within one step)."""
@@ -515,7 +628,7 @@ class Engine:
                     break
                 seeds = [(seed + b * n + i) % (MAX_SEED + 1) for i in range(n)]
                 images, stopped = self._sample(pipe, job, params, latents, init, mask, seeds,
-                                               (b, batches, started), notices)
+                                               BatchPlace(b, batches, started), notices)
                 for img, s in zip(images, seeds):
                     if params.output_type == "latent":
                         preview = previews.latents_to_rgb(img[None], self.family)[0]
@@ -559,11 +672,10 @@ class Engine:
         return outputs.write_numbered(data, folder, item.seed, ".safetensors")
 
     def _sample(self, pipe, job: Job, params: GenerationParams, latents, init, mask,
-                seeds: list[int], where: tuple[int, int, float], notices: dict[str, None]):
-        """One batch: (images or latents, interrupted). `where`: (batch, batches, job start)."""
+                seeds: list[int], place: BatchPlace, notices: dict[str, None]):
+        """One batch: (images or latents, interrupted)."""
         import torch
 
-        batch, batches, started = where
         # One Brownian tree per image (DPM++ SDE), so image k reproduces alone with its seed.
         noise_seed = seeds if len(seeds) > 1 else seeds[0]
         pipe.scheduler = schedulers.build(params.scheduler, self._base_scheduler_config, noise_seed)
@@ -592,7 +704,7 @@ class Engine:
                 scale=params.ip_adapter_scale)
         elif params.ip_adapter:
             notices["IP-Adapter not applied: no reference image"] = None
-        call, kwargs = self.adapters.prepare(
+        call, kwargs = self.adapters.prepare(JobAdapters(
             mode, image=image, size=(width, height), loras=list(loras.items()), ip_adapter=ip,
             pag_scale=params.pag_scale,
             controlnets=self._controlnet_specs(params, init, job.inputs.control_images),
@@ -601,31 +713,32 @@ class Engine:
             padding=params.inpaint_padding, masked_content=params.masked_content, seed=seeds[0],
             output_type="latent" if params.output_type == "latent" else "pil",
             strength=params.strength,
-        )
+        ))
         notices.update(dict.fromkeys(self.adapters.notices))
         # Memory modes after the adapters: an IP-Adapter loaded or removed just now replaced the
         # attention processors, and slicing is set from the ones installed.
         notices.update(dict.fromkeys(memory.apply(pipe, params, self.device, width * height)))
-        state = {"t0": time.monotonic(), "stopped": False, "preview_at": 0.0}
+        clock = _StepClock(started=time.monotonic())
 
         def on_step(pipeline, step, timestep, kwargs):
             total = pipeline.num_timesteps
             now = time.monotonic()
             done = step + 1
-            rate = (now - state["t0"]) / done
-            remaining = rate * (total - done) + rate * total * (batches - batch - 1)
+            rate = (now - clock.started) / done
+            remaining = rate * (total - done) + rate * total * (place.count - place.index - 1)
             preview = None
-            if now - state["preview_at"] >= PREVIEW_INTERVAL or done == total:
+            if now - clock.last_preview >= PREVIEW_INTERVAL or done == total:
                 # Reading latents back waits for the GPU; a few previews a second is live enough
                 # and keeps the other steps free of that stall.
                 preview = previews.latents_to_rgb(kwargs["latents"], family)[0]
-                state["preview_at"] = now
-            job._emit(Progress("sampling", step=done, total=total, image=batch, images=batches,
-                               elapsed=now - started, eta=remaining, preview=preview))
+                clock.last_preview = now
+            job._emit(Progress("sampling", step=done, total=total, batch_index=place.index,
+                               batch_count=place.count, elapsed=now - place.job_started,
+                               eta=remaining, preview=preview))
             if job.cancel_requested.is_set():
                 # The library checks this flag before the next step and still decodes what it has.
                 pipeline._interrupt = True
-                state["stopped"] = True
+                clock.stopped = True
             return kwargs
 
         # Embeddings rather than text: the prompt syntax (weights, BREAK, any length) is read
@@ -650,7 +763,7 @@ class Engine:
             # Outside the mask the result is the original picture, pixel for pixel.
             images = overlay_original(images, init, mask, params.mask_blur)
             notices[INPAINT_NOTICE] = None
-        return images, state["stopped"]
+        return images, clock.stopped
 
     @staticmethod
     def _color_correct(images, params: GenerationParams, init, inputs: Inputs,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import Cancelled, InputError, ModelError
+from ..errors import Cancelled, InputError, ModelError
 from .models import CHECKPOINTS_SUBDIR, PICKLE_SUFFIXES, ModelRegistry, ModelSource
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import tiny
-from .errors import ModelError
+from ..errors import InputError, ModelError
 
 CHECKPOINTS_SUBDIR = "Stable-diffusion"
 LORA_SUBDIR = "Lora"
@@ -24,7 +24,20 @@ CONTROLNET_SUBDIR = "ControlNet"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 # The model families, as the engine names them everywhere (messages, adapters, previews).
 FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def is_hub_id(name: str) -> bool:
+    """True for an `owner/name` repo id as the hub's own validator accepts it (one rule for the
+    whole project: model, IP-Adapter and ControlNet ids, and the download panel)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(name, str) or name.count("/") != 1 or name.startswith((".", "/")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -115,7 +128,7 @@ class ModelRegistry:
                 raise ModelError(f"{path.name}: not a .safetensors checkpoint")
             return ModelSource("file", str(path), path.stem)
         refuse_pickle(path)
-        if _HUB_ID.match(name) and not name.startswith((".", "/")):
+        if is_hub_id(name):
             return ModelSource("hub", name, name)
         raise ModelError(
             f"unknown model {name!r}: not a file, a folder, a hub id (owner/name) or one of "
@@ -143,6 +156,95 @@ class ModelRegistry:
                 (self.models_dir / subdir).resolve()).as_posix()
         except (ValueError, OSError):
             return location
+
+    # -- discovery: what each models subfolder holds ---------------------------------------
+    def loras(self) -> list[str]:
+        """LoRA names (paths under models/Lora without .safetensors), sorted."""
+        root = self.models_dir / LORA_SUBDIR
+        if not root.is_dir():
+            return []
+        return sorted(path.relative_to(root).with_suffix("").as_posix()
+                      for path in root.rglob("*.safetensors") if path.is_file())
+
+    def adapters(self, subdir: str) -> list[str]:
+        """Names under models/<subdir> (IP-Adapter or ControlNet): diffusers folders and
+        .safetensors files, sorted; files inside a listed folder belong to it."""
+        root = self.models_dir / subdir
+        if not root.is_dir():
+            return []
+        found: list[str] = []
+        folders: list[Path] = []
+        for path in sorted(root.rglob("*")):
+            if any(folder in path.parents for folder in folders):
+                continue
+            if path.is_dir() and (subdir == IP_ADAPTER_SUBDIR and path.parent == root
+                                  or (path / "config.json").is_file()):
+                # An IP-Adapter is a folder (weights plus its image encoder); a ControlNet
+                # folder is one with a config.json.
+                folders.append(path)
+                found.append(path.relative_to(root).as_posix())
+            elif path.is_file() and path.suffix.lower() == ".safetensors":
+                found.append(path.relative_to(root).as_posix())
+        return found
+
+    # -- the path policy ---------------------------------------------------------------------
+    def confine_adapter(self, subdir: str, value: str, field: str, hub: bool = False) -> str:
+        """The name the engine uses for an adapter a client named: one listed under
+        models/<subdir>, a path inside that folder (given back as its name, so infotext and
+        presets hold no server paths) or, with `hub`, a hub id. Anything else (another path on
+        the machine, a name escaping the folder) is an InputError naming `field`."""
+        value = (value or "").strip()
+        if not value:
+            return ""
+        listed = self.adapters(subdir)
+        if value in listed:
+            return value
+        path = Path(value).expanduser()
+        folder = (self.models_dir / subdir).resolve()
+        if path.is_absolute() and path.exists() and folder in path.resolve().parents:
+            return self.adapter_name(subdir, str(path))
+        if hub and is_hub_id(value):
+            return value
+        shown = ", ".join(listed) or "none yet"
+        extra = ", or a hub id (owner/name)" if hub else ""
+        raise InputError(field, f"{value!r} is not one of this studio's {subdir} models "
+                                f"({shown}); put it in {self.models_dir / subdir}{extra}")
+
+    def confine(self, params, default_model: str, detectors: dict | None = None) -> None:
+        """Refuse (InputError naming the field) a job whose model or adapters are not this
+        studio's: names listed under the models folder, hub ids where a hub id is allowed, and
+        the model the studio was started with. Front doors pass names; only a command line
+        request may name other files (JobRequest.allow_paths)."""
+        from .lora import parse_prompt_loras
+
+        model = (params.model or "").strip()
+        if model and model not in self.names() and model != default_model:
+            raise InputError("model", f"{model!r} is not one of this studio's models; put "
+                                      f"checkpoints in {self.checkpoints_dir}")
+        loras = set(self.loras())
+        named = [(f"loras[{i}].name", lora.name) for i, lora in enumerate(params.loras)]
+        named += [("prompt", name) for name, _ in parse_prompt_loras(params.prompt)[1]]
+        for field, name in named:
+            if name not in loras and Path(name).stem not in loras:
+                raise InputError(field, f"LoRA {name!r} is not in {self.models_dir / LORA_SUBDIR}")
+        if params.ip_adapter:
+            self.confine_adapter(IP_ADAPTER_SUBDIR, params.ip_adapter, "ip_adapter", hub=True)
+        for i, unit in enumerate(params.controlnets):
+            self.confine_adapter(CONTROLNET_SUBDIR, unit.model, f"controlnets[{i}].model")
+            if unit.detector and detectors is not None and unit.detector not in detectors:
+                raise InputError(f"controlnets[{i}].detector",
+                                 f"{unit.detector!r} is not one of this studio's detectors")
+
+    def known_hash(self, source: ModelSource) -> str:
+        """The file's short hash if already computed (listings never read a whole file)."""
+        if source.kind != "file":
+            return ""
+        try:
+            stat = os.stat(source.location)
+        except OSError:
+            return ""
+        with self._hash_lock:
+            return self._hashes.get((source.location, stat.st_mtime, stat.st_size), "")
 
     def model_hash(self, source: ModelSource) -> str:
         """First 10 hex digits of the checkpoint file's sha256 ('' for folders and built-ins).

@@ -1,21 +1,20 @@
 """Output files: outputs/img2img/YYYY-MM-DD/NNNNN-SEED.png with the infotext inside (with a
 login, outputs/img2img/<user folder>/YYYY-MM-DD/...).
 
-Files are written under a temporary name and linked into place, so a crash never leaves a
-half-written PNG under a real name and two writers never overwrite each other's file.
+Files are written under a temporary name and linked into place (webui.files), so a crash never
+leaves a half-written PNG under a real name and two writers never overwrite each other's file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
+
+from ..files import safe_user_dir_name, staged
 
 _NUMBERED = re.compile(r"^(\d{5,})-")
 
@@ -54,16 +53,6 @@ def _next_number(folder: Path) -> int:
     return highest + 1
 
 
-def safe_user_dir_name(user: str) -> str:
-    """A folder name per user (for presets and results): readable slug plus a hash, because
-    slugs alone would merge users whose names differ only in case or punctuation (and
-    case-insensitive disks would too)."""
-    if not isinstance(user, str) or not user.strip():
-        raise ValueError("user must be a non-empty name")
-    stem = re.sub(r"[^a-z0-9]+", "-", user.casefold()).strip("-")[:40] or "user"
-    return f"{stem}-{hashlib.sha256(user.encode()).hexdigest()[:12]}"
-
-
 def day_folder(outputs_dir: str | os.PathLike, today: _dt.date | None = None,
                kind: str = "img2img", owner: str | None = None) -> Path:
     """outputs/<kind>/YYYY-MM-DD, created if needed (kind: img2img, img2img-grids, ...).
@@ -80,54 +69,10 @@ def day_folder(outputs_dir: str | os.PathLike, today: _dt.date | None = None,
     return folder
 
 
-def _write_bytes(handle, data: bytes) -> None:
-    handle.write(data)
-
-
-@contextlib.contextmanager
-def _staged(folder: Path, data: bytes, suffix: str = ".tmp"):
-    """A hidden, fully written and synced temp file in `folder` (same disk, so a rename or link
-    into place is atomic); removed afterwards."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            _write_bytes(handle, data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        yield tmp
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_atomic(path: Path, data: bytes, overwrite: bool) -> None:
-    """Write `path` so that readers see the old file or the whole new one, never a part.
-
-    Without `overwrite`, a hard link claims the name: it fails (FileExistsError) if another
-    writer got there first, where a check-then-rename would let two simultaneous saves both
-    "succeed".
-    """
-    path = Path(path)
-    with _staged(path.parent, data) as tmp:
-        if overwrite:
-            os.replace(tmp, path)
-            return
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise
-        except OSError:
-            # Disks without hard links: the best remaining guard is a check right before.
-            if path.exists():
-                raise FileExistsError(path) from None
-            os.replace(tmp, path)
-
-
 def write_numbered(data: bytes, folder: Path, seed: int, suffix: str = ".png") -> Path:
     """Write `data` as the next NNNNN-SEED file in `folder`, never replacing an existing file
     (a PNG, or latents with suffix '.safetensors')."""
-    with _staged(folder, data, suffix) as tmp:
+    with staged(folder, data, suffix) as tmp:
         number = _next_number(folder)
         while True:
             target = folder / f"{number:05d}-{seed}{suffix}"

@@ -7,6 +7,10 @@ latent channels of each VAE family, so colours and layout are right and detail i
 
 from __future__ import annotations
 
+# Credit: these are not fitted by this project. They are the approximate latent-to-RGB factors
+# published by the community for SD 1.x latents (SD 2.x shares that VAE) and for SDXL latents (the
+# earlier set, without a bias term), the ones several Stable Diffusion front ends use for their
+# live previews.
 # Rows: latent channels; columns: R, G, B.
 _SD_FACTORS = [
     [0.3512, 0.2297, 0.3227],

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .errors import ModelError
+from ..errors import ModelError
 from .models import FAMILY_LABELS, refuse_pickle
 
 FAMILIES = tuple(FAMILY_LABELS)

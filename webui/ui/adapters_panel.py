@@ -108,7 +108,9 @@ def adapters_accordion(studio: Studio, panel: Panel) -> None:
             value={"headers": handlers.LORA_HEADERS, "data": []},
             headers=handlers.LORA_HEADERS, datatype=["str", "number"], type="array",
             column_count=2, static_columns=[0], interactive=True, visible=False,
-            label="LoRA weights (0 = no effect, 1 = as trained, -4 to 4)", elem_id="lora-weights")
+            label="LoRA weights (0 = no effect, 1 = as trained, {} to {})".format(
+                *(P._num(v) for v in P.field_range("weight", P.LoraWeight))),
+            elem_id="lora-weights")
         with gr.Row(elem_id="ip-adapter-row"):
             panel.reference = gr.Image(
                 label="Reference image (IP-Adapter)", type="pil", format="png",

@@ -26,12 +26,15 @@ from PIL import Image, ImageChops
 from .. import images as imaging
 from .. import infotext, prompts
 from .. import params as P
+from ..params import MODES
 from ..tiny import TINY_MODELS
 from ..engine import hub, outputs
-from ..engine.adapters import AdapterError, mask_to_l, parse_prompt_loras
+from ..engine.adapter_inputs import AdapterError
+from ..engine.inpaint import mask_to_l
+from ..engine.lora import parse_prompt_loras
 from ..engine.detectors import DETECTOR_SUBDIR, list_detectors
 from ..engine.core import Engine, ImageResult, Inputs, Job, Progress, QueueFull, Result
-from ..engine.errors import Cancelled, InputError, ModelError, OutOfMemory
+from ..errors import Cancelled, InputError, ModelError, OutOfMemory
 from ..engine.models import CHECKPOINTS_SUBDIR, CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, LORA_SUBDIR
 from . import loopback as loopback_loop
 from . import uploads, xy
@@ -88,7 +91,6 @@ LABELS = {
     "loopback_color_correction": "Loopback colour correction",
 }
 
-MODES = ("img2img", "inpaint")
 CONTROLNET_UNITS = 3
 LORA_HEADERS = ["LoRA", "weight"]
 # What a ControlNet unit's controls are called (cn1_model, cn2_scale, ...), in wiring order.
@@ -222,8 +224,8 @@ def describe(progress: Progress) -> str:
     if progress.stage == "saving":
         return "Saving…"
     parts = [f"Step {progress.step}/{progress.total}"]
-    if progress.images > 1:
-        parts.append(f"batch {progress.image + 1}/{progress.images}")
+    if progress.batch_count > 1:
+        parts.append(f"batch {progress.batch_index + 1}/{progress.batch_count}")
     if progress.eta is not None:
         parts.append(f"ETA {progress.eta:.1f} s")
     parts.append(f"{progress.elapsed:.1f} s elapsed")

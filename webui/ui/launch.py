@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         _warn_open(host, args.share)
 
     from ..engine.core import Engine
-    from ..engine.errors import ModelError
+    from ..errors import ModelError
 
     outputs_dir = Path(args.outputs_dir).expanduser().resolve()
     try:

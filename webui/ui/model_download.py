@@ -17,7 +17,7 @@ from typing import Iterator
 import gradio as gr
 
 from ..engine import hub
-from ..engine.errors import Cancelled, InputError, ModelError
+from ..errors import Cancelled, InputError, ModelError
 from .handlers import Studio
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,8 @@
-"""Errors the engine raises with a message meant for the artist, never a traceback."""
+"""Errors with a message meant for the artist, never a traceback.
+
+A top-level module, not part of the engine, because every layer raises or catches them: image
+decoding, the engine, the CLI and the UI.
+"""
 
 
 class ModelError(RuntimeError):

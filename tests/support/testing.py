@@ -1,5 +1,5 @@
-"""Helpers for tests and benchmarks: write tiny pipelines (and ControlNets) as original-layout
-single-file checkpoints.
+"""Test helpers: write tiny pipelines (and ControlNets) as original-layout single-file
+checkpoints.
 
 The mapping below is the inverse of the library's single-file converters, derived from each model's
 own structure (block counts, layers per block, which blocks carry attention), so it fits the tiny
@@ -257,7 +257,7 @@ def tiny_inpainting_pipeline(kind: str = "tiny-random"):
     import torch
     from diffusers import UNet2DConditionModel
 
-    from .tiny import TINY_SDXL, build_pipeline
+    from webui.tiny import TINY_SDXL, build_pipeline
 
     pipe = build_pipeline(kind)
     config = {k: v for k, v in pipe.unet.config.items() if not k.startswith("_")}

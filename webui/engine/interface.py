@@ -1,0 +1,155 @@
+"""The engine's interface: what every front door (studio, CLI, bench, the REST API) may ask of
+an engine, written down as a typed protocol, and the plain data a job request carries.
+
+The in-process engine (core.Engine) implements it; an engine in other processes or on other
+machines implements the same protocol and passes the same engine tests. Nothing here imports
+torch: a front door can hold these types without loading the pipeline stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol, runtime_checkable
+
+from ..params import GenerationParams
+
+
+@dataclass
+class JobRequest:
+    """One job: the settings plus the pictures and files it uses. Plain data (PIL images, bytes,
+    strings): picklable, no open files or device tensors, so it can cross a process boundary.
+
+    params: the settings (validated GenerationParams).
+    init_image: the picture to transform (PIL); None only when `latents` are given.
+    mask: inpaint mask, white = repaint (PIL); switches the job to inpainting.
+    ip_image: the IP-Adapter reference picture (used when params.ip_adapter is set).
+    control_images: one entry per ControlNet unit: its uploaded control picture, or None for a
+        unit whose source is the init image.
+    latents: a .safetensors latent file to start from instead of the init image: its bytes, or
+        (in-process callers) its path.
+    color_reference: the picture colour correction matches (default: the init image).
+    infotext_extra: `key: value` pairs added to each result's infotext as they are.
+    save: write the results to the outputs folder.
+    owner: the user the job belongs to (their own outputs folder); None without a login.
+    allow_paths: let model, LoRA, IP-Adapter and ControlNet names be explicit file paths
+        anywhere on the machine. Only a command line run by the machine's own user sets it;
+        otherwise the engine confines every name to its folder under the models folder.
+    """
+
+    params: GenerationParams
+    init_image: Any = None
+    mask: Any = None
+    ip_image: Any = None
+    control_images: list | None = None
+    latents: bytes | Path | None = None
+    color_reference: Any = None
+    infotext_extra: dict[str, str] | None = None
+    save: bool = True
+    owner: str | None = None
+    allow_paths: bool = False
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A checkpoint the engine can load. kind: 'tiny', 'file', 'folder' or 'hub'; family: 'sd1',
+    'sd2' or 'sdxl' when known without loading the model (else None); hash: the first 10 hex
+    digits of a single file's sha256 once the engine has computed it (it does on first use),
+    else ''; licence: as the file or its model card states it, else ''."""
+
+    name: str
+    kind: str
+    family: str | None = None
+    hash: str = ""
+    licence: str = ""
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """running: the id of the running job (None when idle); waiting: jobs queued behind it;
+    capacity: how many may wait before a submit is refused as busy."""
+
+    running: int | None
+    waiting: int
+    capacity: int
+
+
+@runtime_checkable
+class JobHandle(Protocol):
+    """A submitted job."""
+
+    id: int
+    owner: str | None
+
+    @property
+    def done(self) -> bool:
+        """True once the job has a result or an error."""
+
+    def cancel(self) -> None:
+        """Stop the job: at once while queued, within one sampling step while running."""
+
+    def position(self) -> int:
+        """Jobs running or waiting before this one (0 when running or finished)."""
+
+    def updates(self, timeout: float | None = None) -> Iterator[Any]:
+        """core.Progress items until the job ends."""
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The core.Result; raises the job's error (InputError, ModelError, Cancelled, ...)."""
+
+
+@runtime_checkable
+class EngineAPI(Protocol):
+    """What a front door may ask of an engine. Names, not paths: the engine resolves model and
+    adapter names inside its models folder (see JobRequest.allow_paths)."""
+
+    model: str  # the model a job with an empty model setting uses
+    queue_size: int
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def submit(self, request: JobRequest) -> JobHandle:
+        """Queue a job; QueueFull when the queue is full. Names are checked here (InputError)."""
+
+    def generate(self, request: JobRequest) -> Any:
+        """Submit and wait: the core.Result."""
+
+    def cancel_all(self) -> None:
+        """Cancel every queued and running job."""
+
+    def queue_status(self) -> QueueStatus: ...
+
+    # -- listings ------------------------------------------------------------------------------
+    def models(self) -> list[str]:
+        """The names of the checkpoints a job may name."""
+
+    def list_models(self) -> list[ModelInfo]: ...
+
+    def list_loras(self) -> list[str]: ...
+
+    def list_controlnets(self) -> list[str]: ...
+
+    def list_ip_adapters(self) -> list[str]: ...
+
+    def list_detectors(self) -> dict[str, str]:
+        """Detector name -> kind ('depth' or 'pose')."""
+
+    def list_samplers(self) -> list[str]: ...
+
+    # -- the resident model --------------------------------------------------------------------
+    def loaded_model(self) -> str | None:
+        """The resident model's location, or None."""
+
+    def is_tiny(self, name: str = "") -> bool:
+        """True for the built-in test models (they make noise, not pictures)."""
+
+    def load_model(self, name: str = "") -> str:
+        """Load `name` (default: the default model) now; its resolved name."""
+
+    def unload(self) -> None: ...
+
+    def control_preview(self, picture, preprocessor: str, detector: str = "", low: float = 100,
+                        high: float = 200) -> Any:
+        """The control map a ControlNet unit would get from `picture` (PIL)."""
+
+
+__all__ = ["EngineAPI", "JobHandle", "JobRequest", "ModelInfo", "QueueStatus"]
