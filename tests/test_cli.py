@@ -262,3 +262,96 @@ def test_depth_preprocessor_with_a_detector_model(gen, tmp_path):
     assert code == 0, err
     [(path, text)] = printed(out)
     assert "preprocessor: depth" in text and "detector: tiny-depth" in text
+
+
+# -- xy: a plot headless -------------------------------------------------------------------------
+@pytest.fixture
+def plot(tmp_path, monkeypatch, init_png, capsys):
+    """plot(*flags) -> (exit code, stdout, stderr) of an in-process `xy --init in.png ...`."""
+    monkeypatch.chdir(tmp_path)
+
+    def call(*flags: str):
+        argv = ["xy", "--init", str(init_png), "--models-dir", str(tmp_path / "models"),
+                "--outputs-dir", str(tmp_path / "outputs"), "--device", "cpu", "--pag-scale", "0",
+                *flags]
+        code = main(argv)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
+
+
+def test_xy_writes_the_grid_with_every_cell(plot, tmp_path):
+    from webui import xyplot
+
+    code, out, err = plot("--prompt", "a fox", "--width", "64", "--height", "96", "--seed", "7",
+                          "--strength", "0.5", "--x-axis", "CFG scale", "--x-values", "5,9",
+                          "--y-axis", "steps", "--y-values", "2, 3")
+    assert code == 0, err
+    [line] = out.splitlines()
+    path = tmp_path / line
+    assert path.parent.parent == tmp_path / "outputs" / xyplot.GRIDS_SUBDIR
+    assert path.name == "00000-7.png"
+    assert "X/Y plot: 4 cells, seed 7" in err and "Cell 4/4 (CFG scale 9, Steps 3): done" in err
+    with Image.open(path) as saved:
+        grid = infotext.parse(saved.info["parameters"])
+        cells = xyplot.read_cells(saved)
+    assert grid.extras["X/Y plot"] == "CFG scale (5, 9) x Steps (2, 3)"
+    assert [(c["x"], c["y"]) for c in cells] == [("5", "2"), ("9", "2"), ("5", "3"), ("9", "3")]
+    read = [infotext.parse(c["parameters"]).params for c in cells]
+    assert [(p.guidance_scale, p.steps) for p in read] == [(5, 2), (9, 2), (5, 3), (9, 3)]
+    assert {(p.seed, p.width, p.height, p.prompt) for p in read} == {(7, 64, 96, "a fox")}
+    assert not (tmp_path / "outputs" / "img2img").exists()  # cells are not saved on their own
+
+
+def test_xy_one_row_into_a_folder(plot, tmp_path):
+    from webui import xyplot
+
+    folder = tmp_path / "plots"
+    code, out, err = plot("--steps", "2", "--strength", "0.5", "--cfg", "6", "--seed", "4",
+                          "--x-axis", "Seed", "--x-values", "1, 2", "--out", str(folder))
+    assert code == 0, err
+    assert [Path(p) for p in out.splitlines()] == [folder / "00000-4.png"]
+    with Image.open(folder / "00000-4.png") as saved:
+        # Without a Y axis the one row is labelled with the base's own CFG scale.
+        assert infotext.parse(saved.info["parameters"]).extras["X/Y plot"] == \
+            "Seed (1, 2) x CFG scale (6)"
+        assert [c["x"] for c in xyplot.read_cells(saved)] == ["1", "2"]
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("flags,expect", [
+    (("--x-axis", "CFG scale", "--x-values", "5,99"), "--x-values: X values (CFG scale): "),
+    (("--x-axis", "Hires steps", "--x-values", "1"), "--x-axis: X axis must be one of"),
+    (("--x-values", "1, 2"), "--x-axis: X axis: name the setting"),
+    (("--x-axis", "Steps", "--x-values", "2", "--y-values", "5"), "--y-axis: Y axis: name"),
+    (("--x-axis", "Steps", "--x-values", "2", "--y-axis", "CFG scale"), "--y-values: Y values: "
+     "type CFG scale values"),
+    (("--x-axis", "Steps", "--x-values", "2", "--y-axis", "CFG scale", "--y-values", "5",
+      "--z-axis", "Steps", "--z-values", "3"), "--z-axis: X and Z are both Steps"),
+    (("--x-axis", "Steps", "--x-values", "2", "--z-axis", "Seed", "--z-values", "1, 2", "--out",
+      "grid.png"), "--out: a Z axis makes one grid per value"),
+    (("--x-axis", "Steps", "--x-values", "2", "--cfg", "40"), "--cfg: "),
+])
+def test_xy_bad_input_exits_2_naming_the_option(plot, tmp_path, flags, expect):
+    code, out, err = plot(*flags)
+    assert code == 2
+    assert out == ""
+    line = error_line(err)
+    assert err.strip() == line  # nothing but the one line
+    assert line.startswith(f"error: {expect}"), line
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "grid.png").exists()
+
+
+def test_xy_out_file(plot, tmp_path):
+    from webui import xyplot
+
+    target = tmp_path / "sub" / "grid.png"
+    code, out, err = plot("--steps", "2", "--strength", "0.5", "--x-axis", "Denoising strength",
+                          "--x-values", "0.3", "--y-axis", "CFG scale", "--y-values", "5",
+                          "--out", str(target))
+    assert code == 0, err
+    assert out.splitlines() == [str(target)]
+    with Image.open(target) as saved:
+        assert len(xyplot.read_cells(saved)) == 1
+    assert not [p for p in target.parent.iterdir() if p.name != "grid.png"]  # no temp file left

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from webui import infotext, presets
 from webui import params as P
 from webui.engine.colour import match_colours
-from webui.engine.core import Inputs
+from webui.engine import JobRequest
 from webui.ui import loopback
 from webui.ui.handlers import Session, Studio
 
@@ -82,8 +82,9 @@ def test_colour_correction_keeps_pixels_outside_the_inpaint_mask_exact(engine):
     init = scene()
     mask = Image.new("L", (W, H), 0)
     ImageDraw.Draw(mask).rectangle((8, 8, 47, 55), fill=255)
-    result = engine.generate(P.make(steps=4, strength=0.9, seed=3, color_correction=True), init,
-                             save=False, inputs=Inputs(mask=mask))
+    result = engine.generate(JobRequest(P.make(steps=4, strength=0.9, seed=3,
+                                               color_correction=True), init, mask=mask,
+                                        save=False))
     out = np.asarray(result.images[0].image)
     outside = np.asarray(mask) == 0
     assert np.array_equal(out[outside], np.asarray(init)[outside])
@@ -131,12 +132,12 @@ class Recorder:
     """Wraps engine.submit to keep what each job was given."""
 
     def __init__(self, engine, monkeypatch):
-        self.calls: list[tuple[P.GenerationParams, Image.Image, Inputs]] = []
+        self.calls: list[tuple[P.GenerationParams, Image.Image, JobRequest]] = []
         real = engine.submit
 
-        def submit(params, init_image, save=True, inputs=None, owner=None):
-            self.calls.append((params, init_image, inputs))
-            return real(params, init_image, save=save, inputs=inputs, owner=owner)
+        def submit(request):
+            self.calls.append((request.params, request.init_image, request))
+            return real(request)
 
         monkeypatch.setattr(engine, "submit", submit)
 

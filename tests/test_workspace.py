@@ -5,7 +5,6 @@ preview is cleared when the result arrives, the History view, the settings the b
 
 from __future__ import annotations
 
-import threading
 import time
 from types import SimpleNamespace
 

@@ -10,11 +10,12 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from webui import infotext
+from webui import infotext, xyplot
 from webui import params as P
 from webui.engine import core
+from webui.engine import JobRequest, Progress
 from webui.engine.core import Engine
-from webui.ui import handlers, xy
+from webui.ui import xy
 from webui.ui.handlers import Session, Studio, XYView
 
 # gr.Warning outside a request falls back to a Python warning; the handlers use it on purpose.
@@ -54,47 +55,48 @@ def saved_grids(engine, final: XYView) -> list[Path]:
 # -- plans ---------------------------------------------------------------------------------------
 def test_plan_validation():
     base = P.GenerationParams()
-    plan = xy.plan("Denoising strength", xy.default_values("Denoising strength"), "CFG scale",
-                   xy.default_values("CFG scale"), base)
+    plan = xyplot.plan("Denoising strength", xy.default_values("Denoising strength"),
+                       "CFG scale", xy.default_values("CFG scale"), base)
     assert plan.x_values == [0.3, 0.5, 0.7] and plan.y_values == [5.0, 7.0, 10.0]
     assert plan.params_for(base, 2, 0).strength == 0.7
     assert plan.z is None and plan.grids == 1 and plan.name == "X/Y plot"
-    samplers = xy.parse_axis("Sampler", "euler a, DPMSolverMultistepScheduler", base)
+    samplers = xyplot.parse_axis("Sampler", "euler a, DPMSolverMultistepScheduler", base)
     assert samplers.values == ["Euler a", "DPM++ 2M"]
-    with pytest.raises(xy.AxisError, match=r"^X values \(Steps\): steps must be a whole number"):
-        xy.plan("Steps", "10, 1000", "CFG scale", "7", base)
-    with pytest.raises(xy.AxisError, match="both CFG scale"):
-        xy.plan("CFG scale", "5", "CFG scale", "7", base)
-    with pytest.raises(xy.AxisError, match=r"7 x 6 = 42 cells is too many.*at most 36"):
-        xy.plan("Steps", "1,2,3,4,5,6,7", "CFG scale", "1,2,3,4,5,6", base)
-    with pytest.raises(xy.AxisError, match="Y values: type"):
-        xy.plan("Steps", "1", "CFG scale", " , ", base)
-    with pytest.raises(xy.AxisError, match="X axis must be one of") as caught:
-        xy.plan("Hires steps", "1", "CFG scale", "7", base)
+    with pytest.raises(xyplot.AxisError,
+                       match=r"^X values \(Steps\): steps must be a whole number"):
+        xyplot.plan("Steps", "10, 1000", "CFG scale", "7", base)
+    with pytest.raises(xyplot.AxisError, match="both CFG scale"):
+        xyplot.plan("CFG scale", "5", "CFG scale", "7", base)
+    with pytest.raises(xyplot.AxisError, match=r"7 x 6 = 42 cells is too many.*at most 36"):
+        xyplot.plan("Steps", "1,2,3,4,5,6,7", "CFG scale", "1,2,3,4,5,6", base)
+    with pytest.raises(xyplot.AxisError, match="Y values: type"):
+        xyplot.plan("Steps", "1", "CFG scale", " , ", base)
+    with pytest.raises(xyplot.AxisError, match="X axis must be one of") as caught:
+        xyplot.plan("Hires steps", "1", "CFG scale", "7", base)
     assert caught.value.field == "X axis"
-    for label in xy.AXES:
+    for label in xyplot.AXES:
         assert isinstance(xy.default_values(label), str)
-    assert xy.default_values(xy.NOTHING) == ""
+    assert xy.default_values(xyplot.NOTHING) == ""
 
 
 def test_seed_and_pag_axes():
     base = P.GenerationParams()
-    plan = xy.plan("Seed", "7, 8, 7", "PAG scale", "0, 1.5", base)
+    plan = xyplot.plan("Seed", "7, 8, 7", "PAG scale", "0, 1.5", base)
     assert plan.x_values == [7, 8] and plan.y_values == [0.0, 1.5]
     cell = plan.params_for(base, 1, 1)
     assert (cell.seed, cell.pag_scale) == (8, 1.5)
-    with pytest.raises(xy.AxisError, match=r"X values \(Seed\): -1 .* no place on a seed axis"):
-        xy.plan("Seed", "1, -1", "CFG scale", "7", base)
-    with pytest.raises(xy.AxisError, match=r"X values \(Seed\): seed must be a whole number"):
-        xy.plan("Seed", "1.5", "CFG scale", "7", base)
-    with pytest.raises(xy.AxisError, match=r"Y values \(PAG scale\): pag_scale must be a number "
-                       r"from 0 to 10"):
-        xy.plan("Seed", "1", "PAG scale", "11", base)
+    with pytest.raises(xyplot.AxisError, match=r"X values \(Seed\): -1 .* no place on a seed axis"):
+        xyplot.plan("Seed", "1, -1", "CFG scale", "7", base)
+    with pytest.raises(xyplot.AxisError, match=r"X values \(Seed\): seed must be a whole number"):
+        xyplot.plan("Seed", "1.5", "CFG scale", "7", base)
+    with pytest.raises(xyplot.AxisError, match=r"Y values \(PAG scale\): pag_scale must be a "
+                       r"number from 0 to 10"):
+        xyplot.plan("Seed", "1", "PAG scale", "11", base)
 
 
 def test_prompt_search_replace_axis():
     base = P.GenerationParams(prompt="a red fox, red sky")
-    axis = xy.parse_axis("Prompt S/R", 'red, "deep, blue", green', base)
+    axis = xyplot.parse_axis("Prompt S/R", 'red, "deep, blue", green', base)
     assert axis.search == "red" and axis.values == ["red", "deep, blue", "green"]
     assert axis.labels == ["red", "deep, blue", "green"]
     assert axis.title == "Prompt S/R (red)"
@@ -102,44 +104,46 @@ def test_prompt_search_replace_axis():
     assert axis.apply(base, 0).prompt == base.prompt
     # Typed back the way it reads: the value holding a comma stays quoted.
     assert axis.describe() == 'Prompt S/R (red) (red, "deep, blue", green)'
-    assert xy.split_values(axis.describe().split("(red) (")[1][:-1]) == axis.values
-    with pytest.raises(xy.AxisError, match=r"X values \(Prompt S/R\): 'blue' is not in the "
+    assert xyplot.split_values(axis.describe().split("(red) (")[1][:-1]) == axis.values
+    with pytest.raises(xyplot.AxisError, match=r"X values \(Prompt S/R\): 'blue' is not in the "
                        "prompt; the first value is the text to search for"):
-        xy.parse_axis("Prompt S/R", "blue, green", base)
-    with pytest.raises(xy.AxisError, match=r"X values: type Prompt S/R values .* e\.g\. red"):
-        xy.parse_axis("Prompt S/R", "", base)
+        xyplot.parse_axis("Prompt S/R", "blue, green", base)
+    with pytest.raises(xyplot.AxisError, match=r"X values: type Prompt S/R values .* e\.g\. red"):
+        xyplot.parse_axis("Prompt S/R", "", base)
     long = P.GenerationParams(prompt="x" * 19_990 + " cat")
-    with pytest.raises(xy.AxisError, match=r"Y values \(Prompt S/R\): prompt is too long"):
-        xy.plan("Steps", "10", "Prompt S/R", "cat, " + "tiger" * 10, long)
+    with pytest.raises(xyplot.AxisError, match=r"Y values \(Prompt S/R\): prompt is too long"):
+        xyplot.plan("Steps", "10", "Prompt S/R", "cat, " + "tiger" * 10, long)
 
 
 def test_lora_and_controlnet_weight_axes():
     plain = P.GenerationParams()
-    with pytest.raises(xy.AxisError, match=r"X axis \(LoRA weight\): no LoRA is picked") as caught:
-        xy.plan("LoRA weight", "0, 1", "CFG scale", "7", plain)
+    with pytest.raises(xyplot.AxisError,
+                       match=r"X axis \(LoRA weight\): no LoRA is picked") as caught:
+        xyplot.plan("LoRA weight", "0, 1", "CFG scale", "7", plain)
     assert caught.value.field == "X axis"
-    with pytest.raises(xy.AxisError, match=r"Y axis \(ControlNet weight\): no ControlNet unit is "
-                       "enabled"):
-        xy.plan("Steps", "10", "ControlNet weight", "0.5", plain)
+    with pytest.raises(xyplot.AxisError, match=r"Y axis \(ControlNet weight\): no ControlNet "
+                       "unit is enabled"):
+        xyplot.plan("Steps", "10", "ControlNet weight", "0.5", plain)
     base = plain.replace(loras=[{"name": "film", "weight": 0.8}, {"name": "grain", "weight": 1}],
                          controlnets=[{"model": "cn/tiny-canny", "scale": 1.0},
                                       {"model": "other", "scale": 0.3}])
-    plan = xy.plan("LoRA weight", "0, 0.5", "ControlNet weight", "0.25, 2", base)
+    plan = xyplot.plan("LoRA weight", "0, 0.5", "ControlNet weight", "0.25, 2", base)
     assert plan.x.title == "LoRA weight (film)" and plan.y.title == "ControlNet weight (tiny-canny)"
     cell = plan.params_for(base, 1, 0)
     assert [(l.name, l.weight) for l in cell.loras] == [("film", 0.5), ("grain", 1.0)]
     assert [u.scale for u in cell.controlnets] == [0.25, 0.3]
-    with pytest.raises(xy.AxisError, match=r"X values \(LoRA weight\): must be a number from -4 "
-                       "to 4"):
-        xy.plan("LoRA weight", "0, 9", "CFG scale", "7", base)
-    with pytest.raises(xy.AxisError, match=r"Y values \(ControlNet weight\): must be a number "
+    with pytest.raises(xyplot.AxisError, match=r"X values \(LoRA weight\): must be a number "
+                       "from -4 to 4"):
+        xyplot.plan("LoRA weight", "0, 9", "CFG scale", "7", base)
+    with pytest.raises(xyplot.AxisError, match=r"Y values \(ControlNet weight\): must be a number "
                        "from 0 to 2"):
-        xy.plan("Steps", "10", "ControlNet weight", "3", base)
+        xyplot.plan("Steps", "10", "ControlNet weight", "3", base)
 
 
 def test_z_axis_plan():
     base = P.GenerationParams(prompt="a red fox")
-    plan = xy.plan("Steps", "10, 20", "CFG scale", "5, 7", base, "Prompt S/R", "red, blue, green")
+    plan = xyplot.plan("Steps", "10, 20", "CFG scale", "5, 7", base, "Prompt S/R",
+                       "red, blue, green")
     assert plan.grids == 3 and plan.cells == 12 and plan.name == "X/Y/Z plot"
     cell = plan.params_for(base, 1, 0, 2)
     assert (cell.steps, cell.guidance_scale, cell.prompt) == (20, 5.0, "a green fox")
@@ -147,15 +151,15 @@ def test_z_axis_plan():
     assert plan.extra(1) == {"X/Y plot": "Steps (10, 20) x CFG scale (5, 7)",
                              "Z axis": "Prompt S/R (red): blue"}
     # Nothing (or no Z at all) is a plain X/Y plot.
-    assert xy.plan("Steps", "10", "CFG scale", "5", base, xy.NOTHING, "1, 2").z is None
-    with pytest.raises(xy.AxisError, match="X and Z are both Steps") as caught:
-        xy.plan("Steps", "10", "CFG scale", "5", base, "Steps", "20")
+    assert xyplot.plan("Steps", "10", "CFG scale", "5", base, xyplot.NOTHING, "1, 2").z is None
+    with pytest.raises(xyplot.AxisError, match="X and Z are both Steps") as caught:
+        xyplot.plan("Steps", "10", "CFG scale", "5", base, "Steps", "20")
     assert caught.value.field == "Z axis"
-    with pytest.raises(xy.AxisError, match=r"Z values \(Seed\)"):
-        xy.plan("Steps", "10", "CFG scale", "5", base, "Seed", "-1")
+    with pytest.raises(xyplot.AxisError, match=r"Z values \(Seed\)"):
+        xyplot.plan("Steps", "10", "CFG scale", "5", base, "Seed", "-1")
     # The limit counts the cells of every grid.
-    with pytest.raises(xy.AxisError, match=r"3 x 3 x 5 = 45 cells is too many.*at most 36"):
-        xy.plan("Steps", "1,2,3", "CFG scale", "1,2,3", base, "Seed", "1,2,3,4,5")
+    with pytest.raises(xyplot.AxisError, match=r"3 x 3 x 5 = 45 cells is too many.*at most 36"):
+        xyplot.plan("Steps", "1,2,3", "CFG scale", "1,2,3", base, "Seed", "1,2,3,4,5")
 
 
 # -- pictures ------------------------------------------------------------------------------------
@@ -163,8 +167,8 @@ def test_grid_size_and_labels():
     cells = [[Image.new("RGB", (64, 48), (40 * x, 40 * y, 90)) for x in range(3)]
              for y in range(2)]
     cells[1][2] = None  # an interrupted plot keeps its shape
-    grid = xy.render(cells, "Sampler", ["Euler a", "DPM++ 2M Karras", "DDIM"], "CFG scale",
-                     [5.0, 7.5])
+    grid = xyplot.render(cells, "Sampler", ["Euler a", "DPM++ 2M Karras", "DDIM"], "CFG scale",
+                         [5.0, 7.5])
     assert grid.labels == ["Euler a", "DPM++ 2M Karras", "DDIM", "5", "7.5"]
     assert grid.titles == ("Sampler", "CFG scale")
     width, height = grid.image.size
@@ -172,34 +176,119 @@ def test_grid_size_and_labels():
     # The labels live in a narrow header, not in extra rows.
     assert height - 2 * 48 < 2 * 48
     big = [[Image.new("RGB", (2048, 2048))]]
-    assert max(xy.render(big, "Steps", [10], "CFG scale", [7]).image.size) < 2048
+    assert max(xyplot.render(big, "Steps", [10], "CFG scale", [7]).image.size) < 2048
     # A Z value heads its grid: one more line, no more.
-    titled = xy.render(cells, "Sampler", ["Euler a", "DPM++ 2M Karras", "DDIM"], "CFG scale",
-                       [5.0, 7.5], title="Seed: 3")
+    titled = xyplot.render(cells, "Sampler", ["Euler a", "DPM++ 2M Karras", "DDIM"],
+                           "CFG scale", [5.0, 7.5], title="Seed: 3")
     assert titled.title == "Seed: 3"
     assert height < titled.image.height < height + 48
     # Long replacements are cut short in the picture (the infotext keeps them).
-    long = xy.render([[cells[0][0]]], "Prompt S/R", ["x" * 500], "Steps", [10])
-    assert long.labels[0].endswith("…") and len(long.labels[0]) == xy.MAX_LABEL
-    stacked = xy.stack([grid.image, titled.image])
+    long = xyplot.render([[cells[0][0]]], "Prompt S/R", ["x" * 500], "Steps", [10])
+    assert long.labels[0].endswith("…") and len(long.labels[0]) == xyplot.MAX_LABEL
+    stacked = xyplot.stack([grid.image, titled.image])
     assert stacked.width == max(grid.image.width, titled.image.width)
     assert stacked.height > grid.image.height + titled.image.height
-    assert xy.stack([grid.image]) is grid.image
+    assert xyplot.stack([grid.image]) is grid.image
 
 
 def test_grid_png_holds_every_cell_infotext():
     base = P.GenerationParams(prompt="a fox")
-    plan = xy.plan("Steps", "10, 20", "CFG scale", "5", base, "Seed", "1, 2")
-    records = [xy.cell_record(plan, xi, 0, zi, f"a fox\nSteps: {10 * (xi + 1)}, Seed: {zi + 1}")
+    plan = xyplot.plan("Steps", "10, 20", "CFG scale", "5", base, "Seed", "1, 2")
+    records = [xyplot.cell_record(plan, xi, 0, zi, f"a fox\nSteps: {10 * (xi + 1)}, Seed: {zi + 1}")
                for zi in range(2) for xi in range(2)]
-    data = xy.png_bytes(Image.new("RGB", (8, 8)), "a fox\nSteps: 10, X/Y plot: x", records)
+    data = xyplot.png_bytes(Image.new("RGB", (8, 8)), "a fox\nSteps: 10, X/Y plot: x", records)
     import io
 
     image = Image.open(io.BytesIO(data))
     assert image.info["parameters"] == "a fox\nSteps: 10, X/Y plot: x"
-    assert xy.read_cells(image) == records
+    assert xyplot.read_cells(image) == records
     assert records[3] == {"x": "20", "y": "5", "z": "2", "parameters": "a fox\nSteps: 20, Seed: 2"}
-    assert xy.read_cells(Image.new("RGB", (8, 8))) == []
+    assert xyplot.read_cells(Image.new("RGB", (8, 8))) == []
+
+
+# -- the runner, without the studio --------------------------------------------------------------
+def test_the_plot_module_imports_neither_gradio_nor_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, webui.xyplot\n"
+            "bad = [m for m in ('gradio', 'torch', 'diffusers') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_runner_on_the_engine(engine, init):
+    base = P.GenerationParams(prompt="a fox", seed=-1, **FAST)
+    grid_plan = xyplot.plan("CFG scale", "5, 9", "Steps", "4", base)
+    tracked, forgotten = [], []
+    events = list(xyplot.run(engine, grid_plan, JobRequest(base, init), track=tracked.append,
+                             forget=forgotten.append))
+    started, finished = events[0], events[-1]
+    assert isinstance(started, xyplot.Started) and isinstance(finished, xyplot.Finished)
+    seed = started.base.seed
+    assert seed >= 0 and finished.base.seed == seed  # one random seed for every cell
+    assert started.text == f"X/Y plot: 2 cells, seed {seed}"
+    progress = [e for e in events if isinstance(e, xyplot.CellProgress)]
+    assert progress and {e.cell for e in progress} == {1, 2}
+    assert progress[0].where == "Cell 1/2 (CFG scale 5, Steps 4)"
+    assert isinstance(progress[0].progress, Progress)
+    done = [e for e in events if isinstance(e, xyplot.CellDone)]
+    assert [e.where for e in done] == ["Cell 1/2 (CFG scale 5, Steps 4)",
+                                       "Cell 2/2 (CFG scale 9, Steps 4)"]
+    assert tracked == forgotten and len(tracked) == 2 and all(job.done for job in tracked)
+    assert not finished.interrupted and finished.done == 2
+    assert finished.summary == f"2 cells, seed {seed}"
+    [grid] = finished.grids
+    assert grid.seed == seed
+    assert infotext.parse(grid.parameters).extras["X/Y plot"] == "CFG scale (5, 9) x Steps (4)"
+    assert [infotext.parse(c["parameters"]).params.guidance_scale for c in grid.cells] == [5, 9]
+    assert xyplot.read_cells(finished.shown) == grid.cells
+    # The cells are never saved on their own; the grid is, numbered in the grids folder.
+    assert not Path(engine.outputs_dir).exists()
+    first, second = (xyplot.save(finished.grids, engine.outputs_dir)[0] for _ in range(2))
+    assert first.parent.parent.name == xyplot.GRIDS_SUBDIR
+    assert (first.name, second.name) == (f"00000-{seed}.png", f"00001-{seed}.png")
+    saved = Image.open(first)
+    assert saved.info["parameters"] == grid.parameters
+    assert xyplot.read_cells(saved) == grid.cells
+
+
+def test_runner_stops_and_fails(engine, init, monkeypatch):
+    base = P.GenerationParams(seed=6, **FAST)
+    grid_plan = xyplot.plan("CFG scale", "5, 9, 11", "Steps", "4", base)
+    # Stopped after the first cell: a grid with grey holes, marked interrupted.
+    events = []
+    for event in xyplot.run(engine, grid_plan, JobRequest(base, init),
+                            stopped=lambda: any(isinstance(e, xyplot.CellDone) for e in events)):
+        events.append(event)
+    finished = events[-1]
+    assert finished.interrupted and finished.done == 1 and len(finished.grids) == 1
+    assert len(finished.grids[0].cells) == 1
+    # Stopped before the first: nothing to show.
+    [started, nothing] = list(xyplot.run(engine, grid_plan, JobRequest(base, init),
+                                         stopped=lambda: True))
+    assert nothing.interrupted and nothing.grids == [] and nothing.shown is None
+    # A failing cell fails the plot, naming where; nothing runs after it.
+    real = engine._run
+
+    def run(job):
+        if job.params.guidance_scale == 9:
+            raise RuntimeError("the sampler broke")
+        return real(job)
+
+    monkeypatch.setattr(engine, "_run", run)
+    seen = []
+    with pytest.raises(xyplot.CellFailed) as caught:
+        for event in xyplot.run(engine, grid_plan, JobRequest(base, init)):
+            seen.append(event)
+    assert caught.value.where == "Cell 2/3 (CFG scale 9, Steps 4)"
+    assert isinstance(caught.value.error, RuntimeError)
+    assert str(caught.value) == "cell 2/3 (CFG scale 9, Steps 4): the sampler broke"
+    assert not any(isinstance(e, xyplot.Finished) for e in seen)
+    assert not any(getattr(e, "cell", 0) == 3 for e in seen)
+    assert not Path(engine.outputs_dir).exists()
 
 
 # -- the handler ---------------------------------------------------------------------------------
@@ -220,9 +309,9 @@ def test_xy_plot_handler(studio, init, engine):
     assert saved.size == grid.size
     assert infotext.parse(saved.info["parameters"]).extras["X/Y plot"] == \
         "Denoising strength (0.3, 0.6) x CFG scale (5, 9)"
-    assert path.parent.parent.name == handlers.GRIDS_SUBDIR
+    assert path.parent.parent.name == xyplot.GRIDS_SUBDIR
     # Every cell's own infotext, read back from the saved file, in row order (Y, then X).
-    cells = xy.read_cells(saved)
+    cells = xyplot.read_cells(saved)
     assert [(c["x"], c["y"]) for c in cells] == [("0.3", "5"), ("0.6", "5"), ("0.3", "9"),
                                                  ("0.6", "9")]
     read = [infotext.parse(c["parameters"]).params for c in cells]
@@ -230,7 +319,7 @@ def test_xy_plot_handler(studio, init, engine):
                                                               (0.6, 9)]
     assert len({p.seed for p in read}) == 1 and read[0].seed >= 0
     # The page's copy carries the same text.
-    assert xy.read_cells(grid) == cells
+    assert xyplot.read_cells(grid) == cells
     with pytest.raises(gr.Error, match="too many"):
         next(studio.xy_plot(Session(), init, x_axis="Steps",
                             x_values=",".join(map(str, range(1, 8))), y_axis="CFG scale",
@@ -254,10 +343,10 @@ def test_z_axis_makes_one_saved_grid_per_value(studio, init, engine):
         text = grid.info["parameters"]
         assert infotext.parse(text).extras["Z axis"] == f"Denoising strength: {strength:g}"
         assert infotext.parse(text).params.strength == strength
-        cells = xy.read_cells(grid)
+        cells = xyplot.read_cells(grid)
         assert [c["z"] for c in cells] == [f"{strength:g}"] * 2
         assert [infotext.parse(c["parameters"]).params.guidance_scale for c in cells] == [5, 9]
-    assert len(xy.read_cells(final.grid)) == 4
+    assert len(xyplot.read_cells(final.grid)) == 4
 
 
 def test_prompt_search_replace_and_seed_axes_run(studio, init, engine):
@@ -267,7 +356,7 @@ def test_prompt_search_replace_and_seed_axes_run(studio, init, engine):
     final = views[-1]
     assert final.status == "**Done**: 4 cells, seed on the Y axis."
     [path] = saved_grids(engine, final)
-    cells = xy.read_cells(Image.open(path))
+    cells = xyplot.read_cells(Image.open(path))
     assert [c["x"] for c in cells] == ["red", "blue, bright"] * 2
     read = [infotext.parse(c["parameters"]).params for c in cells]
     assert [(p.prompt, p.seed) for p in read] == [("a red fox", 3), ("a blue, bright fox", 3),
@@ -378,7 +467,7 @@ def test_lora_and_controlnet_weight_axes_run(adapter_studio, init):
     saved = Image.open(path)
     assert infotext.parse(saved.info["parameters"]).extras["X/Y plot"] == \
         "LoRA weight (film) (0, 1) x ControlNet weight (tiny-canny) (0.5)"
-    read = [infotext.parse(c["parameters"]) for c in xy.read_cells(saved)]
+    read = [infotext.parse(c["parameters"]) for c in xyplot.read_cells(saved)]
     assert [[(l.name, l.weight) for l in r.params.loras] for r in read] == [[("film", 0.0)],
                                                                             [("film", 1.0)]]
     assert [r.params.controlnets[0].scale for r in read] == [0.5, 0.5]
@@ -403,10 +492,10 @@ def test_every_axis_is_offered(studio):
         return [choice[1] if isinstance(choice, tuple) else choice
                 for choice in dropdowns[elem_id].choices]
 
-    assert offered("xy-x-axis") == offered("xy-y-axis") == list(xy.AXES)
-    assert len(xy.AXES) == 9
-    assert offered("xy-z-axis") == [xy.NOTHING, *xy.AXES]
-    assert dropdowns["xy-z-axis"].value == xy.NOTHING
+    assert offered("xy-x-axis") == offered("xy-y-axis") == list(xyplot.AXES)
+    assert len(xyplot.AXES) == 9
+    assert offered("xy-z-axis") == [xyplot.NOTHING, *xyplot.AXES]
+    assert dropdowns["xy-z-axis"].value == xyplot.NOTHING
 
 
 def test_base_summary_opens_only_files_gradio_holds(studio, tmp_path):

@@ -1,5 +1,6 @@
-"""`python -m webui` launches the studio; `python -m webui generate ...` runs one job headless;
-`python -m webui import-styles FILE` turns a styles.csv into user presets."""
+"""`python -m webui` launches the studio; `python -m webui generate ...` runs one job headless,
+`python -m webui xy ...` an X/Y(/Z) plot; `python -m webui import-styles FILE` turns a styles.csv
+into user presets."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="img2img-webui", description="Stable Diffusion image-to-image studio.")
     sub = parser.add_subparsers(dest="command")
     cli.add_generate_parser(sub)
+    cli.add_xy_parser(sub)
     styles = sub.add_parser("import-styles", help="import a styles.csv as user presets",
                             description="Each style (columns name, prompt, negative_prompt) "
                             "becomes a user preset.")
@@ -39,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import cli
 
         return cli.run_generate(args)
+    if args.command == "xy":
+        from . import cli
+
+        return cli.run_xy(args)
     if args.command == "import-styles":
         from . import cli
 

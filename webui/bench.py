@@ -95,7 +95,7 @@ def adversarial_texts(size: int = PARSER_TEXT_BYTES) -> dict[str, str]:
 def parser_cases(budget: float = PARSER_BUDGET_S) -> list[dict]:
     """Seconds each text parser takes on each adversarial text, against the budget."""
     from . import infotext, prompts
-    from .engine.lora import parse_prompt_loras
+    from .engine import parse_prompt_loras
 
     parsers = {
         "prompt syntax": prompts.parse,
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.parsers_only:
         return _report({"parsers": parsers}, args.out)
 
-    from .engine.core import Engine
+    from .engine import Engine
 
     engine = Engine(outputs_dir="outputs", device=args.device)
     models = args.model or (["random-sd15", "random-sdxl"] if engine.device.startswith("cuda")

@@ -388,9 +388,11 @@ class Engine:
     # -- listings (the registry owns discovery) ----------------------------------------------
     def list_models(self) -> list[ModelInfo]:
         infos = []
+        scanned = {source.name: source for source in self.registry.scan()}
         for name in self.models():
+            # One scan for all names; resolve (a scan each) only the few others.
             try:
-                source = self.registry.resolve(name)
+                source = scanned.get(name) or self.registry.resolve(name)
             except ModelError:
                 continue
             family = self.family if self.loaded_model() == source.location else None
@@ -405,6 +407,21 @@ class Engine:
                                    hash=self.registry.known_hash(source),
                                    licence=hub.licence(source)))
         return infos
+
+    @property
+    def models_dir(self) -> Path:
+        return self.registry.models_dir
+
+    def check_model(self, name: str = "") -> str:
+        """Where `name` (default: the studio's model) would load from; ModelError when it is
+        not a model this engine can load (checked at start-up, before any job)."""
+        return self.registry.resolve(name or self.model).location
+
+    def check_adapter(self, kind: str, name: str, field: str, hub: bool = False) -> str:
+        """The name a job may use for the adapter `name` of `kind` (IP_ADAPTER_SUBDIR or
+        CONTROLNET_SUBDIR): listed, a path inside its folder (given back as its name) or, with
+        `hub`, a hub id; InputError naming `field` otherwise."""
+        return self.registry.confine_adapter(kind, name, field, hub=hub)
 
     def list_loras(self) -> list[str]:
         return self.registry.loras()
@@ -646,7 +663,7 @@ class Engine:
             folder = outputs.day_folder(self.outputs_dir, owner=job.owner)
             for item in results:
                 if item.latents is not None:
-                    item.path = self._write_latents(item, folder)
+                    item.path = self.write_latents(item, folder)
                 else:
                     item.path = outputs.write_numbered(outputs.png_bytes(item.image, item.infotext),
                                                   folder, item.seed)
@@ -667,7 +684,8 @@ class Engine:
         return tensor
 
     @staticmethod
-    def _write_latents(item: ImageResult, folder: Path) -> Path:
+    def write_latents(item: ImageResult, folder: Path) -> Path:
+        """A latent result as a numbered .safetensors file in `folder` (its infotext inside)."""
         data = latents_bytes(item.latents[None], {"infotext": item.infotext})
         return outputs.write_numbered(data, folder, item.seed, ".safetensors")
 

@@ -247,7 +247,7 @@ def _tqdm_class(meter: _Meter):
 
 
 def download(repo_id: str, on_progress: Callable[[DownloadProgress], None] | None = None,
-             cancel: threading.Event | None = None, fp16: bool = True) -> str:
+             cancel: threading.Event | None = None, fp16: bool | None = None) -> str:
     """Fetch a diffusers-format model into the hub cache; the snapshot folder's path.
 
     Files already cached are not fetched again, so a download that was cancelled or failed picks
@@ -256,6 +256,7 @@ def download(repo_id: str, on_progress: Callable[[DownloadProgress], None] | Non
     id, Cancelled when `cancel` is set, and ModelError (not on the hub, offline, pickle-only, not
     diffusers format) with a message for the artist otherwise.
     """
+    fp16 = FETCH_FP16 if fp16 is None else fp16
     from huggingface_hub import HfApi, snapshot_download, try_to_load_from_cache
 
     repo_id = check_repo_id(repo_id)

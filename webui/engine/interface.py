@@ -105,6 +105,12 @@ class EngineAPI(Protocol):
 
     model: str  # the model a job with an empty model setting uses
     queue_size: int
+    outputs_dir: Path  # where results are saved (front doors save grids there too)
+    device: str  # 'cuda', 'cpu', ... of the engine's pipeline
+
+    @property
+    def models_dir(self) -> Path:
+        """The models folder the engine's names are relative to."""
 
     # -- jobs ----------------------------------------------------------------------------------
     def submit(self, request: JobRequest) -> JobHandle:
@@ -134,6 +140,13 @@ class EngineAPI(Protocol):
         """Detector name -> kind ('depth' or 'pose')."""
 
     def list_samplers(self) -> list[str]: ...
+
+    def check_model(self, name: str = "") -> str:
+        """Where `name` (default: the engine's model) would load from; ModelError if nowhere."""
+
+    def check_adapter(self, kind: str, name: str, field: str, hub: bool = False) -> str:
+        """The name a job may use for an IP-Adapter or ControlNet a client named (the path
+        policy); InputError naming `field` when it is not this engine's."""
 
     # -- the resident model --------------------------------------------------------------------
     def loaded_model(self) -> str | None:

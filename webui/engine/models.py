@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,8 +95,15 @@ class ModelRegistry:
         return found
 
     def names(self) -> list[str]:
-        """Every model name for the picker: scanned checkpoints, hub ids, then the built-in ones."""
-        return [s.name for s in self.scan()] + list(self.hub_ids) + list(tiny.TINY_MODELS)
+        """Every model name for the picker: scanned checkpoints, configured hub ids and the
+        models downloaded into the hub cache, then the built-in ones."""
+        from .hub import cached_models  # hub.py builds on this module
+
+        names = [s.name for s in self.scan()]
+        for repo_id in list(self.hub_ids) + cached_models():
+            if repo_id not in names:
+                names.append(repo_id)
+        return names + list(tiny.TINY_MODELS)
 
     def default_name(self) -> str:
         """The first scanned checkpoint, else the first configured hub id, else tiny-random."""
@@ -206,9 +212,9 @@ class ModelRegistry:
         if hub and is_hub_id(value):
             return value
         shown = ", ".join(listed) or "none yet"
-        extra = ", or a hub id (owner/name)" if hub else ""
+        extra = " (or give a hub id, owner/name)" if hub else ""
         raise InputError(field, f"{value!r} is not one of this studio's {subdir} models "
-                                f"({shown}); put it in {self.models_dir / subdir}{extra}")
+                                f"({shown}){extra}; put it in {self.models_dir / subdir}")
 
     def confine(self, params, default_model: str, detectors: dict | None = None) -> None:
         """Refuse (InputError naming the field) a job whose model or adapters are not this

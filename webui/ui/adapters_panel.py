@@ -16,7 +16,7 @@ import gradio as gr
 
 from .. import params as P
 from . import handlers
-from ..engine.detectors import DETECTOR_SUBDIR
+from ..engine import DETECTOR_SUBDIR
 from .handlers import CONTROLNET_SUBDIR, CONTROLNET_UNITS, IP_ADAPTER_SUBDIR, Studio
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-import random
 import re
 import shutil
 import tempfile
@@ -24,18 +23,14 @@ import gradio as gr
 from PIL import Image, ImageChops
 
 from .. import images as imaging
-from .. import infotext, prompts
+from .. import infotext, prompts, xyplot
 from .. import params as P
 from ..params import MODES
-from ..tiny import TINY_MODELS
-from ..engine import hub, outputs
-from ..engine.adapter_inputs import AdapterError
-from ..engine.inpaint import mask_to_l
-from ..engine.lora import parse_prompt_loras
-from ..engine.detectors import DETECTOR_SUBDIR, list_detectors
-from ..engine.core import Engine, ImageResult, Inputs, Job, Progress, QueueFull, Result
-from ..errors import Cancelled, InputError, ModelError, OutOfMemory
-from ..engine.models import CHECKPOINTS_SUBDIR, CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, LORA_SUBDIR
+from .. import engine as E
+from ..engine import (CHECKPOINTS_SUBDIR, CONTROLNET_SUBDIR, DETECTOR_SUBDIR, IP_ADAPTER_SUBDIR,
+                      LORA_SUBDIR, AdapterError, Cancelled, Engine, ImageResult, InputError,
+                      Inputs, Job, JobRequest, ModelError, OutOfMemory, Progress, QueueFull,
+                      Result, mask_to_l, parse_prompt_loras)
 from . import loopback as loopback_loop
 from . import uploads, xy
 
@@ -97,7 +92,6 @@ LORA_HEADERS = ["LoRA", "weight"]
 UNIT_KEYS = ("enabled", "model", "source", "image", "preprocessor", "detector", "scale", "start",
              "end", "low", "high")
 # Hub ids as the hub spells them; ".." is refused separately so a path can never pass as one.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*$")
 
 
 def _unit_default(key: str):
@@ -160,7 +154,6 @@ REMEMBERED = ("model", "prompt", "negative_prompt", "strength", "guidance_scale"
               "scheduler", "width", "height", "resize_mode", "batch_count", "batch_size")
 BUSY_MESSAGE = ("Your job is still running: wait for it to finish, or press Interrupt (Esc) to "
                 "stop it.")
-GRIDS_SUBDIR = "img2img-grids"
 # API clients may leave out any setting; it then takes the params.py default.
 _D = P.default
 _AXES = list(xy.AXES)
@@ -169,7 +162,7 @@ _AXES = list(xy.AXES)
 def shown_folder(engine: Engine, subfolder: str) -> str:
     """A models subfolder as the page names it: 'models/Lora/', never the server's full path
     (a shared page must not show how the server's disk is laid out)."""
-    return f"{engine.registry.models_dir.name}/{subfolder}/"
+    return f"{engine.models_dir.name}/{subfolder}/"
 
 
 def tiny_notice(engine: Engine) -> str:
@@ -451,16 +444,15 @@ class Studio:
         names = self.engine.models()
         if self.engine.model and self.engine.model not in names:
             names.insert(0, self.engine.model)
-        # Models downloaded into the hub cache (the Get a model panel), before the built-in ones,
-        # which always close the engine's list.
-        at = len(names) - len(TINY_MODELS)
-        names[at:at] = [m for m in hub.cached_models() if m not in names]
         return names
 
     def model_choices(self, names: list[str] | None = None) -> list[tuple[str, str]]:
         """The picker's (label, name) pairs: the label adds the licence a model states, since
         commercial use depends on it; the values stay the plain names."""
-        return hub.labelled(self.engine.registry, self.models() if names is None else names)
+        names = self.models() if names is None else names
+        licences = {info.name: info.licence for info in self.engine.list_models()}
+        return [(f"{name} · {licences[name]}" if licences.get(name) else name, name)
+                for name in names]
 
     def _model(self, name) -> str:
         name = (name or "").strip() if isinstance(name, str) else name
@@ -512,48 +504,28 @@ class Studio:
 
     # -- adapters ----------------------------------------------------------------------------
     def available_loras(self) -> list[str]:
-        """LoRA names (paths under models/Lora without .safetensors), sorted. Scanned here
-        because the engine only knows its LoRA list once a model is loaded."""
-        root = self.engine.registry.models_dir / LORA_SUBDIR
-        if not root.is_dir():
-            return []
-        return sorted(path.relative_to(root).with_suffix("").as_posix()
-                      for path in root.rglob("*.safetensors") if path.is_file())
+        """LoRA names (paths under models/Lora without .safetensors), sorted."""
+        return self.engine.list_loras()
 
     def adapter_models(self, kind: str) -> list[str]:
-        """Names under models/<kind> (IP-Adapter or ControlNet): diffusers folders and
-        .safetensors files, sorted; files inside a listed folder belong to it."""
-        root = self.engine.registry.models_dir / kind
-        if not root.is_dir():
-            return []
-        found: list[str] = []
-        folders: list[Path] = []
-        for path in sorted(root.rglob("*")):
-            if any(folder in path.parents for folder in folders):
-                continue
-            if path.is_dir() and (kind == IP_ADAPTER_SUBDIR and path.parent == root
-                                  or (path / "config.json").is_file()):
-                # An IP-Adapter is a folder (weights plus its image encoder); a ControlNet
-                # folder is one with a config.json.
-                folders.append(path)
-                found.append(path.relative_to(root).as_posix())
-            elif path.is_file() and path.suffix.lower() == ".safetensors":
-                found.append(path.relative_to(root).as_posix())
-        return found
+        """Names under models/<kind> (IP-Adapter or ControlNet), sorted."""
+        if kind == IP_ADAPTER_SUBDIR:
+            return self.engine.list_ip_adapters()
+        return self.engine.list_controlnets()
 
     def detector_models(self) -> list[tuple[str, str]]:
         """(label, name) of the depth and pose detectors in models/ControlNet-preprocessors,
         after the automatic choice."""
-        found = list_detectors(self.engine.detectors_dir)
+        found = self.engine.list_detectors()
         return [("auto (the first of its kind)", "")] + [
-            (f"{name} ({kind})", name) for name, (kind, _) in found.items()]
+            (f"{name} ({kind})", name) for name, kind in found.items()]
 
     def _detector_name(self, value, field: str) -> str:
         """A detector picked from the list (a shared page must not name server paths)."""
         if value is not None and not isinstance(value, str):
             raise _fail(field, f"must be text (got {type(value).__name__})")
         value = (value or "").strip()
-        found = list_detectors(self.engine.detectors_dir)
+        found = self.engine.list_detectors()
         if value and value not in found:
             listed = ", ".join(found) or "none yet"
             raise _fail(field, f"{value!r} is not one of this studio's detector models "
@@ -566,40 +538,26 @@ class Studio:
 
         Only names listed under models/<kind>, paths inside that folder (given back as names,
         so infotext and presets hold no server paths) and (for the IP-Adapter) hub ids pass: a
-        shared page must not read arbitrary paths on the server.
+        shared page must not read arbitrary paths on the server. The engine's path policy
+        decides (Engine.check_adapter); this names the page's field.
         """
         if value is not None and not isinstance(value, str):
             raise _fail(field, f"must be text (got {type(value).__name__})")
-        value = (value or "").strip()
-        if not value:
-            return ""
-        if value in self.adapter_models(kind):
-            return value  # the engine finds it in models/<kind>; infotext keeps the name
-        path = Path(value).expanduser()
-        folder = (self.engine.registry.models_dir / kind).resolve()
-        if path.is_absolute() and path.exists() and folder in path.resolve().parents:
-            return self.engine.registry.adapter_name(kind, str(path))
-        if hub and _HUB_ID.match(value) and ".." not in value:
-            return value
-        listed = ", ".join(self.adapter_models(kind)) or "none yet"
-        extra = ", or a hub id (owner/name)" if hub else ""
-        raise _fail(field, f"{value!r} is not one of this studio's {kind} models ({listed}); put "
-                    f"it in {shown_folder(self.engine, kind)} and press 🔄{extra}")
+        try:
+            return self.engine.check_adapter(kind, value or "", field, hub=hub)
+        except InputError as exc:
+            raise _fail(field, self._unplaced(str(exc)) + " and press 🔄") from None
 
     def _adapter_choice(self, kind: str, location: str) -> str | None:
         """The inverse of _adapter_location for a value read back from a PNG: the listed name,
         the hub id, or None when it is not available here."""
-        listed = self.adapter_models(kind)
-        if location in listed:
-            return location
-        relative = self.engine.registry.adapter_name(kind, location)  # a path in models/<kind>
-        if relative in listed:
-            return relative
-        if Path(location).name in listed:
-            return Path(location).name
-        if kind == IP_ADAPTER_SUBDIR and _HUB_ID.match(location) and ".." not in location:
-            return location
-        return None
+        try:
+            return self.engine.check_adapter(kind, location, kind, hub=kind == IP_ADAPTER_SUBDIR)
+        except InputError:
+            pass
+        # A file name from another machine's folder: the same name here, if listed.
+        name = Path(location).name
+        return name if name in self.adapter_models(kind) else None
 
     def _check_prompt_loras(self, prompt: str) -> None:
         """<lora:...> tags must name LoRAs by name: the engine would also open a file path."""
@@ -767,10 +725,19 @@ class Studio:
 
     def _submit(self, session: Session, params: P.GenerationParams, init, save: bool,
                 inputs: Inputs | None = None, owner: str | None = None) -> Job:
+        inputs = inputs or Inputs()
+        # A request, not the in-process shorthand: the engine confines every name in it to the
+        # models folder, behind the page's own checks.
+        request = JobRequest(params, init, mask=inputs.mask, ip_image=inputs.ip_image,
+                             control_images=inputs.control_images, latents=inputs.latents,
+                             color_reference=inputs.color_reference,
+                             infotext_extra=inputs.infotext_extra, save=save, owner=owner)
         try:
-            job = self.engine.submit(params, init, save=save, inputs=inputs, owner=owner)
+            job = self.engine.submit(request)
         except QueueFull as exc:
             raise _error(str(exc), title="Busy") from None
+        except (InputError, AdapterError) as exc:
+            raise _fail(exc.field, self._unplaced(str(exc))) from None
         session.track(job)
         return job
 
@@ -798,7 +765,7 @@ class Studio:
         """`text` with the models and outputs folders' full paths shortened to their names:
         the engine's messages may name the files it read, the page must not show where the
         server keeps them."""
-        for folder in (self.engine.registry.models_dir, self.engine.outputs_dir):
+        for folder in (self.engine.models_dir, self.engine.outputs_dir):
             for form in {str(folder.resolve()), str(folder.absolute())}:
                 text = text.replace(form, folder.name)
         return text
@@ -1145,7 +1112,7 @@ class Studio:
                 picture = Image.open(path)
             except (OSError, SyntaxError, ValueError):
                 return "", "**Not an image file** (PNG, JPEG, WebP, ...)."
-        text = outputs.read_infotext(picture)
+        text = E.read_infotext(picture)
         if not text:
             return "", ("This image carries no generation parameters (it may have been "
                         "re-saved by another program, or never had any).")
@@ -1255,8 +1222,7 @@ class Studio:
             fill.update({f"cn{n}_{key}": unit[key] for key in UNIT_KEYS
                          if key not in ("enabled", "image")})
             fill[f"cn{n}_model"] = model
-            if unit["detector"] and unit["detector"] not in list_detectors(
-                    self.engine.detectors_dir):
+            if unit["detector"] and unit["detector"] not in self.engine.list_detectors():
                 warnings.append(f"ControlNet unit {n}: the detector {unit['detector']!r} is not "
                                 f"in {shown_folder(self.engine, DETECTOR_SUBDIR)}; the first of "
                                 "its kind is used")
@@ -1345,10 +1311,12 @@ class Studio:
             return status
         return "**Failed**: the plot did not start; the message says which setting to fix."
 
-    def _xy_plan(self, base: P.GenerationParams, axes: tuple) -> xy.Plan:
+    def _xy_plan(self, base: P.GenerationParams, axes: tuple):
+        """The plot's plan (webui.xyplot.Plan) from the page's axes; gr.Error naming the axis."""
+
         try:
-            grid_plan = xy.plan(*axes[:4], base, *axes[4:])
-        except xy.AxisError as exc:
+            grid_plan = xyplot.plan(*axes[:4], base, *axes[4:])
+        except xyplot.AxisError as exc:
             raise _error(str(exc), title=exc.field) from None
         for axis in grid_plan.axes:
             if axis.kind != "prompt_sr":
@@ -1373,7 +1341,10 @@ class Studio:
         """The same seed over a grid of two settings, rendered as one labelled image, or with a
         Z axis one grid per Z value; every other setting (adapters, inpainting) as on the
         img2img tab. Every value is checked before the first cell runs; a cell that fails fails
-        the plot (the status says so, the error is raised)."""
+        the plot (the status says so, the error is raised). The plot itself is
+        webui.xyplot.run; this turns the page's values into its request and its events into
+        the page's views."""
+
         del batch_count, batch_size  # one image per cell, whatever the main tab says
         session = session if session is not None else Session()
         # A grid of latent previews compares nothing: cells are always pictures.
@@ -1383,101 +1354,57 @@ class Studio:
             (model, prompt, negative_prompt, strength, guidance_scale, steps, seed, scheduler,
              width, height, resize_mode, 1, 1), extras, [])
         grid_plan = self._xy_plan(base, (x_axis, x_values, y_axis, y_values, z_axis, z_values))
-        if base.seed < 0:
-            # One seed for every cell, or the grid compares noise instead of settings.
-            base = base.replace(seed=random.randint(0, P.MAX_SEED))
-        seeds = next((f"seed on the {axis.which} axis" for axis in grid_plan.axes
-                      if axis.kind == "seed"), f"seed {base.seed}")
-        nx, ny, nz = len(grid_plan.x.values), len(grid_plan.y.values), grid_plan.grids
-        cells = [[[None] * nx for _ in range(ny)] for _ in range(nz)]
-        records: list[list[dict]] = [[] for _ in range(nz)]
+        owner = _user(request)
+        # A request, as _submit makes one: the engine confines every name in it to the models
+        # folder, behind the page's own checks.
+        job = JobRequest(base, init, mask=inputs.mask, ip_image=inputs.ip_image,
+                         control_images=inputs.control_images, latents=inputs.latents,
+                         color_reference=inputs.color_reference,
+                         infotext_extra=inputs.infotext_extra, save=False, owner=owner)
         skip = gr.skip()
         session.start()
-        done, stopped, last_result = 0, False, None
-        in_grids = f" in {nz} grids" if nz > 1 else ""
-        yield XYView(f"{grid_plan.name}: {grid_plan.cells} cells{in_grids}, {seeds}", skip, None,
-                     "")
-        for zi in range(nz):
-            for yi in range(ny):
-                for xi in range(nx):
-                    if session.interrupted:
-                        stopped = True
-                        break
-                    cell = grid_plan.params_for(base, xi, yi, zi)
-                    where = self._xy_where(grid_plan, done, xi, yi, zi)
-                    try:
-                        job = self._submit(session, cell, init, save=False, inputs=inputs,
-                                           owner=_user(request))
-                        try:
-                            for progress in self._follow(job):
-                                preview = progress.preview if progress.preview is not None \
-                                    else skip
-                                yield XYView(f"{where} · {describe(progress)}", preview, skip,
-                                             skip)
-                            result = self._result(job)
-                        finally:
-                            session.forget(job)
-                            if not job.done:
-                                job.cancel()
-                    except gr.Error as exc:
-                        # One failed cell fails the plot: a grid with a hole compares nothing.
-                        yield XYView(f"**Failed** at {where[0].lower()}{where[1:]}: "
-                                     f"{exc.message}", skip, None, "")
-                        raise
-                    if result is None or result.interrupted:
-                        stopped = True
-                    if result is not None and result.images:
-                        item = result.images[0]
-                        cells[zi][yi][xi] = item.image
-                        records[zi].append(xy.cell_record(grid_plan, xi, yi, zi, item.infotext))
-                        last_result = result
-                        done += 1
-                    if stopped:
-                        break
-                if stopped:
-                    break
-            if stopped:
-                break
-        if last_result is None:
+        events = xyplot.run(self.engine, grid_plan, job, stopped=lambda: session.interrupted,
+                            track=session.track, forget=session.forget, collect=self._result,
+                            interval=UPDATE_INTERVAL)
+        try:
+            for event in events:
+                if isinstance(event, xyplot.Started):
+                    yield XYView(event.text, skip, None, "")
+                elif isinstance(event, xyplot.CellProgress):
+                    preview = event.preview if event.preview is not None else skip
+                    yield XYView(f"{event.where} · {describe(event.progress)}", preview, skip,
+                                 skip)
+                elif isinstance(event, xyplot.Finished):
+                    finished = event
+        except xyplot.CellFailed as exc:
+            error = self._xy_error(exc.error)
+            if error is None:
+                raise exc.error from None
+            # One failed cell fails the plot: a grid with a hole compares nothing.
+            yield XYView(f"**Failed** at {exc.where[0].lower()}{exc.where[1:]}: "
+                         f"{error.message}", skip, None, "")
+            raise error from None
+        if not finished.grids:
             yield XYView(f"{grid_plan.name} interrupted before the first cell was ready.", skip,
                          skip, skip)
             return
-        grids, texts = [], []
-        for zi in range(nz):
-            title = f"{grid_plan.z.title}: {grid_plan.z.labels[zi]}" if grid_plan.z else ""
-            grids.append(xy.render(cells[zi], grid_plan.x.title, grid_plan.x.labels,
-                                   grid_plan.y.title, grid_plan.y.labels, title=title).image)
-            texts.append(self._xy_text(grid_plan, base, last_result, zi if grid_plan.z else None))
-        everything = [record for grid_records in records for record in grid_records]
-        shown = xy.attach(xy.stack(grids), texts[0] if nz == 1 else
-                          self._xy_text(grid_plan, base, last_result, None), everything)
-        if stopped:
-            yield XYView(f"**Interrupted**: {done}/{grid_plan.cells} cells done, "
-                         f"{'grids' if nz > 1 else 'grid'} not saved.", skip, shown, "")
+        if finished.interrupted:
+            several = "grids" if grid_plan.grids > 1 else "grid"
+            yield XYView(f"**Interrupted**: {finished.done}/{grid_plan.cells} cells done, "
+                         f"{several} not saved.", skip, finished.shown, "")
             return
-        folder = outputs.day_folder(self.engine.outputs_dir, kind=GRIDS_SUBDIR,
-                                    owner=_user(request))
-        paths = [outputs.write_numbered(xy.png_bytes(image, text, grid_records), folder,
-                                        base.seed)
-                 for image, text, grid_records in zip(grids, texts, records)]
+        paths = xyplot.save(finished.grids, self.engine.outputs_dir, owner=owner)
         names = ", ".join(path.name for path in paths)
-        yield XYView(f"**Done**: {grid_plan.cells} cells{in_grids}, {seeds}.", skip, shown,
-                     f"saved as {names}")
+        yield XYView(f"**Done**: {finished.summary}.", skip, finished.shown, f"saved as {names}")
 
-    @staticmethod
-    def _xy_where(grid_plan: xy.Plan, done: int, xi: int, yi: int, zi: int) -> str:
-        parts = [f"{grid_plan.x.title} {grid_plan.x.labels[xi]}",
-                 f"{grid_plan.y.title} {grid_plan.y.labels[yi]}"]
-        if grid_plan.z:
-            parts.append(f"{grid_plan.z.title} {grid_plan.z.labels[zi]}")
-        return f"Cell {done + 1}/{grid_plan.cells} ({', '.join(parts)})"
-
-    @staticmethod
-    def _xy_text(grid_plan: xy.Plan, base: P.GenerationParams, result: Result,
-                 zi: int | None) -> str:
-        """A grid's infotext: the settings its cells share (with its Z value, for one grid of a
-        Z axis) and what the plot compares."""
-        params = grid_plan.grid_params(base, zi) if zi is not None else base
-        return infotext.format(params, seed=params.seed, width=result.width,
-                               height=result.height, model_name=result.model,
-                               extra=grid_plan.extra(zi))
+    def _xy_error(self, error: BaseException) -> gr.Error | None:
+        """The toast for a failed cell, as for a single job: an error reading its result is one
+        already (xy_plot collects with _result); one queueing it is mapped as _submit maps it.
+        None for anything else, which goes up as it is."""
+        if isinstance(error, gr.Error):
+            return error
+        if isinstance(error, QueueFull):
+            return _error(str(error), title="Busy")
+        if isinstance(error, (InputError, AdapterError)):
+            return _fail(error.field, self._unplaced(str(error)))
+        return None

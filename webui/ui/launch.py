@@ -190,8 +190,7 @@ def run(args: argparse.Namespace) -> int:
     if args.insecure and not users and (args.share or not _is_loopback(host)):
         _warn_open(host, args.share)
 
-    from ..engine.core import Engine
-    from ..errors import ModelError
+    from ..engine import Engine, ModelError
 
     outputs_dir = Path(args.outputs_dir).expanduser().resolve()
     try:
@@ -201,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(models_dir=args.models_dir, outputs_dir=outputs_dir, model=args.model or "",
                     queue_size=args.queue_size)
     try:
-        engine.registry.resolve(engine.model)
+        engine.check_model()
     except ModelError as exc:
         return _fail(f"--model: {exc}")
 

@@ -16,8 +16,8 @@ from typing import Iterator
 
 import gradio as gr
 
-from ..engine import hub
-from ..errors import Cancelled, InputError, ModelError
+from .. import engine as E  # the engine's public face: suggestions, id check, download
+from ..engine import Cancelled, InputError, ModelError
 from .handlers import Studio
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def _size(n: float) -> str:
     return f"{int(n)} B"
 
 
-def describe(progress: hub.DownloadProgress) -> str:
+def describe(progress: E.DownloadProgress) -> str:
     """'1.2 GB of 2.0 GB · 35.0 MB/s'."""
     return f"{_size(progress.done)} of {_size(progress.total)} · {_size(progress.speed)}/s"
 
@@ -51,17 +51,17 @@ def build(studio: Studio) -> Panel:
     """The panel, placed where it is called. It starts closed, so the header stays one line
     and the workspace below stays in view; while the built-in tiny models are all the picker
     has, the tiny-model notice beside it points here."""
-    offline = hub.is_offline()
+    offline = E.is_offline()
     with gr.Accordion("Get a model", open=False, elem_id="get-model") as accordion:
-        suggestion = gr.Dropdown([(s.label, s.repo_id) for s in hub.SUGGESTIONS],
-                                 value=hub.SUGGESTIONS[0].repo_id, label="Well-known checkpoints",
+        suggestion = gr.Dropdown([(s.label, s.repo_id) for s in E.SUGGESTIONS],
+                                 value=E.SUGGESTIONS[0].repo_id, label="Well-known checkpoints",
                                  info="id · family · download size · licence",
                                  elem_id="get-model-choice")
         repo_id = gr.Textbox(label="Or any hub id", placeholder="owner/name (diffusers format)",
                              max_lines=1, elem_id="get-model-id")
         download = gr.Button("Download", variant="secondary", interactive=not offline,
                              elem_id="get-model-download")
-        status = gr.Markdown(hub.offline_message() if offline else
+        status = gr.Markdown(E.offline_message() if offline else
                              "Downloads go to the hub cache; only safetensors weights are "
                              "fetched.", elem_id="get-model-status")
     return Panel(accordion, suggestion, repo_id, download, status)
@@ -72,7 +72,7 @@ def download_model(studio: Studio, suggestion: str | None, typed: str | None,
     """The Download event: yields (status, picker, tiny notice) while the download runs, and
     at the end lists and selects the new model. A typed id wins over the list's choice."""
     try:
-        repo_id = hub.check_repo_id((typed or "").strip() or suggestion or "")
+        repo_id = E.check_repo_id((typed or "").strip() or suggestion or "")
     except InputError as exc:
         yield f"**Not downloaded:** {exc}", gr.skip(), gr.skip()
         return
@@ -82,8 +82,7 @@ def download_model(studio: Studio, suggestion: str | None, typed: str | None,
 
     def run() -> None:
         try:
-            outcome["folder"] = hub.download(repo_id, on_progress=updates.put, cancel=cancel,
-                                             fp16=hub.FETCH_FP16)
+            outcome["folder"] = E.download(repo_id, on_progress=updates.put, cancel=cancel)
         except (ModelError, Cancelled) as exc:
             outcome["error"] = exc
         except Exception as exc:  # noqa: BLE001 - a full disk, say: the page shows why it stopped
