@@ -69,3 +69,12 @@ def fresh_engine(tmp_path):
     yield engine
     _settle(engine)
     engine.unload()
+
+
+@pytest.fixture
+def init():
+    """A 64² picture with a clear shape (a blue square on red): enough for any tiny-model job."""
+    image = Image.new("RGB", (64, 64), (200, 40, 30))
+    image.paste((20, 90, 200), (16, 16, 48, 48))
+    return image
+

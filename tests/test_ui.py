@@ -40,13 +40,6 @@ def studio(engine):
     return Studio(engine)
 
 
-@pytest.fixture
-def init():
-    image = Image.new("RGB", (64, 64), (200, 40, 30))
-    image.paste((20, 90, 200), (16, 16, 48, 48))
-    return image
-
-
 def run(studio, session, init, **settings) -> list[GenerateView]:
     settings.setdefault("steps", 4)
     settings.setdefault("strength", 0.5)

@@ -24,16 +24,21 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
 FAST = dict(steps=4, strength=0.5, pag_scale=0.0)
 
 
+def break_cells_with_cfg(engine, monkeypatch, cfg: float) -> None:
+    """Make every job with CFG `cfg` fail inside the engine, as a broken sampler would."""
+    real = engine._run
+
+    def run(job):
+        if job.params.guidance_scale == cfg:
+            raise RuntimeError("the sampler broke")
+        return real(job)
+
+    monkeypatch.setattr(engine, "_run", run)
+
+
 @pytest.fixture
 def studio(engine):
     return Studio(engine)
-
-
-@pytest.fixture
-def init():
-    image = Image.new("RGB", (64, 64), (200, 40, 30))
-    image.paste((20, 90, 200), (16, 16, 48, 48))
-    return image
 
 
 def views_until_error(plot) -> tuple[list[XYView], gr.Error | None]:
@@ -271,14 +276,7 @@ def test_runner_stops_and_fails(engine, init, monkeypatch):
                                          stopped=lambda: True))
     assert nothing.interrupted and nothing.grids == [] and nothing.shown is None
     # A failing cell fails the plot, naming where; nothing runs after it.
-    real = engine._run
-
-    def run(job):
-        if job.params.guidance_scale == 9:
-            raise RuntimeError("the sampler broke")
-        return real(job)
-
-    monkeypatch.setattr(engine, "_run", run)
+    break_cells_with_cfg(engine, monkeypatch, 9)
     seen = []
     with pytest.raises(xyplot.CellFailed) as caught:
         for event in xyplot.run(engine, grid_plan, JobRequest(base, init)):
@@ -372,14 +370,7 @@ def test_prompt_search_replace_and_seed_axes_run(studio, init, engine):
 
 
 def test_a_failing_cell_fails_the_plot(studio, init, engine, monkeypatch):
-    real = engine._run
-
-    def run(job):
-        if job.params.guidance_scale == 9:
-            raise RuntimeError("the sampler broke")
-        return real(job)
-
-    monkeypatch.setattr(engine, "_run", run)
+    break_cells_with_cfg(engine, monkeypatch, 9)
     views, error = views_until_error(studio.xy_plot(
         Session(), init, seed=2, x_axis="CFG scale", x_values="5, 9, 11", y_axis="Steps",
         y_values="4", strength=0.5, pag_scale=0.0))

@@ -201,8 +201,9 @@ def _job_failure(exc: Exception, where: str = "") -> int:
     return _fail(f"{where}: {exc}" if where else str(exc), EXIT_FAILED)
 
 
-def run_generate(args: argparse.Namespace, base: dict | None = None) -> int:
-    from .engine import InputError, JobRequest, ModelError, OutOfMemory
+def _job_settings(args: argparse.Namespace, base: dict | None, fixed: dict | None = None):
+    """(params, args) for a job from the command line (preset, flags, then `fixed`), with the
+    named files checked; or the exit status, after a message naming the flag."""
     from .presets import PresetError
 
     try:
@@ -212,12 +213,22 @@ def run_generate(args: argparse.Namespace, base: dict | None = None) -> int:
     except P.ParamsError as exc:
         return _fail(str(exc))
     try:
-        params = collect_params(args, base)
+        params = collect_params(args, base).replace(**(fixed or {}))
     except P.ParamsError as exc:
         return _fail(f"{flag_for(exc.field)}: {exc}")
     missing = _missing_file(args)
     if missing:
         return _fail(missing)
+    return params, args
+
+
+def run_generate(args: argparse.Namespace, base: dict | None = None) -> int:
+    from .engine import InputError, JobRequest, ModelError, OutOfMemory
+
+    settings = _job_settings(args, base)
+    if isinstance(settings, int):
+        return settings
+    params, args = settings
     init = Path(args.init) if args.init else None
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() == ".png" and (
@@ -356,25 +367,15 @@ def run_xy(args: argparse.Namespace, base: dict | None = None) -> int:
     files written. Bad input exits 2 before any cell runs."""
     from . import files, xyplot
     from .engine import JobRequest
-    from .presets import PresetError
 
-    try:
-        base, args = preset_base(args, base)
-    except PresetError as exc:
-        return _fail(f"--preset: {exc}")
-    except P.ParamsError as exc:
-        return _fail(str(exc))
-    try:
-        params = collect_params(args, base).replace(**XY_FIXED)
-    except P.ParamsError as exc:
-        return _fail(f"{flag_for(exc.field)}: {exc}")
+    settings = _job_settings(args, base, XY_FIXED)
+    if isinstance(settings, int):
+        return settings
+    params, args = settings
     try:
         grid_plan = _axes(args, params)
     except xyplot.AxisError as exc:
         return _fail(f"{AXIS_FLAGS[exc.field]}: {exc}")
-    missing = _missing_file(args)
-    if missing:
-        return _fail(missing)
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() == ".png" and grid_plan.grids > 1:
         return _fail("--out: a Z axis makes one grid per value, which needs a folder, not a "

@@ -796,9 +796,17 @@ class Studio:
         session = session if session is not None else Session()
         basic = (model, prompt, negative_prompt, strength, guidance_scale, steps, seed, scheduler,
                  width, height, resize_mode, batch_count, batch_size)
+        yield from self._keeping_results(session, self._generate(
+            session, init_image, reference_image, basic, request, extras))
+
+    @staticmethod
+    def _keeping_results(session: Session, run: Iterator[GenerateView]
+                         ) -> Iterator[GenerateView]:
+        """`run`'s views; on a failure, one more that says so in the status line and clears
+        the live preview, leaving the results on the page (the error then goes up as the
+        toast). The tab is free again afterwards, however the run ended."""
         try:
-            yield from self._generate(session, init_image, reference_image, basic, request,
-                                      extras)
+            yield from run
         except gr.Error as exc:
             skip = gr.skip()
             yield GenerateView(f"**Failed**: {exc.message}", None, skip, skip, skip, skip)
@@ -1023,17 +1031,10 @@ class Studio:
         session = session if session is not None else Session()
         basic = (model, prompt, negative_prompt, strength, guidance_scale, steps, seed, scheduler,
                  width, height, resize_mode, batch_count, batch_size)
-        try:
-            yield from loopback_loop.run(self, session, init_image, reference_image, basic,
-                                         request, extras, loopback_passes,
-                                         loopback_strength_factor, loopback_color_correction)
-        except gr.Error as exc:
-            skip = gr.skip()
-            # The passes done so far stay in the gallery; only the status says what failed.
-            yield GenerateView(f"**Failed**: {exc.message}", None, skip, skip, skip, skip)
-            raise
-        finally:
-            session.claimed = None
+        # The passes done so far stay in the gallery; only the status says what failed.
+        yield from self._keeping_results(session, loopback_loop.run(
+            self, session, init_image, reference_image, basic, request, extras, loopback_passes,
+            loopback_strength_factor, loopback_color_correction))
 
     # -- adapter helpers ---------------------------------------------------------------------
     def mask_background(self, init):
