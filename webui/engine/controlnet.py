@@ -25,7 +25,7 @@ import numpy as np
 
 from .adapter_inputs import AdapterError, as_rgb, short, stamp
 from .detectors import Detectors
-from .models import FAMILY_LABELS as _FAMILY, PICKLE_SUFFIXES
+from .models import FAMILY_LABELS as _FAMILY, refuse_pickle
 
 
 # -- control maps ----------------------------------------------------------------------------
@@ -158,9 +158,7 @@ class ControlNets:
         """(cache key, ControlNetModel) for a diffusers folder or a .safetensors file, loaded
         once and kept while the file is unchanged (the least recently used dropped first)."""
         path = Path(location).expanduser()
-        if path.suffix.lower() in PICKLE_SUFFIXES:
-            raise AdapterError(f"{path.name}: pickle checkpoints can run code when opened, so they "
-                               "are refused; use the .safetensors version", "controlnet")
+        refuse_pickle(path, lambda text: AdapterError(text, "controlnet"))
         if not path.exists():
             raise AdapterError(f"no ControlNet model at {location} (give a diffusers folder with "
                                "config.json, or a .safetensors file)", "controlnet")

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .models import is_pickle
+
 DETECTOR_SUBDIR = "ControlNet-preprocessors"
 KINDS = ("depth", "pose")
 PERSON_DETECTOR = "person-detector"
@@ -259,7 +261,7 @@ class Detectors:
 
         weights = sorted(folder.glob("*.safetensors"))
         if not weights:
-            pickles = [p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth")]
+            pickles = [p.name for p in folder.iterdir() if is_pickle(p)]
             raise ValueError(f"{folder} has no .safetensors weights"
                              + (f" ({', '.join(pickles)} are pickles, which can run code when "
                                 "opened, so they are refused)" if pickles else ""))

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import Cancelled, InputError, ModelError
-from .models import CHECKPOINTS_SUBDIR, PICKLE_SUFFIXES, ModelRegistry, ModelSource
+from .models import CHECKPOINTS_SUBDIR, ModelRegistry, ModelSource, is_pickle
 
 
 # Which weights a download fetches: the fp16 set where a repo has one (half the size); the
@@ -150,7 +150,7 @@ def plan_files(files: list[str], fp16: bool = True) -> list[str]:
     for folder, names in sorted(by_folder.items()):
         weights = [n for n in names if n.endswith(".safetensors")
                    or (n.endswith(".index.json") and ".safetensors." in n)]
-        pickles_found |= any(n.lower().endswith(PICKLE_SUFFIXES) for n in names)
+        pickles_found |= any(is_pickle(n) for n in names)
         weights_found |= bool(weights)
         chosen += [f"{folder}/{n}" for n in names
                    if n.endswith(_CONFIG_SUFFIXES) and n not in weights]

@@ -17,7 +17,7 @@ from typing import Any
 
 from .adapter_inputs import AdapterError, as_rgb, short, stamp
 from .memory import SLICING_WITH_IP_ADAPTER
-from .models import FAMILY_LABELS as _FAMILY, PICKLE_SUFFIXES
+from .models import FAMILY_LABELS as _FAMILY, refuse_pickle
 
 
 @dataclass
@@ -151,9 +151,7 @@ class IPAdapter:
                 continue
             if spec.weight_name:
                 path = folder / spec.weight_name
-                if path.suffix.lower() in PICKLE_SUFFIXES:
-                    raise AdapterError(f"{path.name} is a pickle file (it can run code when "
-                                       "opened); use the .safetensors weights", "ip_adapter")
+                refuse_pickle(path, lambda text: AdapterError(text, "ip_adapter"))
                 if path.is_file():
                     return path
                 continue

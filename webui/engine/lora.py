@@ -18,7 +18,7 @@ from typing import Iterable
 
 from ..params import LoraWeight, field_range
 from .adapter_inputs import AdapterError, short, stamp
-from .models import FAMILY_LABELS as _FAMILY, PICKLE_SUFFIXES
+from .models import FAMILY_LABELS as _FAMILY, PICKLE_SUFFIXES, refuse_pickle
 
 # LoRA weights, from the picker or from a <lora:name:weight> tag: the one range params.py sets.
 LORA_MIN, LORA_MAX = field_range("weight", LoraWeight)
@@ -137,10 +137,7 @@ class Loras:
         .safetensors; a bare file name also matches in a subfolder), or a path to a file."""
         name = name.strip()
         direct = Path(name).expanduser()
-        if direct.suffix.lower() in PICKLE_SUFFIXES:
-            raise AdapterError(
-                f"{direct.name}: {direct.suffix} files are pickles, which can run code when "
-                "opened, so they are refused; use the .safetensors version of this LoRA", "lora")
+        refuse_pickle(direct, lambda text: AdapterError(text, "lora"))
         if direct.suffix.lower() == ".safetensors" and direct.is_absolute() and direct.is_file():
             return direct
         available = self.available()
@@ -152,9 +149,8 @@ class Loras:
             return by_stem[0]
         for suffix in PICKLE_SUFFIXES:
             if (self.lora_dir / (key + suffix)).is_file():
-                raise AdapterError(
-                    f"LoRA {name!r} is a {suffix} file, a pickle that can run code when opened, "
-                    "so it is refused; use its .safetensors version", "lora")
+                refuse_pickle(self.lora_dir / (key + suffix), lambda text: AdapterError(
+                    f"LoRA {name!r}: {text}", "lora"))
         if len(by_stem) > 1:
             names = ", ".join(n for n in available if n.rsplit("/", 1)[-1] == key)
             raise AdapterError(f"LoRA name {name!r} is ambiguous; write one of: {names}", "lora")

@@ -52,12 +52,21 @@ class ModelSource:
         return self.kind, self.location
 
 
-def refuse_pickle(path: Path) -> None:
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise ModelError(
-            f"{path.name}: {path.suffix} checkpoints are pickle files, which can run code when "
-            "opened, so they are refused. Use the .safetensors version of the model (most are "
-            "published as one) or convert it to safetensors."
+def is_pickle(path: str | os.PathLike) -> bool:
+    """True for a file whose suffix says pickle: the one list (PICKLE_SUFFIXES) every check uses."""
+    return Path(path).suffix.lower() in PICKLE_SUFFIXES
+
+
+def refuse_pickle(path: str | os.PathLike, error=ModelError) -> None:
+    """Refuse a pickle file, the one way for every kind of model: pickles can run code when
+    opened. `error` makes the exception from the message (default ModelError; adapters pass
+    their input error with their field)."""
+    path = Path(path)
+    if is_pickle(path):
+        raise error(
+            f"{path.name}: {path.suffix} files are pickles, which can run code when opened, so "
+            "they are refused. Use the .safetensors version of the model (most are published "
+            "as one) or convert it to safetensors."
         )
 
 
