@@ -14,18 +14,39 @@ API) uses, importable without torch. Front doors import from here, never from th
 - The hub: the suggested checkpoints and their download into the hub cache.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from ..errors import Cancelled, InputError, ModelError, OutOfMemory
-from .adapter_inputs import AdapterError
-from .core import Engine, ImageResult, Inputs, Job, Progress, QueueFull, Result
+from .adapter_inputs import AdapterError, mask_to_l, parse_prompt_loras
 from .detectors import DETECTOR_SUBDIR
 from .hub import (SUGGESTIONS, DownloadProgress, check_repo_id, download, is_offline,
                   offline_message)
-from .inpaint import mask_to_l
-from .interface import EngineAPI, JobHandle, JobRequest, ModelInfo, QueueStatus
-from .lora import parse_prompt_loras
+from .interface import (EngineAPI, ImageResult, Inputs, JobHandle, JobRequest, ModelInfo,
+                        Progress, QueueFull, QueueStatus, Result)
 from .models import (CHECKPOINTS_SUBDIR, CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, LORA_SUBDIR,
                      is_hub_id)
 from .outputs import day_folder, png_bytes, read_infotext, write_numbered
+
+if TYPE_CHECKING:
+    from .core import Engine, Job
+
+# The in-process engine (core.py) imports torch and diffusers at its top, as library code does;
+# it is loaded on first use of `Engine` or `Job`, so that importing this package (every front
+# door does) stays torch-free and a front door pays for torch only when it builds an engine.
+_LAZY = ("Engine", "Job")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from . import core
+
+        value = getattr(core, name)
+        globals()[name] = value  # later lookups find it without this hook
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AdapterError", "CHECKPOINTS_SUBDIR", "CONTROLNET_SUBDIR", "Cancelled", "DETECTOR_SUBDIR",

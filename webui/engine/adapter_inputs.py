@@ -1,14 +1,25 @@
 """What every adapter module shares about the inputs a job hands it: `AdapterError` (an input
-that cannot be used, naming its field) and the small readers of given pictures and files.
+that cannot be used, naming its field), the small readers of given pictures and files, an
+uploaded mask as the engine sees it (`mask_to_l`) and the LoRA tags of a prompt
+(`parse_prompt_loras`).
 
-Torch-free on import: the studio catches AdapterError without loading torch.
+Torch-free on import: the front doors catch AdapterError, read masks and check prompt tags
+through the engine's public face without loading torch, the way the engine itself reads them.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..errors import InputError
+from ..params import LoraWeight, field_range
+
+# LoRA weights, from the picker or from a <lora:name:weight> tag: the one range params.py sets.
+LORA_MIN, LORA_MAX = field_range("weight", LoraWeight)
+# `[^<>]*`: a tag never holds another '<', so a prompt of many unclosed tags is scanned once
+# (with `[^>]*` every '<lora:' rescanned the rest of the prompt).
+_LORA_TAG = re.compile(r"<\s*lora\s*:([^<>]*)>", re.IGNORECASE)
 
 
 class AdapterError(InputError):
@@ -46,3 +57,80 @@ def as_rgb(image, field: str):
     if not isinstance(image, Image.Image):
         raise AdapterError(f"the {field.replace('_', ' ')} image must be a picture", field)
     return image.convert("RGB")
+
+
+# -- masks -----------------------------------------------------------------------------------
+
+
+def mask_to_l(mask):
+    """A mask as a PIL 'L' image, white = repaint.
+
+    RGBA / LA masks with any transparency use their alpha (a brush layer: painted = repaint,
+    whatever its colour); opaque ones use their brightness. Arrays: bool or 0-1 floats or 0-255.
+    """
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(mask, (str, Path)):
+        mask = Image.open(mask)
+    if isinstance(mask, np.ndarray):
+        array = mask
+        if array.dtype == bool:
+            array = array.astype(np.uint8) * 255
+        elif array.dtype.kind == "f":
+            array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+        if array.ndim == 3:
+            array = array[..., 0]
+        mask = Image.fromarray(array.astype(np.uint8), "L")
+    if not isinstance(mask, Image.Image):
+        raise AdapterError("the mask must be an image (white = repaint)", "mask")
+    if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
+        alpha = mask.convert("RGBA").getchannel("A")
+        if alpha.getextrema()[0] < 255:
+            return alpha
+    return mask.convert("L")
+
+
+# -- prompt syntax ---------------------------------------------------------------------------
+
+
+def parse_prompt_loras(prompt: str) -> tuple[str, list[tuple[str, float]]]:
+    """Split `<lora:name:weight>` tags out of a prompt: (clean prompt, [(name, weight), ...]).
+
+    The weight is optional (default 1.0) and may be negative; spaces around the parts are
+    ignored. A name given twice keeps its first place and its last weight. The tags are removed
+    from the prompt so the text encoder never sees them.
+    """
+    found: dict[str, float] = {}
+    for match in _LORA_TAG.finditer(prompt):
+        name, sep, weight_text = match.group(1).partition(":")
+        name = name.strip()
+        if not name:
+            raise AdapterError(f"{match.group(0)!r} names no LoRA: write <lora:name> or "
+                               "<lora:name:0.8>", "prompt")
+        weight = 1.0
+        if sep and weight_text.strip():
+            if not _is_number(weight_text):
+                raise AdapterError(f"{match.group(0)!r}: the weight must be a number, as in "
+                                   f"<lora:{name}:0.8>", "prompt")
+            weight = float(weight_text)
+            if not LORA_MIN <= weight <= LORA_MAX:
+                raise AdapterError(f"{match.group(0)!r}: the weight must be from {LORA_MIN:g} to "
+                                   f"{LORA_MAX:g}, as in the LoRA picker", "prompt")
+        found[name] = weight
+    if not found:
+        return prompt, []
+    # Tidy the gaps the tags leave: runs of spaces, and commas left with nothing between them.
+    # String operations rather than patterns like r"\s+,", which backtrack quadratically on
+    # long runs of whitespace.
+    clean = re.sub(r"[ \t]{2,}", " ", _LORA_TAG.sub(" ", prompt))
+    parts = [part.strip() for part in clean.split(",")]
+    return ", ".join(part for part in parts if part), list(found.items())
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip() != "" and text.strip().lower() not in ("nan", "inf", "-inf", "+inf")

@@ -19,15 +19,18 @@ masked content, explained there) and latents.py (latent files). Failures raise A
 (adapter_inputs.py) with a sentence meant for the artist. A LoRA that fails to load leaves the
 previous job's LoRAs exactly as they were; an IP-Adapter that fails leaves none loaded; in every
 case the next job runs normally.
-
-Torch and the library are imported inside the methods, here and in the adapter modules: the
-engine module imports this one, and the studio imports the engine without loading torch.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Iterable
+
+import torch
+from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+from PIL import Image
 
 from ..params import MODES
 from .adapter_inputs import AdapterError, short
@@ -156,9 +159,6 @@ class Adapters:
         return ""
 
     def _build(self, mode: str, pag: bool, controlnets: tuple):
-        from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
-        from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
-
         auto = AutoPipelineForInpainting if mode == "inpaint" else AutoPipelineForImage2Image
         kwargs: dict[str, Any] = {}
         if pag:
@@ -259,8 +259,6 @@ class Adapters:
                                          job.mask_blur, job.inpaint_full_res, job.padding,
                                          job.masked_content, job.seed, job.output_type))
         elif pipe_mode == "inpaint":
-            from PIL import Image
-
             kwargs["mask_image"] = Image.new("L", image_size, 255)
             kwargs["image"] = image
         elif strength is not None and strength >= 1.0 and image is not None and not latent_input:
@@ -296,9 +294,6 @@ class Adapters:
     # -- helpers for prepare -------------------------------------------------------------
     def _check_image(self, image, size):
         """(pixel size of the job or None, whether the input is latents)."""
-        import torch
-        from PIL import Image
-
         scale = getattr(self.base, "vae_scale_factor", 8)
         if image is None:
             return (tuple(size) if size else None), False
@@ -315,8 +310,6 @@ class Adapters:
         return images[0].size, False
 
     def _empty_latents(self, size, count: int):
-        import torch
-
         pipe = self.base
         f = pipe.vae_scale_factor
         return torch.zeros(count, pipe.vae.config.latent_channels, size[1] // f, size[0] // f,
@@ -325,6 +318,4 @@ class Adapters:
 
 def _takes(pipe, name: str) -> bool:
     """Whether the pipeline's call has the keyword argument `name`."""
-    import inspect
-
     return name in inspect.signature(type(pipe).__call__).parameters

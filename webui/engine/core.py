@@ -19,7 +19,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
+
+import torch
 
 from .. import images as imaging
 from .. import infotext, prompts, schedulers
@@ -27,30 +29,19 @@ from ..errors import Cancelled, InputError, ModelError, OutOfMemory
 from ..params import MAX_SEED, GenerationParams
 from . import hub, memory, outputs, previews
 from .adapters import Adapters, JobAdapters
+from .colour import match_all
 from .controlnet import ControlNetSpec, control_image
 from .inpaint import overlay_original
 from .ip_adapter import IPAdapterSpec
 from .latents import latents_bytes, load_latents
 from .detectors import (DETECTOR_SUBDIR, KINDS as DETECTOR_KINDS, Detectors, find_detector,
                         list_detectors)
-from .interface import JobRequest, ModelInfo, QueueStatus
+from .interface import (ImageResult, Inputs, JobRequest, ModelInfo, Progress, QueueFull,
+                        QueueStatus, Result)
 from .models import (CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, LORA_SUBDIR, ModelRegistry,
                      load)
-
-
-@dataclass
-class Progress:
-    """A job's state: stage is 'queued', 'loading', 'sampling' or 'saving'."""
-
-    stage: str
-    step: int = 0
-    total: int = 0
-    batch_index: int = 0  # the batch being sampled, from 0
-    batch_count: int = 1  # batches in the job
-    position: int = 0  # jobs ahead in the queue
-    elapsed: float = 0.0
-    eta: float | None = None
-    preview: Any = None  # a PIL image, when one is ready
+from .prompt_encoding import encode_prompts
+from .single_file import detect_family, read_keys
 
 
 @dataclass(frozen=True)
@@ -69,57 +60,6 @@ class _StepClock:
     started: float  # time.monotonic() when this batch began sampling: the ETA's rate
     last_preview: float = 0.0  # time.monotonic() of the last preview sent (0: none yet)
     stopped: bool = False  # a cancel arrived; the library stops before the next step
-
-
-@dataclass
-class ImageResult:
-    image: Any  # PIL image (for latent output: a preview of the latents)
-    seed: int
-    infotext: str
-    path: Path | None = None
-    latents: Any = None  # the latent tensor, for latent output
-
-
-@dataclass
-class Result:
-    images: list[ImageResult]
-    params: GenerationParams
-    seed: int  # the job's first seed (the one a -1 turned into)
-    width: int
-    height: int
-    effective_steps: int
-    model: str
-    elapsed: float
-    interrupted: bool = False
-    notice: str = ""
-    init: Any = None  # the init image as the job used it (resized and fitted), if any
-
-
-@dataclass
-class Inputs:
-    """The pictures and files a job uses beside its settings (they are not settings: they never
-    go into infotext or presets).
-
-    ip_image: the IP-Adapter reference image (used when params.ip_adapter is set).
-    mask: inpaint mask, white = repaint (switches the job to inpainting).
-    control_images: one per ControlNet unit whose source is 'upload' (None for the others).
-    latents: a (1, 4, h/8, w/8) tensor or a .safetensors latent file to start from instead of
-        the init image.
-    color_reference: the picture colour correction (params.color_correction) matches, fitted
-        to the output size like the init image; default None = the init image itself. Loopback
-        passes the first pass's init so that the colours of later passes do not drift with
-        each pass's own input.
-    infotext_extra: `key: value` pairs added to each image's infotext as they are (loopback's
-        "Loopback: pass 2/8"); default None = none. The infotext parser keeps such keys as
-        extras, so they never change a setting read back.
-    """
-
-    ip_image: Any = None
-    mask: Any = None
-    control_images: list | None = None
-    latents: Any = None
-    color_reference: Any = None
-    infotext_extra: dict[str, str] | None = None
 
 
 class Job:
@@ -205,10 +145,6 @@ INPAINT_NOTICE = ("Inpainted: only the painted area was repainted; outside it ev
 PREVIEW_INTERVAL = 0.25
 
 
-class QueueFull(RuntimeError):
-    """The job queue is full; the message is meant for the artist."""
-
-
 class Engine:
     """The img2img engine. Pass it explicitly to the UI, the API and the CLI.
 
@@ -253,8 +189,6 @@ class Engine:
     @property
     def device(self) -> str:
         if self._device is None:
-            import torch
-
             self._device = "cuda" if torch.cuda.is_available() else "cpu"
         return self._device
 
@@ -397,8 +331,6 @@ class Engine:
                 continue
             family = self.family if self.loaded_model() == source.location else None
             if source.kind == "file" and family is None:
-                from .single_file import detect_family, read_keys
-
                 try:
                     family = detect_family(read_keys(source.location))
                 except (ModelError, OSError, ValueError):
@@ -489,18 +421,14 @@ class Engine:
             return exc
         gc.collect()
         try:
-            import torch
-
             torch.cuda.empty_cache()
-        except (ImportError, RuntimeError):
+        except RuntimeError:
             pass
         return OutOfMemory("out of GPU memory: use a smaller size or batch size, or turn on "
                            "attention slicing, VAE tiling or CPU offload (or the Low VRAM preset)")
 
     # -- the pipeline ------------------------------------------------------------------------
     def _torch_dtype(self, dtype: str):
-        import torch
-
         if dtype == "auto":
             dtype = "fp16" if self.device.startswith("cuda") else "fp32"
         if dtype == "fp16" and self.device == "cpu":
@@ -558,13 +486,8 @@ class Engine:
             return
         self._pipe = self._pipe_key = self.adapters = None
         gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     @property
     def family(self) -> str | None:
@@ -692,8 +615,6 @@ class Engine:
     def _sample(self, pipe, job: Job, params: GenerationParams, latents, init, mask,
                 seeds: list[int], place: BatchPlace, notices: dict[str, None]):
         """One batch: (images or latents, interrupted)."""
-        import torch
-
         # One Brownian tree per image (DPM++ SDE), so image k reproduces alone with its seed.
         noise_seed = seeds if len(seeds) > 1 else seeds[0]
         pipe.scheduler = schedulers.build(params.scheduler, self._base_scheduler_config, noise_seed)
@@ -761,8 +682,6 @@ class Engine:
 
         # Embeddings rather than text: the prompt syntax (weights, BREAK, any length) is read
         # here, the same for every pipeline (prompt_encoding.py).
-        from .prompt_encoding import encode_prompts  # torch: imported where it runs
-
         embeddings = encode_prompts(self._pipe, prompt, params.negative_prompt, len(seeds))
         output = call(
             **embeddings,
@@ -805,8 +724,6 @@ class Engine:
         if reference is None:
             notices["Colour correction not applied: no init image to match the colours to"] = None
             return images
-        from .colour import match_all
-
         return match_all(images, reference)
 
     def _detector_folder(self, index: int, unit) -> Path | None:

@@ -28,6 +28,8 @@ import numpy as np
 
 from .models import is_pickle
 
+# torch and transformers load inside the methods: the engine's public face imports this module.
+
 DETECTOR_SUBDIR = "ControlNet-preprocessors"
 KINDS = ("depth", "pose")
 PERSON_DETECTOR = "person-detector"

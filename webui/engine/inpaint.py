@@ -18,17 +18,21 @@ The settings of an inpainting job (mode 'inpaint'):
   inpainting model (9-channel UNet) is given the masked picture itself, and "only masked" crops
   pixels, which latents cannot be.
 
-Torch is imported inside the functions: the studio reads masks with `mask_to_l` without loading
-torch.
+The mask reader itself (`mask_to_l`) lives in adapter_inputs.py, which the front doors import
+without torch.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import inspect
 from typing import Any
 
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
 from ..params import MASKED_CONTENT
-from .adapter_inputs import AdapterError
+from .adapter_inputs import AdapterError, mask_to_l
 
 
 def is_inpainting_model(unet) -> bool:
@@ -39,38 +43,7 @@ def is_inpainting_model(unet) -> bool:
 # -- masks -----------------------------------------------------------------------------------
 
 
-def mask_to_l(mask):
-    """A mask as a PIL 'L' image, white = repaint.
-
-    RGBA / LA masks with any transparency use their alpha (a brush layer: painted = repaint,
-    whatever its colour); opaque ones use their brightness. Arrays: bool or 0-1 floats or 0-255.
-    """
-    import numpy as np
-    from PIL import Image
-
-    if isinstance(mask, (str, Path)):
-        mask = Image.open(mask)
-    if isinstance(mask, np.ndarray):
-        array = mask
-        if array.dtype == bool:
-            array = array.astype(np.uint8) * 255
-        elif array.dtype.kind == "f":
-            array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
-        if array.ndim == 3:
-            array = array[..., 0]
-        mask = Image.fromarray(array.astype(np.uint8), "L")
-    if not isinstance(mask, Image.Image):
-        raise AdapterError("the mask must be an image (white = repaint)", "mask")
-    if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
-        alpha = mask.convert("RGBA").getchannel("A")
-        if alpha.getextrema()[0] < 255:
-            return alpha
-    return mask.convert("L")
-
-
 def blur_mask(mask, radius: float):
-    from PIL import ImageFilter
-
     return mask if radius <= 0 else mask.filter(ImageFilter.GaussianBlur(radius))
 
 
@@ -81,9 +54,6 @@ def fill_masked(image, mask, passes: int = 12):
     inside the hole only, pull the border colours inwards, so the model starts from a smooth
     guess that matches the edges instead of from the old content.
     """
-    import numpy as np
-    from PIL import Image, ImageFilter
-
     rgb = image.convert("RGB")
     hole = np.asarray(mask.convert("L")) >= 128
     if not hole.any():
@@ -108,9 +78,6 @@ def overlay_original(images, init, mask, blur: float = 4):
     area). Here every pixel outside the mask as painted (value 0, before any blur) is the
     original's, exactly; the `blur` px seam fades inwards, inside the painted area.
     """
-    import numpy as np
-    from PIL import Image
-
     painted = mask_to_l(mask)
     soft = np.asarray(blur_mask(painted, blur), dtype=np.uint8)
     alpha = Image.fromarray(np.where(np.asarray(painted) > 0, soft, 0).astype(np.uint8), "L")
@@ -132,8 +99,6 @@ def inpaint_kwargs(pipe, device: str, image, size, mask, blur, full_res, padding
     """The call kwargs of an inpainting job on `pipe` (the base pipeline, whose VAE encodes
     the latent starts on `device`): the mask, its crop, and the image the masked area starts
     from (see the module docstring)."""
-    import numpy as np
-
     if mask is None:
         raise AdapterError("inpainting needs a mask: paint the area to repaint in white",
                            "mask")
@@ -192,9 +157,6 @@ def inpaint_kwargs(pipe, device: str, image, size, mask, blur, full_res, padding
 
 def masked_latents(pipe, device: str, image, mask, content: str, seed: int):
     """The init latents with the masked area replaced by noise or zeros."""
-    import numpy as np
-    import torch
-
     vae = pipe.vae
     images = image if isinstance(image, (list, tuple)) else [image]
     pixels = pipe.image_processor.preprocess(images).to(device=device, dtype=vae.dtype)
@@ -218,8 +180,6 @@ def pass_output_type_to_check(pipe) -> None:
 
     prepare() only asks for the crop with PIL output, so a missing output type means PIL.
     """
-    import inspect
-
     check = pipe.check_inputs
     signature = inspect.signature(check)
     if "output_type" not in signature.parameters:

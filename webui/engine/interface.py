@@ -1,5 +1,6 @@
 """The engine's interface: what every front door (studio, CLI, bench, the REST API) may ask of
-an engine, written down as a typed protocol, and the plain data a job request carries.
+an engine, written down as a typed protocol, and the plain data a job request carries and a
+job reports (its progress, its result, the queue being full).
 
 The in-process engine (core.Engine) implements it; an engine in other processes or on other
 machines implements the same protocol and passes the same engine tests. Nothing here imports
@@ -74,6 +75,76 @@ class QueueStatus:
     capacity: int
 
 
+@dataclass
+class Progress:
+    """A job's state: stage is 'queued', 'loading', 'sampling' or 'saving'."""
+
+    stage: str
+    step: int = 0
+    total: int = 0
+    batch_index: int = 0  # the batch being sampled, from 0
+    batch_count: int = 1  # batches in the job
+    position: int = 0  # jobs ahead in the queue
+    elapsed: float = 0.0
+    eta: float | None = None
+    preview: Any = None  # a PIL image, when one is ready
+
+
+@dataclass
+class ImageResult:
+    image: Any  # PIL image (for latent output: a preview of the latents)
+    seed: int
+    infotext: str
+    path: Path | None = None
+    latents: Any = None  # the latent tensor, for latent output
+
+
+@dataclass
+class Result:
+    images: list[ImageResult]
+    params: GenerationParams
+    seed: int  # the job's first seed (the one a -1 turned into)
+    width: int
+    height: int
+    effective_steps: int
+    model: str
+    elapsed: float
+    interrupted: bool = False
+    notice: str = ""
+    init: Any = None  # the init image as the job used it (resized and fitted), if any
+
+
+@dataclass
+class Inputs:
+    """The pictures and files a job uses beside its settings (they are not settings: they never
+    go into infotext or presets).
+
+    ip_image: the IP-Adapter reference image (used when params.ip_adapter is set).
+    mask: inpaint mask, white = repaint (switches the job to inpainting).
+    control_images: one per ControlNet unit whose source is 'upload' (None for the others).
+    latents: a (1, 4, h/8, w/8) tensor or a .safetensors latent file to start from instead of
+        the init image.
+    color_reference: the picture colour correction (params.color_correction) matches, fitted
+        to the output size like the init image; default None = the init image itself. Loopback
+        passes the first pass's init so that the colours of later passes do not drift with
+        each pass's own input.
+    infotext_extra: `key: value` pairs added to each image's infotext as they are (loopback's
+        "Loopback: pass 2/8"); default None = none. The infotext parser keeps such keys as
+        extras, so they never change a setting read back.
+    """
+
+    ip_image: Any = None
+    mask: Any = None
+    control_images: list | None = None
+    latents: Any = None
+    color_reference: Any = None
+    infotext_extra: dict[str, str] | None = None
+
+
+class QueueFull(RuntimeError):
+    """The job queue is full; the message is meant for the artist."""
+
+
 @runtime_checkable
 class JobHandle(Protocol):
     """A submitted job."""
@@ -92,10 +163,10 @@ class JobHandle(Protocol):
         """Jobs running or waiting before this one (0 when running or finished)."""
 
     def updates(self, timeout: float | None = None) -> Iterator[Any]:
-        """core.Progress items until the job ends."""
+        """Progress items until the job ends."""
 
     def result(self, timeout: float | None = None) -> Any:
-        """The core.Result; raises the job's error (InputError, ModelError, Cancelled, ...)."""
+        """The Result; raises the job's error (InputError, ModelError, Cancelled, ...)."""
 
 
 @runtime_checkable
@@ -117,7 +188,7 @@ class EngineAPI(Protocol):
         """Queue a job; QueueFull when the queue is full. Names are checked here (InputError)."""
 
     def generate(self, request: JobRequest) -> Any:
-        """Submit and wait: the core.Result."""
+        """Submit and wait: the Result."""
 
     def cancel_all(self) -> None:
         """Cancel every queued and running job."""
@@ -165,4 +236,5 @@ class EngineAPI(Protocol):
         """The control map a ControlNet unit would get from `picture` (PIL)."""
 
 
-__all__ = ["EngineAPI", "JobHandle", "JobRequest", "ModelInfo", "QueueStatus"]
+__all__ = ["EngineAPI", "ImageResult", "Inputs", "JobHandle", "JobRequest", "ModelInfo",
+           "Progress", "QueueFull", "QueueStatus", "Result"]

@@ -3,9 +3,6 @@ one pipeline together with its image encoder (`IPAdapter`).
 
 Weights and encoder stay in memory after an unload, so turning it off and on again reads no
 file; one that fails to load leaves none loaded.
-
-Torch, transformers and the library are imported inside the methods: the engine module, which
-the studio imports without torch, imports this one.
 """
 
 from __future__ import annotations
@@ -14,6 +11,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+from huggingface_hub import snapshot_download
+from PIL import Image
+from safetensors import SafetensorError, safe_open
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from .adapter_inputs import AdapterError, as_rgb, short, stamp
 from .memory import SLICING_WITH_IP_ADAPTER
@@ -73,8 +77,6 @@ class IPAdapter:
         if image is None:
             # With an IP-Adapter loaded the UNet needs image embeddings on every call; a blank
             # image at scale 0 adds exactly nothing and avoids unloading and reloading it.
-            from PIL import Image
-
             image = Image.new("RGB", (8, 8))
         else:
             image = as_rgb(image, "ip_adapter")
@@ -168,8 +170,6 @@ class IPAdapter:
 
     def _fetch(self, spec: IPAdapterSpec) -> Path:
         try:
-            from huggingface_hub import snapshot_download
-
             sub = spec.subfolder or ("sdxl_models" if self.family == "sdxl" else "models")
             weight = spec.weight_name or ("ip-adapter_sdxl.safetensors" if self.family == "sdxl"
                                           else "ip-adapter_sd15.safetensors")
@@ -181,8 +181,6 @@ class IPAdapter:
                 "(with models/image_encoder) instead", "ip_adapter") from None
 
     def _load(self, key: tuple, weights: Path, encoder_dir: Path, notices: list[str]) -> None:
-        import torch
-
         base = self.base
         if self._key is not None or self._processors_present():
             self._library_unload()
@@ -192,8 +190,6 @@ class IPAdapter:
             if state is None:
                 state = (key, _read_ip_state(weights))
             if self._encoder is None or self._encoder[0] != key[2]:
-                from transformers import CLIPVisionModelWithProjection
-
                 if not any(Path(key[2]).glob("*.safetensors")):
                     raise AdapterError(
                         f"the image encoder in {encoder_dir} has no .safetensors weights (pickle "
@@ -250,8 +246,6 @@ def plain_processors(unet, which=None, everything: bool = False) -> bool:
 
     By default those the IP-Adapter loader and unloader cannot rebuild (they recreate each
     processor from its class without arguments, which fails for sliced attention)."""
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
     def needs_args(p) -> bool:
         if "IPAdapter" in type(p).__name__:
             return False
@@ -271,8 +265,6 @@ def plain_processors(unet, which=None, everything: bool = False) -> bool:
 
 
 def _read_ip_state(path: Path) -> dict:
-    from safetensors import SafetensorError, safe_open
-
     state: dict[str, dict] = {"image_proj": {}, "ip_adapter": {}}
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -298,7 +290,5 @@ def ip_adapter_files(subfolder: str, weight_name: str) -> list[str]:
 
 
 def _clip_processor(encoder):
-    from transformers import CLIPImageProcessor
-
     size = encoder.config.image_size
     return CLIPImageProcessor(size=size, crop_size=size)

@@ -1,14 +1,15 @@
 """Latent files: a job's latents saved as .safetensors (with its settings as JSON in the
 metadata), read back and checked against the model and size they are to continue on.
-
-Torch and safetensors are imported inside the functions: the engine module, which the studio
-imports without torch, imports this one.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 
 from .adapter_inputs import AdapterError
 
@@ -17,9 +18,6 @@ LATENT_FORMAT = "webui-latents/1"
 
 def latents_bytes(tensor, params: dict | None = None) -> bytes:
     """Latents (N, C, h, w) as .safetensors bytes with `params` as JSON in the metadata."""
-    import torch
-    from safetensors.torch import save
-
     if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4:
         raise AdapterError("latents must be a tensor shaped (batch, channels, height/8, width/8)",
                            "latents")
@@ -46,8 +44,6 @@ def load_latents(path, channels: int | None = 4, size: tuple[int, int] | None = 
     channels: the VAE's latent channels (4 for SD1/SDXL; None skips the check). size: the picture
     size (width, height) the latents must decode to, or None.
     """
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise AdapterError(f"{path.name}: only .safetensors latent files can be loaded", "latents")
@@ -78,8 +74,6 @@ def load_latents(path, channels: int | None = 4, size: tuple[int, int] | None = 
 def check_latents(tensor, channels: int | None = 4, size: tuple[int, int] | None = None,
                   scale_factor: int = 8) -> None:
     """Raise AdapterError unless `tensor` is a latent batch of `channels` matching `size` (w, h)."""
-    import torch
-
     if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4:
         shape = tuple(getattr(tensor, "shape", ()))
         raise AdapterError(f"latents must be shaped (batch, channels, height/8, width/8), got "

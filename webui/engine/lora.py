@@ -4,8 +4,8 @@ the LoRAs loaded into one pipeline (`Loras`).
 A LoRA already loaded is never read again, a weight change is one `set_adapters`, and a LoRA
 that fails to load leaves the previous job's LoRAs exactly as they were.
 
-Torch-free on import (peft and the library are imported inside the methods): the studio checks
-prompt tags with `parse_prompt_loras` without loading torch.
+The tag parser itself (`parse_prompt_loras`) lives in adapter_inputs.py, which the front doors
+import without torch.
 """
 
 from __future__ import annotations
@@ -16,15 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from ..params import LoraWeight, field_range
-from .adapter_inputs import AdapterError, short, stamp
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors import SafetensorError, safe_open
+
+from .adapter_inputs import LORA_MAX, LORA_MIN, AdapterError, parse_prompt_loras, short, stamp
 from .models import FAMILY_LABELS as _FAMILY, PICKLE_SUFFIXES, refuse_pickle
 
-# LoRA weights, from the picker or from a <lora:name:weight> tag: the one range params.py sets.
-LORA_MIN, LORA_MAX = field_range("weight", LoraWeight)
-# `[^<>]*`: a tag never holds another '<', so a prompt of many unclosed tags is scanned once
-# (with `[^>]*` every '<lora:' rescanned the rest of the prompt).
-_LORA_TAG = re.compile(r"<\s*lora\s*:([^<>]*)>", re.IGNORECASE)
 # Keys that only LoRA-style files contain (peft, trainer, LoHa and LoKr layouts).
 _LORA_KEY = re.compile(r"lora_(down|up|A|B)\b|\.lora\.(down|up)\.|hada_w|lokr_w|\.alpha$")
 
@@ -42,51 +39,6 @@ class _LoadedLora:
     adapter: str
     path: Path
     stamp: tuple[int, int]
-
-
-# -- prompt syntax ---------------------------------------------------------------------------
-
-
-def parse_prompt_loras(prompt: str) -> tuple[str, list[tuple[str, float]]]:
-    """Split `<lora:name:weight>` tags out of a prompt: (clean prompt, [(name, weight), ...]).
-
-    The weight is optional (default 1.0) and may be negative; spaces around the parts are
-    ignored. A name given twice keeps its first place and its last weight. The tags are removed
-    from the prompt so the text encoder never sees them.
-    """
-    found: dict[str, float] = {}
-    for match in _LORA_TAG.finditer(prompt):
-        name, sep, weight_text = match.group(1).partition(":")
-        name = name.strip()
-        if not name:
-            raise AdapterError(f"{match.group(0)!r} names no LoRA: write <lora:name> or "
-                               "<lora:name:0.8>", "prompt")
-        weight = 1.0
-        if sep and weight_text.strip():
-            if not _is_number(weight_text):
-                raise AdapterError(f"{match.group(0)!r}: the weight must be a number, as in "
-                                   f"<lora:{name}:0.8>", "prompt")
-            weight = float(weight_text)
-            if not LORA_MIN <= weight <= LORA_MAX:
-                raise AdapterError(f"{match.group(0)!r}: the weight must be from {LORA_MIN:g} to "
-                                   f"{LORA_MAX:g}, as in the LoRA picker", "prompt")
-        found[name] = weight
-    if not found:
-        return prompt, []
-    # Tidy the gaps the tags leave: runs of spaces, and commas left with nothing between them.
-    # String operations rather than patterns like r"\s+,", which backtrack quadratically on
-    # long runs of whitespace.
-    clean = re.sub(r"[ \t]{2,}", " ", _LORA_TAG.sub(" ", prompt))
-    parts = [part.strip() for part in clean.split(",")]
-    return ", ".join(part for part in parts if part), list(found.items())
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return text.strip() != "" and text.strip().lower() not in ("nan", "inf", "-inf", "+inf")
 
 
 def adapter_name(name: str) -> str:
@@ -209,8 +161,6 @@ class Loras:
             self._active = tuple((e.adapter, 0.0) for e in self._loras.values())
 
     def has_peft_layers(self) -> bool:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
         for component in ("unet", "text_encoder", "text_encoder_2"):
             module = getattr(self.base, component, None)
             if module is not None and any(isinstance(m, BaseTunerLayer) for m in module.modules()):
@@ -295,8 +245,6 @@ def normalise_loras(loras) -> list[tuple[str, float]]:
 
 def check_lora_file(path: Path) -> None:
     """Refuse files that are not readable safetensors LoRAs before touching the pipeline."""
-    from safetensors import SafetensorError, safe_open
-
     if path.suffix.lower() != ".safetensors":
         raise AdapterError(f"{path.name}: only .safetensors LoRAs are loaded", "lora")
     try:

@@ -7,6 +7,8 @@ result's notice instead of failing.
 
 from __future__ import annotations
 
+import torch
+
 GiB = 1024**3
 # Below this much free VRAM, slice attention (the UNet's largest transient buffers).
 SLICE_BELOW = 4 * GiB
@@ -20,8 +22,6 @@ def free_vram(device: str) -> int | None:
     """Free bytes on a CUDA device, None elsewhere."""
     if not device.startswith("cuda"):
         return None
-    import torch
-
     free, _total = torch.cuda.mem_get_info(torch.device(device))
     return free
 

@@ -15,6 +15,9 @@ from pathlib import Path
 
 from .. import tiny
 from ..errors import InputError, ModelError
+from .adapter_inputs import parse_prompt_loras
+
+# torch and diffusers load inside the functions: the engine's public face imports this module.
 
 CHECKPOINTS_SUBDIR = "Stable-diffusion"
 LORA_SUBDIR = "Lora"
@@ -230,8 +233,6 @@ class ModelRegistry:
         studio's: names listed under the models folder, hub ids where a hub id is allowed, and
         the model the studio was started with. Front doors pass names; only a command line
         request may name other files (JobRequest.allow_paths)."""
-        from .lora import parse_prompt_loras
-
         model = (params.model or "").strip()
         if model and model not in self.names() and model != default_model:
             raise InputError("model", f"{model!r} is not one of this studio's models; put "

@@ -7,6 +7,9 @@ latent channels of each VAE family, so colours and layout are right and detail i
 
 from __future__ import annotations
 
+import torch
+from PIL import Image
+
 # Credit: these are not fitted by this project. They are the approximate latent-to-RGB factors
 # published by the community for SD 1.x latents (SD 2.x shares that VAE) and for SDXL latents (the
 # earlier set, without a bias term), the ones several Stable Diffusion front ends use for their
@@ -28,9 +31,6 @@ _SDXL_FACTORS = [
 
 def latents_to_rgb(latents, family: str = "sd1", max_side: int = 256):
     """PIL images (one per batch item) approximating `latents` of shape (B, 4, h, w)."""
-    import torch
-    from PIL import Image
-
     factors = torch.tensor(_SDXL_FACTORS if family == "sdxl" else _SD_FACTORS)
     with torch.no_grad():
         lat = latents.detach()[:, :4].float().cpu()

@@ -14,6 +14,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import torch
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+from diffusers.loaders.single_file_utils import (SingleFileComponentError,
+                                                 convert_open_clip_checkpoint)
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+from safetensors import SafetensorError, safe_open
+
 from ..errors import ModelError
 from .models import FAMILY_LABELS, refuse_pickle
 
@@ -35,8 +42,6 @@ def _check_suffix(path: Path) -> None:
 
 def read_keys(path) -> list[str]:
     """The tensor names in a `.safetensors` file, read from its header only (no weights are read)."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     _check_suffix(path)
     if not path.is_file():
@@ -134,8 +139,6 @@ def _not_cached_message(path: Path, family: str) -> str:
 
 
 def _is_offline_failure(exc: BaseException) -> bool:
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
-
     # Walk the cause chain: the library sometimes re-raises hub errors wrapped in its own.
     while exc is not None:
         if isinstance(exc, (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError,
@@ -152,10 +155,6 @@ def _reload_open_clip(pipe, path: Path) -> None:
     encoder's, so when both encoders are equally wide (small test models) the second one gets the
     first one's weights and no projection. Real SDXL (768 vs 1280 wide) never hits this.
     """
-    import torch
-    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as handle:
         tensors = {k: handle.get_tensor(k) for k in handle.keys() if k.startswith(_SDXL_OPEN_CLIP)}
     model = pipe.text_encoder_2
@@ -169,8 +168,6 @@ def _reload_open_clip(pipe, path: Path) -> None:
 
 
 def _check_complete(pipe, path: Path) -> None:
-    import torch
-
     for name, module in pipe.components.items():
         if isinstance(module, torch.nn.Module):
             if any(p.is_meta for p in module.parameters()):
@@ -190,8 +187,6 @@ def load_single_file(path, *, config_dir=None, torch_dtype=None, family: str | N
     family = family or detect_family(read_keys(path))
     config = find_config_dir(path, family, config_dir)
 
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
-
     kwargs = {"local_files_only": True, "torch_dtype": torch_dtype}
     if family == "sdxl":
         cls = StableDiffusionXLImg2ImgPipeline
@@ -210,8 +205,6 @@ def load_single_file(path, *, config_dir=None, torch_dtype=None, family: str | N
     except ModelError:
         raise
     except Exception as exc:
-        from diffusers.loaders.single_file_utils import SingleFileComponentError
-
         if isinstance(exc, SingleFileComponentError):
             # Keep the library's first line only; the rest is advice for its own API.
             reason = str(exc).strip().splitlines()[0]
@@ -242,8 +235,6 @@ def prediction_type(path: Path, family: str, unet=None) -> tuple[str, dict]:
     _predicts_velocity). A `ztsnr` marker (zero terminal SNR training) also asks for rescaled
     betas and trailing timesteps.
     """
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
         keys = set(handle.keys())
@@ -277,8 +268,6 @@ def _predicts_velocity(unet) -> bool:
     full-size SD 2.x UNet without any description. The UNet is run in fp32 (half precision on
     the CPU is not supported everywhere) and cast back, which is exact.
     """
-    import torch
-
     dtype = unet.dtype
     try:
         unet.to(torch.float32)

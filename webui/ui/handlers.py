@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import gradio as gr
 from PIL import Image, ImageChops
@@ -28,11 +28,16 @@ from .. import params as P
 from ..params import MODES
 from .. import engine as E
 from ..engine import (CHECKPOINTS_SUBDIR, CONTROLNET_SUBDIR, DETECTOR_SUBDIR, IP_ADAPTER_SUBDIR,
-                      LORA_SUBDIR, AdapterError, Cancelled, Engine, ImageResult, InputError,
-                      Inputs, Job, JobRequest, ModelError, OutOfMemory, Progress, QueueFull,
-                      Result, mask_to_l, parse_prompt_loras)
+                      LORA_SUBDIR, AdapterError, Cancelled, ImageResult, InputError, Inputs,
+                      JobRequest, ModelError, OutOfMemory, Progress, QueueFull, Result, mask_to_l,
+                      parse_prompt_loras)
 from . import loopback as loopback_loop
 from . import uploads, xy
+
+if TYPE_CHECKING:
+    # Annotations only: importing the in-process engine loads torch, which the studio's
+    # modules never do themselves (launch.py builds the engine).
+    from ..engine import Engine, Job
 
 log = logging.getLogger(__name__)
 
