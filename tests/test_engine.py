@@ -17,7 +17,7 @@ from PIL import Image
 
 from webui import images as imaging
 from webui import infotext, schedulers
-from webui.engine import core, outputs
+from webui.engine import JobRequest, core, outputs
 from webui.engine.core import Engine, QueueFull
 from webui.errors import Cancelled, InputError, ModelError
 from webui.params import MAX_SEED, make
@@ -26,14 +26,35 @@ from webui.tiny import TINY_SD, TINY_SDXL
 FILE_NAME = re.compile(r"^(\d{5})-(\d+)\.png$")
 
 
+@pytest.fixture
+def api(engine):
+    """The engine under test, used only through the interface (webui.engine.EngineAPI): an
+    engine served from other processes passes these tests with its own fixture."""
+    return engine
+
+
+@pytest.fixture
+def fresh_api(fresh_engine):
+    """As `api`, for an engine that has not loaded any model yet."""
+    return fresh_engine
+
+
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB")).astype(int)
 
 
+def progress_and_result(api, request: JobRequest):
+    """Every progress item of the job, then its result: the interface's generate takes no
+    progress callback, so the tests read the job's updates."""
+    job = api.submit(request)
+    seen = list(job.updates())
+    return seen, job.result()
+
+
 def long_job(engine, make_image, **extra):
     """Submit a job that would take many seconds, and wait until it is sampling."""
-    job = engine.submit(make(steps=150, strength=1.0, seed=3, **extra), make_image(64, 64, seed=9),
-                        save=False)
+    job = engine.submit(JobRequest(make(steps=150, strength=1.0, seed=3, **extra),
+                                   make_image(64, 64, seed=9), save=False))
     for progress in job.updates(timeout=120):
         if progress.stage == "sampling":
             return job, progress
@@ -44,10 +65,11 @@ def long_job(engine, make_image, **extra):
 @pytest.mark.parametrize("strength", [0.3, 1.0])
 @pytest.mark.parametrize("class_name", list(schedulers.CLASS_NAMES))
 def test_every_scheduler_class_runs(engine, make_image, class_name, strength):
+    # The in-process engine itself: it reads the resident pipeline's scheduler.
     init = make_image(32, 32, seed=1)
     params = make(steps=4, strength=strength, seed=11, scheduler=class_name)
     assert params.scheduler == schedulers.CLASS_NAMES[class_name]
-    result = engine.generate(params, init, save=False)
+    result = engine.generate(JobRequest(params, init, save=False))
     assert result.effective_steps == int(4 * strength) >= 1
     assert not result.interrupted
     assert [img.seed for img in result.images] == [11]
@@ -60,10 +82,10 @@ def test_every_scheduler_class_runs(engine, make_image, class_name, strength):
 
 
 # -- strength 0 and below one step -------------------------------------------------------------------
-def test_strength_zero_returns_the_original_without_loading(fresh_engine, make_image):
+def test_strength_zero_returns_the_original_without_loading(fresh_api, make_image):
     init = make_image(48, 40, seed=2)
-    result = fresh_engine.generate(make(strength=0.0, seed=5), init, save=True)
-    assert fresh_engine.loaded_model() is None
+    result = fresh_api.generate(JobRequest(make(strength=0.0, seed=5), init, save=True))
+    assert fresh_api.loaded_model() is None
     assert result.images[0].image.tobytes() == init.tobytes()
     assert result.images[0].image.size == (48, 40)
     assert result.effective_steps == 0
@@ -73,70 +95,75 @@ def test_strength_zero_returns_the_original_without_loading(fresh_engine, make_i
         assert saved.convert("RGB").tobytes() == init.tobytes()
 
 
-def test_strength_zero_returns_the_resized_original(fresh_engine, make_image):
+def test_strength_zero_returns_the_resized_original(fresh_api, make_image):
     init = make_image(64, 48, seed=3)
     params = make(strength=0.0, width=64, height=64, resize_mode="crop and resize", seed=1,
                   batch_size=2)
-    result = fresh_engine.generate(params, init, save=False)
+    result = fresh_api.generate(JobRequest(params, init, save=False))
     expected = imaging.fit(init, 64, 64, "crop and resize")
     assert [img.image.tobytes() for img in result.images] == [expected.tobytes()] * 2
     assert [img.seed for img in result.images] == [1, 2]
-    assert fresh_engine.loaded_model() is None
+    assert fresh_api.loaded_model() is None
 
 
-def test_below_one_step_returns_the_original_with_a_notice(fresh_engine, make_image):
+def test_below_one_step_returns_the_original_with_a_notice(fresh_api, make_image):
     init = make_image(32, 32, seed=4)
     params = make(steps=3, strength=0.3, seed=8)  # int(0.9) == 0 steps
-    result = fresh_engine.generate(params, init, save=False)
+    result = fresh_api.generate(JobRequest(params, init, save=False))
     assert result.images[0].image.tobytes() == init.tobytes()
     assert result.effective_steps == 0
     assert "below one step" in result.notice and "3 x 0.3" in result.notice
-    assert fresh_engine.loaded_model() is None
+    assert fresh_api.loaded_model() is None
 
 
-def test_seeds_wrap_around(fresh_engine, make_image):
-    result = fresh_engine.generate(make(strength=0.0, seed=MAX_SEED, batch_size=2),
-                                   make_image(32, 32), save=False)
+def test_seeds_wrap_around(fresh_api, make_image):
+    result = fresh_api.generate(JobRequest(make(strength=0.0, seed=MAX_SEED, batch_size=2),
+                                           make_image(32, 32), save=False))
     assert [img.seed for img in result.images] == [MAX_SEED, 0]
 
 
 # -- what strength means ------------------------------------------------------------------------------
-def test_strength_one_ignores_the_init_image(engine, make_image):
+def test_strength_one_ignores_the_init_image(api, make_image):
     params = make(steps=4, strength=1.0, seed=21)
-    a = engine.generate(params, make_image(32, 32, seed=1), save=False).images[0].image
-    b = engine.generate(params, make_image(32, 32, seed=2), save=False).images[0].image
+    a = api.generate(JobRequest(params, make_image(32, 32, seed=1),
+                               save=False)).images[0].image
+    b = api.generate(JobRequest(params, make_image(32, 32, seed=2),
+                               save=False)).images[0].image
     assert a.tobytes() == b.tobytes()
 
 
-def test_low_strength_follows_the_init_image(engine, make_image):
+def test_low_strength_follows_the_init_image(api, make_image):
     params = make(steps=4, strength=0.5, seed=21)
-    a = engine.generate(params, make_image(32, 32, seed=1), save=False).images[0].image
-    b = engine.generate(params, make_image(32, 32, seed=2), save=False).images[0].image
+    a = api.generate(JobRequest(params, make_image(32, 32, seed=1),
+                               save=False)).images[0].image
+    b = api.generate(JobRequest(params, make_image(32, 32, seed=2),
+                               save=False)).images[0].image
     assert a.tobytes() != b.tobytes()
 
 
 # -- seeds ----------------------------------------------------------------------------------------
-def test_same_seed_gives_byte_identical_files(engine, make_image):
+def test_same_seed_gives_byte_identical_files(api, make_image):
     params = make(prompt="a fox", steps=4, strength=0.5, seed=1234, scheduler="DPM++ SDE")
-    first = engine.generate(params, make_image(32, 32), save=True).images[0].path
-    second = engine.generate(params, make_image(32, 32), save=True).images[0].path
+    first = api.generate(JobRequest(params, make_image(32, 32), save=True)).images[0].path
+    second = api.generate(JobRequest(params, make_image(32, 32), save=True)).images[0].path
     assert first != second and first.exists() and second.exists()
     assert first.read_bytes() == second.read_bytes()
 
 
-def test_random_seed_is_reported_and_reproduces(engine, make_image):
+def test_random_seed_is_reported_and_reproduces(api, make_image):
     params = make(steps=4, strength=0.5, seed=-1)
-    first = engine.generate(params, make_image(32, 32), save=False)
+    first = api.generate(JobRequest(params, make_image(32, 32), save=False))
     assert 0 <= first.seed <= MAX_SEED
     assert first.images[0].seed == first.seed
     assert f"Seed: {first.seed}," in first.images[0].infotext
-    again = engine.generate(params.replace(seed=first.seed), make_image(32, 32), save=False)
+    again = api.generate(JobRequest(params.replace(seed=first.seed), make_image(32, 32),
+                                    save=False))
     assert again.images[0].image.tobytes() == first.images[0].image.tobytes()
 
 
-def test_batches_use_consecutive_seeds_and_write_every_file(engine, make_image):
+def test_batches_use_consecutive_seeds_and_write_every_file(api, make_image):
     params = make(steps=2, strength=0.5, seed=100, batch_size=2, batch_count=2)
-    result = engine.generate(params, make_image(32, 32), save=True)
+    result = api.generate(JobRequest(params, make_image(32, 32), save=True))
     seeds = [img.seed for img in result.images]
     assert seeds == [100, 101, 102, 103]
     assert result.seed == 100
@@ -149,34 +176,36 @@ def test_batches_use_consecutive_seeds_and_write_every_file(engine, make_image):
 
 
 @pytest.mark.parametrize("scheduler", ["Euler a", "DPM++ SDE"])
-def test_batch_image_k_reproduces_alone_with_seed_plus_k(engine, make_image, scheduler):
+def test_batch_image_k_reproduces_alone_with_seed_plus_k(api, make_image, scheduler):
     init = make_image(32, 32, seed=6)
-    batch = engine.generate(make(steps=4, strength=0.5, seed=10, batch_size=2, scheduler=scheduler),
-                            init, save=False)
-    alone = engine.generate(make(steps=4, strength=0.5, seed=11, scheduler=scheduler), init,
-                            save=False)
+    batch = api.generate(JobRequest(make(steps=4, strength=0.5, seed=10, batch_size=2,
+                                         scheduler=scheduler), init, save=False))
+    alone = api.generate(JobRequest(make(steps=4, strength=0.5, seed=11, scheduler=scheduler),
+                                    init, save=False))
     # Batched arithmetic may differ in the last bit; a different noise would differ by far more.
     assert np.abs(pixels(batch.images[1].image) - pixels(alone.images[0].image)).max() <= 2
 
 
 # -- output files ---------------------------------------------------------------------------------
-def test_output_path_pattern(engine, make_image):
+def test_output_path_pattern(api, make_image):
     before = dt.date.today().isoformat()
-    result = engine.generate(make(steps=2, strength=0.5, seed=77), make_image(32, 32), save=True)
+    result = api.generate(JobRequest(make(steps=2, strength=0.5, seed=77), make_image(32, 32),
+                                     save=True))
     after = dt.date.today().isoformat()
     path = result.images[0].path
-    assert path.parent.parent == engine.outputs_dir / "img2img"
+    assert path.parent.parent == api.outputs_dir / "img2img"
     assert path.parent.name in (before, after)
     assert FILE_NAME.match(path.name)
     assert path.name == "00000-77.png"
 
 
-def test_numbering_never_overwrites(engine, make_image):
-    folder = outputs.day_folder(engine.outputs_dir)
+def test_numbering_never_overwrites(api, make_image):
+    folder = outputs.day_folder(api.outputs_dir)
     keep = folder / "00004-1.png"
     keep.write_bytes(b"an older picture")
     (folder / "notes.txt").write_text("not numbered")
-    result = engine.generate(make(steps=2, strength=0.5, seed=1), make_image(32, 32), save=True)
+    result = api.generate(JobRequest(make(steps=2, strength=0.5, seed=1), make_image(32, 32),
+                                     save=True))
     assert result.images[0].path.name == "00005-1.png"
     assert keep.read_bytes() == b"an older picture"
 
@@ -193,11 +222,11 @@ def test_write_numbered_skips_a_taken_name(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["00000-7.png", "00001-7.png", "00002-7.png"]
 
 
-def test_png_infotext_parses_back_to_the_job(engine, make_image):
+def test_png_infotext_parses_back_to_the_job(api, make_image):
     params = make(prompt='a red fox, "sly"\nin snow', negative_prompt="blurry, ugly", steps=4,
                   strength=0.5, guidance_scale=6.5, seed=-1, scheduler="DPM++ 2M Karras",
                   width=64, height=64, resize_mode="crop and resize")
-    result = engine.generate(params, make_image(96, 64, seed=4), save=True)
+    result = api.generate(JobRequest(params, make_image(96, 64, seed=4), save=True))
     item = result.images[0]
     with Image.open(item.path) as saved:
         assert saved.size == (64, 64)
@@ -209,18 +238,18 @@ def test_png_infotext_parses_back_to_the_job(engine, make_image):
     assert parsed.params.seed == item.seed == result.seed != -1
 
 
-def test_inherited_size_is_written_into_the_infotext(engine, make_image):
-    result = engine.generate(make(steps=2, strength=0.5, seed=3), make_image(71, 66), save=False)
+def test_inherited_size_is_written_into_the_infotext(api, make_image):
+    result = api.generate(JobRequest(make(steps=2, strength=0.5, seed=3), make_image(71, 66),
+                                     save=False))
     assert (result.width, result.height) == (64, 64)
     assert result.images[0].image.size == (64, 64)
     assert "Size: 64x64" in result.images[0].infotext
 
 
 # -- progress -------------------------------------------------------------------------------------
-def test_progress_reports_steps_and_previews(engine, make_image):
-    seen = []
-    result = engine.generate(make(steps=4, strength=1.0, seed=2), make_image(64, 64), save=True,
-                             on_progress=seen.append)
+def test_progress_reports_steps_and_previews(api, make_image):
+    seen, result = progress_and_result(api, JobRequest(make(steps=4, strength=1.0, seed=2),
+                                                       make_image(64, 64), save=True))
     stages = [p.stage for p in seen]
     assert stages[0] == "loading" and stages[-1] == "saving"
     sampling = [p for p in seen if p.stage == "sampling"]
@@ -237,10 +266,10 @@ def test_progress_reports_steps_and_previews(engine, make_image):
     assert sampling[-1].eta == 0
 
 
-def test_progress_of_a_low_strength_job(engine, make_image):
-    seen = []
-    result = engine.generate(make(steps=8, strength=0.5, seed=2, batch_count=2), make_image(32, 32),
-                             save=False, on_progress=seen.append)
+def test_progress_of_a_low_strength_job(api, make_image):
+    seen, result = progress_and_result(
+        api, JobRequest(make(steps=8, strength=0.5, seed=2, batch_count=2), make_image(32, 32),
+                        save=False))
     sampling = [p for p in seen if p.stage == "sampling"]
     assert result.effective_steps == 4
     assert [(p.batch_index, p.step, p.total, p.batch_count) for p in sampling] == [
@@ -249,6 +278,7 @@ def test_progress_of_a_low_strength_job(engine, make_image):
 
 # -- cancel and the queue ------------------------------------------------------------------------
 def test_cancel_a_running_job(engine, make_image):
+    # The in-process engine itself: it reads the job's state.
     job, first = long_job(engine, make_image)
     assert first.total == 150
     job.cancel()
@@ -263,12 +293,14 @@ def test_cancel_a_running_job(engine, make_image):
     assert job.state == "cancelled"
     assert max([first.step, *steps]) < 150  # stopped early (the exact step is a race)
     # The engine carries on normally.
-    after = engine.generate(make(steps=4, strength=0.5, seed=1), make_image(32, 32), save=False)
+    after = engine.generate(JobRequest(make(steps=4, strength=0.5, seed=1), make_image(32, 32),
+                                       save=False))
     assert not after.interrupted and len(after.images) == 1
     assert after.images[0].image.size == (32, 32)
 
 
 def test_cancel_stops_within_one_step(engine, make_image, monkeypatch):
+    # The in-process engine itself: it patches the worker's Job to cancel at a known step.
     emit = core.Job._emit
 
     def emit_and_cancel_at_step_2(job, progress):
@@ -278,16 +310,18 @@ def test_cancel_stops_within_one_step(engine, make_image, monkeypatch):
 
     monkeypatch.setattr(core.Job, "_emit", emit_and_cancel_at_step_2)
     seen = []
-    result = engine.generate(make(steps=150, strength=1.0, seed=3), make_image(64, 64), save=True,
-                             on_progress=seen.append)
+    result = engine.generate(JobRequest(make(steps=150, strength=1.0, seed=3), make_image(64, 64),
+                                        save=True), on_progress=seen.append)
     assert [p.step for p in seen if p.stage == "sampling"] == [1, 2]
     assert result.interrupted
     assert result.images[0].image.size == (64, 64)  # the partial picture is still decoded
 
 
 def test_cancel_a_queued_job(engine, make_image):
+    # The in-process engine itself: it reads the jobs' state and waits on their _done events.
     running, _ = long_job(engine, make_image)
-    queued = engine.submit(make(steps=4, strength=0.5, seed=1), make_image(32, 32), save=True)
+    queued = engine.submit(JobRequest(make(steps=4, strength=0.5, seed=1), make_image(32, 32),
+                                      save=True))
     assert queued.state == "queued"
     assert queued.position() == 1
     queued.cancel()
@@ -299,13 +333,16 @@ def test_cancel_a_queued_job(engine, make_image):
     running.cancel()
     running._done.wait(60)
     assert not (engine.outputs_dir / "img2img").exists()  # the queued job never wrote anything
-    after = engine.generate(make(steps=2, strength=0.5, seed=1), make_image(32, 32), save=False)
+    after = engine.generate(JobRequest(make(steps=2, strength=0.5, seed=1), make_image(32, 32),
+                                       save=False))
     assert not after.interrupted
 
 
 def test_cancel_all_finishes_waiting_jobs_and_stops_the_running_one(engine, make_image):
+    # The in-process engine itself: it waits on the running job's _done event and reads its state.
     running, _ = long_job(engine, make_image)
-    waiting = [engine.submit(make(steps=2, strength=0.5, seed=s), make_image(32, 32), save=False)
+    waiting = [engine.submit(JobRequest(make(steps=2, strength=0.5, seed=s), make_image(32, 32),
+                                        save=False))
                for s in (1, 2)]
     done = threading.Event()
     threading.Thread(target=lambda: (engine.cancel_all(), done.set()), daemon=True).start()
@@ -318,43 +355,49 @@ def test_cancel_all_finishes_waiting_jobs_and_stops_the_running_one(engine, make
 
 
 def test_queue_full(engine, make_image, monkeypatch):
+    # The in-process engine itself: it waits on the running job's _done event.
     monkeypatch.setattr(engine, "queue_size", 1)
     running, _ = long_job(engine, make_image)
-    waiting = engine.submit(make(steps=2, strength=0.5, seed=1), make_image(32, 32), save=False)
+    waiting = engine.submit(JobRequest(make(steps=2, strength=0.5, seed=1), make_image(32, 32),
+                                       save=False))
     with pytest.raises(QueueFull) as info:
-        engine.submit(make(steps=2, strength=0.5, seed=2), make_image(32, 32), save=False)
+        engine.submit(JobRequest(make(steps=2, strength=0.5, seed=2), make_image(32, 32),
+                                 save=False))
     assert "busy" in str(info.value)
     waiting.cancel()
     running.cancel()
     running._done.wait(60)
     # Room again.
-    assert engine.generate(make(steps=2, strength=0.5, seed=1), make_image(32, 32), save=False).images
+    assert engine.generate(JobRequest(make(steps=2, strength=0.5, seed=1), make_image(32, 32),
+                                      save=False)).images
 
 
-def test_submit_needs_params(engine, make_image):
+def test_submit_needs_params(api, make_image):
     with pytest.raises(TypeError):
-        engine.submit({"strength": 0.5}, make_image(32, 32))
+        api.submit(JobRequest({"strength": 0.5}, make_image(32, 32)))
 
 
 # -- the resident pipeline -------------------------------------------------------------------------
 def test_pipeline_stays_resident_across_schedulers(engine, make_image):
-    engine.generate(make(steps=2, strength=0.5, seed=1, scheduler="Euler a"), make_image(32, 32),
-                    save=False)
+    # The in-process engine itself: it reads the resident pipeline.
+    engine.generate(JobRequest(make(steps=2, strength=0.5, seed=1, scheduler="Euler a"),
+                               make_image(32, 32), save=False))
     pipe = engine._pipe
     assert engine.loaded_model() == TINY_SD
-    engine.generate(make(steps=2, strength=0.5, seed=1, scheduler="DDIM"), make_image(32, 32),
-                    save=False)
+    engine.generate(JobRequest(make(steps=2, strength=0.5, seed=1, scheduler="DDIM"),
+                               make_image(32, 32), save=False))
     assert engine._pipe is pipe
     assert type(pipe.scheduler).__name__ == "DDIMScheduler"
-    engine.generate(make(steps=2, strength=0.5, seed=1, scheduler="DPM++ 2M Karras"),
-                    make_image(32, 32), save=False)
+    engine.generate(JobRequest(make(steps=2, strength=0.5, seed=1, scheduler="DPM++ 2M Karras"),
+                               make_image(32, 32), save=False))
     assert engine._pipe is pipe
     assert pipe.scheduler.config.use_karras_sigmas is True
 
 
 def test_sdxl_tiny_model_runs(fresh_engine, make_image):
+    # The in-process engine itself: it reads the resident pipeline's class.
     params = make(prompt="a fox", steps=2, strength=0.5, seed=4, model=TINY_SDXL)
-    result = fresh_engine.generate(params, make_image(64, 64), save=True)
+    result = fresh_engine.generate(JobRequest(params, make_image(64, 64), save=True))
     assert fresh_engine.loaded_model() == TINY_SDXL
     assert type(fresh_engine._pipe).__name__ == "StableDiffusionXLImg2ImgPipeline"
     assert result.model == TINY_SDXL
@@ -365,25 +408,26 @@ def test_sdxl_tiny_model_runs(fresh_engine, make_image):
 
 # -- the prompt reaches the model -----------------------------------------------------------------
 @pytest.mark.parametrize("model", [TINY_SD, TINY_SDXL])
-def test_prompt_and_negative_prompt_change_the_picture(engine, make_image, model):
+def test_prompt_and_negative_prompt_change_the_picture(api, make_image, model):
     """The tiny models' tokenizers know their vocabulary, so the prompt reaches the model: two
     prompts (or negative prompts) give two pictures, the same prompt the same picture."""
     init = make_image(96, 64, seed=2)
 
     def picture(**settings):
         params = make(steps=4, strength=0.8, seed=5, pag_scale=0.0, model=model, **settings)
-        return pixels(engine.generate(params, init, save=False).images[0].image)
+        return pixels(api.generate(JobRequest(params, init, save=False)).images[0].image)
 
     cat, dog, junk = picture(prompt="a cat"), picture(prompt="a dog"), picture(prompt="zzzz qqqq")
     assert not np.array_equal(cat, dog) and not np.array_equal(cat, junk)
     assert np.array_equal(cat, picture(prompt="a cat"))
     assert not np.array_equal(picture(prompt="a cat", negative_prompt="blurry"),
                               picture(prompt="a cat", negative_prompt="sharp"))
-    engine.unload()
+    api.unload()
 
 
 @pytest.mark.parametrize("model", [TINY_SD, TINY_SDXL])
 def test_tiny_tokenizers_know_their_vocabulary(engine, model, tmp_path):
+    # The in-process engine itself: it reads the pipeline's tokenizers.
     from transformers import AutoTokenizer
 
     pipe = engine.pipeline(model)
@@ -401,28 +445,33 @@ def test_tiny_tokenizers_know_their_vocabulary(engine, model, tmp_path):
 
 
 # -- errors ---------------------------------------------------------------------------------------
-def test_unknown_model_name(engine, make_image):
+def test_unknown_model_name(api, make_image):
+    # As the command line asks (allow_paths): the studio refuses an unlisted name before the
+    # model lookup this test is about (test_engine_interface).
     with pytest.raises(ModelError) as info:
-        engine.generate(make(steps=2, strength=0.5, model="no-such-model"), make_image(32, 32))
+        api.generate(JobRequest(make(steps=2, strength=0.5, model="no-such-model"),
+                                make_image(32, 32), allow_paths=True))
     assert "unknown model 'no-such-model'" in str(info.value)
     assert TINY_SD in str(info.value)  # says what is available
 
 
 @pytest.mark.parametrize("exists", [True, False])
-def test_pickle_checkpoint_refused(engine, make_image, tmp_path, exists):
+def test_pickle_checkpoint_refused(api, make_image, tmp_path, exists):
     path = tmp_path / "model.ckpt"
     if exists:
         path.write_bytes(b"not really a pickle")
     with pytest.raises(ModelError) as info:
-        engine.generate(make(steps=2, strength=0.5, model=str(path)), make_image(32, 32))
+        api.generate(JobRequest(make(steps=2, strength=0.5, model=str(path)), make_image(32, 32),
+                                allow_paths=True))  # a checkpoint file by path
     assert "pickle" in str(info.value)
     assert "safetensors" in str(info.value)
 
 
-def test_hub_id_offline_fails_clearly(engine, make_image, monkeypatch):
+def test_hub_id_offline_fails_clearly(api, make_image, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    job = engine.submit(make(steps=2, strength=0.5, model="someone/not-cached-model"),
-                        make_image(32, 32), save=False)
+    # As the command line asks (allow_paths): the studio takes only the hub ids it lists.
+    job = api.submit(JobRequest(make(steps=2, strength=0.5, model="someone/not-cached-model"),
+                                make_image(32, 32), save=False, allow_paths=True))
     with pytest.raises(ModelError) as info:
         job.result(timeout=300)  # a hang would fail here, not block the suite
     message = str(info.value)
@@ -431,17 +480,19 @@ def test_hub_id_offline_fails_clearly(engine, make_image, monkeypatch):
 
 
 def test_a_model_that_fails_to_load_keeps_the_working_one(fresh_engine, make_image, tmp_path):
+    # The in-process engine itself: it reads the resident pipeline.
     engine = fresh_engine
     params = make(steps=2, strength=0.5, seed=1, pag_scale=0)
-    before = engine.generate(params, make_image(48, 32), save=False).images[0].image
+    before = engine.generate(JobRequest(params, make_image(48, 32), save=False)).images[0].image
     pipe = engine._pipe
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x00" * 64)
     with pytest.raises(ModelError) as info:
-        engine.generate(params.replace(model=str(broken)), make_image(48, 32), save=False)
+        engine.generate(JobRequest(params.replace(model=str(broken)), make_image(48, 32),
+                                   save=False, allow_paths=True))  # a checkpoint file by path
     assert "still loaded" in str(info.value) and TINY_SD in str(info.value)
     assert engine._pipe is pipe and engine.loaded_model() == TINY_SD  # not even reloaded
-    after = engine.generate(params, make_image(48, 32), save=False).images[0].image
+    after = engine.generate(JobRequest(params, make_image(48, 32), save=False)).images[0].image
     assert after.tobytes() == before.tobytes()
 
 
@@ -449,9 +500,10 @@ def test_a_model_that_cannot_be_placed_brings_the_previous_one_back(fresh_engine
                                                                    monkeypatch):
     from webui.engine import memory
 
+    # The in-process engine itself: it patches how the engine places a pipeline on the device.
     engine = fresh_engine
     params = make(steps=2, strength=0.5, seed=1, pag_scale=0)
-    before = engine.generate(params, make_image(48, 32), save=False).images[0].image
+    before = engine.generate(JobRequest(params, make_image(48, 32), save=False)).images[0].image
     real = memory.place
 
     def full(pipe, device, offload):
@@ -461,44 +513,50 @@ def test_a_model_that_cannot_be_placed_brings_the_previous_one_back(fresh_engine
 
     monkeypatch.setattr(memory, "place", full)
     with pytest.raises(ModelError, match=f"{TINY_SD} was loaded again"):
-        engine.generate(params.replace(model=TINY_SDXL), make_image(48, 32), save=False)
+        engine.generate(JobRequest(params.replace(model=TINY_SDXL), make_image(48, 32),
+                                   save=False))
     assert engine.loaded_model() == TINY_SD
-    after = engine.generate(params, make_image(48, 32), save=False).images[0].image
+    after = engine.generate(JobRequest(params, make_image(48, 32), save=False)).images[0].image
     assert after.tobytes() == before.tobytes()
 
 
 def test_fp16_on_the_cpu(engine, make_image):
-    engine.generate(make(steps=2, strength=0.5, seed=1), make_image(32, 32), save=False)
+    # The in-process engine itself: it reads the resident pipeline.
+    engine.generate(JobRequest(make(steps=2, strength=0.5, seed=1), make_image(32, 32),
+                               save=False))
     pipe = engine._pipe
     with pytest.raises(InputError) as info:
-        engine.generate(make(steps=2, strength=0.5, dtype="fp16"), make_image(32, 32))
+        engine.generate(JobRequest(make(steps=2, strength=0.5, dtype="fp16"), make_image(32, 32)))
     assert info.value.field == "dtype"
     assert "fp16" in str(info.value) and "fp32" in str(info.value)
     assert engine._pipe is pipe  # the resident pipeline survives the refusal
 
 
 def test_bad_init_image_is_an_input_error(engine, tmp_path):
+    # The in-process engine itself: only it reads an init image from a path on its machine.
     path = tmp_path / "notes.png"
     path.write_text("hello")
     with pytest.raises(InputError) as info:
-        engine.generate(make(steps=2, strength=0.5), path)
+        engine.generate(JobRequest(make(steps=2, strength=0.5), path))
     assert info.value.field == "init_image"
     assert "not an image file" in str(info.value)
 
 
 def test_explicit_size_over_the_engine_limit(tmp_path, make_image):
+    # The in-process engine itself: it is built with its own pixel limit.
     small = Engine(models_dir=tmp_path / "m", outputs_dir=tmp_path / "o", device="cpu",
                    max_pixels=64 * 64)
     with pytest.raises(InputError) as info:
-        small.generate(make(strength=0.0, width=128, height=128), make_image(32, 32))
+        small.generate(JobRequest(make(strength=0.0, width=128, height=128), make_image(32, 32)))
     assert "128x128" in str(info.value)
     # An inherited size is scaled down instead.
-    result = small.generate(make(strength=0.0), make_image(128, 64), save=False)
+    result = small.generate(JobRequest(make(strength=0.0), make_image(128, 64), save=False))
     assert result.width * result.height <= 64 * 64
 
 
 # -- threads ------------------------------------------------------------------------------------
 def test_detectors_are_built_once_when_asked_from_two_threads(tmp_path, monkeypatch):
+    # The in-process engine itself: its lazily built detectors, from threads.
     built = []
 
     class SlowDetectors:
@@ -518,6 +576,7 @@ def test_detectors_are_built_once_when_asked_from_two_threads(tmp_path, monkeypa
 
 
 def test_a_detector_preview_waits_for_the_running_job(tmp_path, make_image):
+    # The in-process engine itself: a preview on one thread beside the worker's job.
     from tests.support.tiny_adapters import make_depth_detector
 
     make_depth_detector(tmp_path / "models" / "ControlNet-preprocessors" / "tiny-depth", seed=7)

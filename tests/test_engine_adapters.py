@@ -1,4 +1,4 @@
-"""The adapters through the engine: params and Inputs in, PNG/latent files and infotext out."""
+"""The adapters through the engine: job requests in, PNG/latent files and infotext out."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from webui import infotext
-from webui.engine.core import Engine, Inputs
+from webui.engine import JobRequest
+from webui.engine.core import Engine
 from webui.engine.outputs import read_infotext
 from webui.errors import InputError, OutOfMemory
 from webui.params import make
@@ -41,12 +42,19 @@ def picture(seed: int = 0) -> Image.Image:
     return image
 
 
-def run(engine, inputs: Inputs | None = None, save: bool = False, **settings):
+REQUEST_FIELDS = ("mask", "ip_image", "control_images", "latents")
+
+
+def run(engine, save: bool = False, allow_paths: bool = False, **settings):
+    """One job: `init`, `mask`, `ip_image`, `control_images` and `latents` go into the request
+    beside the settings (they are not settings), everything else is a setting."""
     values = {"prompt": "a cat", "steps": 4, "strength": 0.5, "seed": 11, "pag_scale": 0.0}
     values.update(settings)
     init = settings.pop("init", picture())
     values.pop("init", None)
-    return engine.generate(make(**values), init, save=save, inputs=inputs)
+    pictures = {name: values.pop(name) for name in REQUEST_FIELDS if name in values}
+    return engine.generate(JobRequest(make(**values), init, save=save, allow_paths=allow_paths,
+                                      **pictures))
 
 
 def pixels(result, index: int = 0) -> np.ndarray:
@@ -76,8 +84,10 @@ def test_lora_goes_into_infotext_and_back(studio):
 
 def test_unknown_lora_is_a_clear_error_and_engine_keeps_working(studio):
     engine, _, _ = studio
+    # As the command line asks (allow_paths): past the studio's refusal, the LoRA loader's own
+    # error names the LoRAs there are.
     with pytest.raises(InputError, match="film"):
-        run(engine, prompt="a cat <lora:nope:1>")
+        run(engine, prompt="a cat <lora:nope:1>", allow_paths=True)
     assert run(engine).images
 
 
@@ -97,7 +107,7 @@ def test_inpaint_keeps_the_unmasked_area_pixel_for_pixel(studio, area, blur):
     init = picture(5).resize((96, 64))
     mask = Image.new("L", (96, 64), 0)
     ImageDraw.Draw(mask).rectangle((8, 8, 47, 55), fill=255)
-    result = run(engine, init=init, inputs=Inputs(mask=mask), strength=0.9, inpaint_area=area,
+    result = run(engine, init=init, mask=mask, strength=0.9, inpaint_area=area,
                  inpaint_padding=8, mask_blur=blur)
     out = pixels(result)
     original = np.asarray(init, dtype=np.int16)
@@ -114,31 +124,33 @@ def test_mask_is_resized_with_the_picture(studio):
     engine, _, _ = studio
     big = picture(6).resize((128, 128))
     mask = Image.new("L", (128, 128), 255)
-    result = run(engine, init=big, width=64, height=64, inputs=Inputs(mask=mask))
+    result = run(engine, init=big, width=64, height=64, mask=mask)
     assert result.images[0].image.size == (64, 64)
 
 
 def test_controlnet_from_init_image_and_missing_upload(studio):
     engine, _, controlnet = studio
+    # The ControlNet is named by its path outside the models folder: the command line's request.
     unit = {"model": str(controlnet), "preprocessor": "canny", "scale": 1.0}
-    result = run(engine, controlnets=[unit])
+    result = run(engine, controlnets=[unit], allow_paths=True)
     assert result.images[0].image.size == (64, 64)
     assert "ControlNet 0" in result.images[0].infotext
     with pytest.raises(InputError, match="no control image"):
-        run(engine, controlnets=[{**unit, "source": "upload"}])
+        run(engine, controlnets=[{**unit, "source": "upload"}], allow_paths=True)
     uploaded = run(engine, controlnets=[{**unit, "source": "upload"}],
-                   inputs=Inputs(control_images=[picture(9)]))
+                   control_images=[picture(9)], allow_paths=True)
     assert uploaded.images
 
 
 def test_ip_adapter_needs_reference_and_applies_with_one(studio):
     engine, ip, _ = studio
     base = pixels(run(engine))
-    no_reference = run(engine, ip_adapter=str(ip))
+    # The IP-Adapter is named by its path outside the models folder: the command line's request.
+    no_reference = run(engine, ip_adapter=str(ip), allow_paths=True)
     assert "no reference image" in no_reference.notice
     assert np.array_equal(pixels(no_reference), base)
-    steered = run(engine, ip_adapter=str(ip), ip_adapter_scale=1.0,
-                  inputs=Inputs(ip_image=picture(7)))
+    steered = run(engine, ip_adapter=str(ip), ip_adapter_scale=1.0, ip_image=picture(7),
+                  allow_paths=True)
     assert np.abs(pixels(steered) - base).max() > 0
     assert "IP-Adapter scale: 1" in steered.images[0].infotext
 
@@ -149,14 +161,17 @@ def test_latent_output_then_latent_input(studio):
     item = result.images[0]
     assert item.path.suffix == ".safetensors" and item.path.is_file()
     assert tuple(item.latents.shape) == (4, 8, 8)
-    again = run(engine, inputs=Inputs(latents=item.path), init=None, strength=0.5)
+    # A latent file by path, as the command line passes it.
+    again = run(engine, latents=item.path, init=None, strength=0.5, allow_paths=True)
     assert again.images[0].image.size == (64, 64)
+    # A latent tensor: only the in-process engine takes one (others get the file's bytes).
     with pytest.raises(InputError, match="2 channels"):
-        run(engine, inputs=Inputs(latents=item.latents[None, :2]), init=None)
+        run(engine, latents=item.latents[None, :2], init=None)
     assert run(engine).images  # still serving
 
 
 def test_out_of_memory_becomes_advice_and_engine_keeps_serving(studio, monkeypatch):
+    # The in-process engine itself: it patches the engine's sampling step.
     engine, _, _ = studio
 
     class OutOfMemoryError(RuntimeError):
@@ -180,8 +195,8 @@ def test_pag_runs_with_inpaint_only_masked(studio):
     engine, _, _ = studio
     mask = Image.new("L", (64, 64), 0)
     ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)
-    guided = run(engine, inputs=Inputs(mask=mask), pag_scale=3.0, inpaint_area="only masked")
-    plain = run(engine, inputs=Inputs(mask=mask), pag_scale=0.0, inpaint_area="only masked")
+    guided = run(engine, mask=mask, pag_scale=3.0, inpaint_area="only masked")
+    plain = run(engine, mask=mask, pag_scale=0.0, inpaint_area="only masked")
     assert "PAG" not in guided.notice and "PAG scale: 3" in guided.images[0].infotext
     assert np.abs(pixels(guided) - pixels(plain)).max() > 0
 
@@ -195,14 +210,15 @@ def test_pag_is_turned_off_where_no_pipeline_joins_it_and_said_so(tmp_path):
     try:
         mask = Image.new("L", (64, 64), 0)
         ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)
+        # The ControlNet is named by its path outside the models folder: the command line's.
         unit = ControlNetUnit(model=str(controlnet))
-        result = run(engine, inputs=Inputs(mask=mask), pag_scale=3.0, controlnets=[unit],
-                     save=True)
+        result = run(engine, mask=mask, pag_scale=3.0, controlnets=[unit], save=True,
+                     allow_paths=True)
         assert "PAG was off for this job" in result.notice and "SDXL" in result.notice
         assert result.params.pag_scale == 0 and "PAG scale: 0" in result.images[0].infotext
         assert "PAG scale: 0" in read_infotext(Image.open(result.images[0].path))
         # Without the mask the SDXL PAG ControlNet img2img pipeline exists: PAG stays on.
-        kept = run(engine, pag_scale=3.0, controlnets=[unit])
+        kept = run(engine, pag_scale=3.0, controlnets=[unit], allow_paths=True)
         assert "PAG" not in kept.notice and kept.params.pag_scale == 3.0
     finally:
         engine.unload()
@@ -231,10 +247,12 @@ ROUTES = {
 
 def _route(engine, controlnet, route: dict, init, **extra):
     settings = {k: v for k, v in route.items() if k not in ("mask", "controlnet")}
-    inputs = Inputs(mask=_wide_mask(init.size) if route.get("mask") else None)
+    mask = _wide_mask(init.size) if route.get("mask") else None
     if route.get("controlnet"):
+        # Named by its path outside the models folder: the command line's request.
         settings["controlnets"] = [{"model": str(controlnet), "preprocessor": "canny"}]
-    return run(engine, init=init, inputs=inputs, save=True, **settings, **extra)
+    return run(engine, init=init, mask=mask, save=True, allow_paths=bool(route.get("controlnet")),
+               **settings, **extra)
 
 
 @pytest.mark.parametrize("name", list(ROUTES))
@@ -255,7 +273,8 @@ def test_latents_keep_a_non_square_size(studio):
     engine, _, _ = studio
     made = run(engine, init=picture(4).resize((96, 64)), output_type="latent")
     assert tuple(made.images[0].latents.shape) == (4, 8, 12)
-    again = run(engine, inputs=Inputs(latents=made.images[0].latents), init=None)
+    # A latent tensor: only the in-process engine takes one (others get the file's bytes).
+    again = run(engine, latents=made.images[0].latents, init=None)
     assert again.images[0].image.size == (96, 64) and "Size: 96x64" in again.images[0].infotext
 
 
@@ -280,6 +299,7 @@ def sdxl(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["tiny-random", "tiny-random-xl"])
 def test_an_inpainting_model_on_the_img2img_tab_runs_with_a_full_mask(tmp_path, kind):
+    # The in-process engine itself: it reads the resident pipeline's UNet.
     from tests.support.testing import tiny_inpainting_pipeline
 
     folder = tmp_path / "models" / "Stable-diffusion" / "tiny-inpainting"
@@ -294,11 +314,11 @@ def test_an_inpainting_model_on_the_img2img_tab_runs_with_a_full_mask(tmp_path, 
         assert "inpainting model" in result.notice
         # Inpainting itself works as with any model, the unmasked area kept exactly.
         mask = _wide_mask((96, 64))
-        inpainted = pixels(run(engine, init=init, inputs=Inputs(mask=mask), strength=0.9))
+        inpainted = pixels(run(engine, init=init, mask=mask, strength=0.9))
         outside = np.asarray(mask) == 0
         assert np.array_equal(inpainted[outside], np.asarray(init, dtype=np.int16)[outside])
         with pytest.raises(InputError, match="inpainting model"):
-            run(engine, inputs=Inputs(latents=torch.zeros(1, 4, 8, 12)), init=None)
+            run(engine, latents=torch.zeros(1, 4, 8, 12), init=None)  # in-process: a tensor
         assert run(engine, init=init).images  # still serving
     finally:
         engine.unload()
@@ -307,6 +327,7 @@ def test_an_inpainting_model_on_the_img2img_tab_runs_with_a_full_mask(tmp_path, 
 def test_attention_slicing_follows_the_ip_adapter_in_and_out(studio):
     """Loading or removing an IP-Adapter replaces the attention processors; slicing is set from
     the processors installed, so it is never silently lost."""
+    # The in-process engine itself: it reads the resident pipeline's attention processors.
     from webui.engine.memory import SLICING_WITH_IP_ADAPTER, attention_sliced
 
     engine, ip, _ = studio
@@ -316,8 +337,9 @@ def test_attention_slicing_follows_the_ip_adapter_in_and_out(studio):
 
     run(engine, attention_slicing="on")
     assert attention_sliced(engine._pipe)
-    steered = run(engine, attention_slicing="on", ip_adapter=str(ip),
-                  inputs=Inputs(ip_image=picture(7)))
+    # The IP-Adapter is named by its path outside the models folder: the command line's request.
+    steered = run(engine, attention_slicing="on", ip_adapter=str(ip), ip_image=picture(7),
+                  allow_paths=True)
     assert any("IPAdapter" in name for name in names())
     assert SLICING_WITH_IP_ADAPTER in steered.notice
     plain = run(engine, attention_slicing="on")
@@ -341,8 +363,9 @@ def test_infotext_names_adapters_relative_to_their_folder(tmp_path):
         for model, ip in (("sketch/tiny-canny", "tiny-ip"),
                           (str(models / "ControlNet" / "sketch" / "tiny-canny"),
                            str(models / "IP-Adapter" / "tiny-ip"))):
-            result = run(engine, save=True, ip_adapter=ip, inputs=Inputs(ip_image=picture(7)),
-                         controlnets=[{"model": model, "preprocessor": "canny"}])
+            result = run(engine, save=True, ip_adapter=ip, ip_image=picture(7),
+                         controlnets=[{"model": model, "preprocessor": "canny"}],
+                         allow_paths=model != "sketch/tiny-canny")
             text = read_infotext(Image.open(result.images[0].path))
             assert str(tmp_path) not in text
             assert "model: sketch/tiny-canny" in text and "IP-Adapter: tiny-ip" in text
@@ -350,7 +373,7 @@ def test_infotext_names_adapters_relative_to_their_folder(tmp_path):
             assert result.params.controlnets[0].model == "sketch/tiny-canny"
             # Read back, it runs again to the same picture.
             again = run(engine, ip_adapter=infotext.parse(text).params.ip_adapter,
-                        inputs=Inputs(ip_image=picture(7)),
+                        ip_image=picture(7),
                         controlnets=[infotext.parse(text).params.controlnets[0].model_dump()])
             assert np.array_equal(pixels(again), pixels(result))
     finally:

@@ -97,7 +97,7 @@ def test_listed_names_and_hub_ids_pass_and_the_cli_may_name_files(api, make_imag
                           save=False)).cancel()
     outside = tmp_path / "mine.safetensors"
     make_lora(pipe, outside)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=r"available LoRAs: grain"):
         api.submit(JobRequest(make(steps=1, loras=[{"name": str(outside)}]), make_image()))
     result = api.generate(JobRequest(make(steps=1, loras=[{"name": str(outside)}]), make_image(),
                                      save=False, allow_paths=True))

@@ -242,7 +242,9 @@ class ModelRegistry:
         named += [("prompt", name) for name, _ in parse_prompt_loras(params.prompt)[1]]
         for field, name in named:
             if name not in loras and Path(name).stem not in loras:
-                raise InputError(field, f"LoRA {name!r} is not in {self.models_dir / LORA_SUBDIR}")
+                shown = ", ".join(sorted(loras)) or "none yet"
+                raise InputError(field, f"LoRA {name!r} is not in {self.models_dir / LORA_SUBDIR} "
+                                        f"(available LoRAs: {shown})")
         if params.ip_adapter:
             self.confine_adapter(IP_ADAPTER_SUBDIR, params.ip_adapter, "ip_adapter", hub=True)
         for i, unit in enumerate(params.controlnets):

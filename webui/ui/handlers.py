@@ -4,6 +4,10 @@ Every handler validates what the browser (or an API client) sent through Generat
 turns each failure into a gr.Error naming the field, because a remote client can send anything
 and the page must stay usable after a bad click. Only the engine's public API is used: submit a
 Job, read its updates, cancel it.
+
+The field labels and keyword inputs live in fields.py, turning the page's values into a job's
+settings in requests.py and PNG Info in pnginfo.py; `Studio` joins them with the job handlers
+here, and this module still offers their names, as the page and its tests import them from here.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-import re
 import shutil
 import tempfile
 import threading
@@ -20,133 +23,37 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import gradio as gr
-from PIL import Image, ImageChops
+from PIL import Image
 
-from .. import images as imaging
-from .. import infotext, prompts, xyplot
 from .. import params as P
+from .. import xyplot
+from ..engine import (CHECKPOINTS_SUBDIR, CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, AdapterError,
+                      Cancelled, ImageResult, InputError, Inputs, JobRequest, ModelError,
+                      OutOfMemory, Progress, QueueFull, Result)
 from ..params import MODES
-from .. import engine as E
-from ..engine import (CHECKPOINTS_SUBDIR, CONTROLNET_SUBDIR, DETECTOR_SUBDIR, IP_ADAPTER_SUBDIR,
-                      LORA_SUBDIR, AdapterError, Cancelled, ImageResult, InputError, Inputs,
-                      JobRequest, ModelError, OutOfMemory, Progress, QueueFull, Result, mask_to_l,
-                      parse_prompt_loras)
 from . import loopback as loopback_loop
-from . import uploads, xy
+from . import xy
+from .fields import (CONTROLNET_UNITS, EXTRAS, FILL_FIELDS, LABELS, LORA_HEADERS, _error, _fail,
+                     _keyword_extras, shown_folder)
+from .pnginfo import PngInfoHandlers
+from .requests import REFERENCE_NOTE, RequestBuilder, _lora_rows
 
 if TYPE_CHECKING:
     # Annotations only: importing the in-process engine loads torch, which the studio's
     # modules never do themselves (launch.py builds the engine).
     from ..engine import Engine, Job
 
+# The page's modules and tests import these from here, including the names defined elsewhere.
+__all__ = [
+    "BUSY_MESSAGE", "CHECKPOINTS_SUBDIR", "CLAIM_WINDOW", "CONTROLNET_SUBDIR", "CONTROLNET_UNITS",
+    "EXTRAS", "FILL_FIELDS", "GenerateView", "HISTORY_LIMIT", "IP_ADAPTER_SUBDIR", "LABELS",
+    "LORA_HEADERS", "MODES", "REFERENCE_NOTE", "REMEMBERED", "Session", "Studio",
+    "UPDATE_INTERVAL", "XYView", "add_standard_negative", "describe", "effective_steps",
+    "shown_folder", "strength_band", "tiny_notice",
+]
+
 log = logging.getLogger(__name__)
 
-# What each field is called on the page, so an error points at the control to fix.
-LABELS = {
-    "prompt": "Prompt",
-    "negative_prompt": "Negative prompt",
-    "strength": "Denoising strength",
-    "guidance_scale": "CFG scale",
-    "steps": "Sampling steps",
-    "seed": "Seed",
-    "scheduler": "Sampler",
-    "width": "Width",
-    "height": "Height",
-    "resize_mode": "Resize mode",
-    "batch_count": "Batch count",
-    "batch_size": "Batch size",
-    "model": "Model",
-    "dtype": "Precision",
-    "init_image": "Init image",
-    "reference_image": "Reference image",
-    "loras": "LoRAs",
-    "lora_weights": "LoRA weights",
-    "ip_adapter": "IP-Adapter",
-    "ip_adapter_scale": "IP-Adapter scale",
-    "pag_scale": "PAG scale",
-    "attention_slicing": "Attention slicing",
-    "vae_tiling": "VAE tiling",
-    "cpu_offload": "CPU offload",
-    "output_type": "Output type",
-    "latents": "Latent input",
-    "mode": "Mode",
-    "mask": "Mask",
-    "mask_image": "Mask upload",
-    "mask_blur": "Mask blur",
-    "inpaint_area": "Inpaint area",
-    "inpaint_padding": "Masked area padding",
-    "masked_content": "Masked content",
-    "controlnets": "ControlNet",
-    # The engine's adapter errors name these inputs.
-    "lora": "LoRA",
-    "controlnet": "ControlNet",
-    "padding": "Masked area padding",
-    "inpaint_full_res": "Inpaint area",
-    "pag": "PAG scale",
-    "image": "Init image",
-    "adapters": "Adapters",
-    "color_correction": "Colour correction",
-    "loopback_passes": "Loopback passes",
-    "loopback_strength_factor": "Loopback strength factor",
-    "loopback_color_correction": "Loopback colour correction",
-}
-
-CONTROLNET_UNITS = 3
-LORA_HEADERS = ["LoRA", "weight"]
-# What a ControlNet unit's controls are called (cn1_model, cn2_scale, ...), in wiring order.
-UNIT_KEYS = ("enabled", "model", "source", "image", "preprocessor", "detector", "scale", "start",
-             "end", "low", "high")
-# Hub ids as the hub spells them; ".." is refused separately so a path can never pass as one.
-
-
-def _unit_default(key: str):
-    if key == "enabled":
-        return False
-    if key == "image":
-        return None
-    info = P.ControlNetUnit.model_fields[key]
-    return "" if info.is_required() else info.default
-
-
-# Inputs beyond the basic img2img settings, passed by keyword (app.py wires them with
-# inputs_kwargs), with what an API client gets when it leaves one out.
-EXTRAS: dict[str, Any] = {
-    "mode": "img2img",
-    "mask": None,  # the mask editor's value: strokes painted over the picture
-    "mask_image": None,  # an uploaded mask, white = repaint
-    "mask_blur": P.default("mask_blur"),
-    "inpaint_area": P.default("inpaint_area"),
-    "inpaint_padding": P.default("inpaint_padding"),
-    "masked_content": P.default("masked_content"),
-    "loras": None,  # names picked from models/Lora
-    "lora_weights": None,  # rows of (name, weight); a picked LoRA missing here weighs 1
-    "ip_adapter": P.default("ip_adapter"),
-    "ip_adapter_scale": P.default("ip_adapter_scale"),
-    "pag_scale": P.default("pag_scale"),
-    "attention_slicing": P.default("attention_slicing"),
-    "vae_tiling": P.default("vae_tiling"),
-    "cpu_offload": P.default("cpu_offload"),
-    "output_type": P.default("output_type"),
-    "color_correction": P.default("color_correction"),
-    "latents": None,  # a .safetensors latent file to start from
-    **{f"cn{n}_{key}": _unit_default(key) for n in range(1, CONTROLNET_UNITS + 1)
-       for key in UNIT_KEYS},
-}
-
-BASIC_FIELDS = ("model", "prompt", "negative_prompt", "strength", "guidance_scale", "steps",
-                "seed", "scheduler", "width", "height", "resize_mode", "batch_count", "batch_size")
-# The controls "Send to img2img" fills, in the order app.py wires them: the basic settings, then
-# the EXTRAS controls that hold settings (not the pictures, files or the mode).
-FILL_FIELDS = BASIC_FIELDS + tuple(
-    key for key in EXTRAS
-    if key not in ("mode", "mask", "mask_image", "latents", "output_type")
-    and not key.endswith("_image"))
-# Settings the summary of a dropped PNG lists, in this order.
-SUMMARY_FIELDS = tuple(name for name in P.GenerationParams.model_fields
-                       if name not in ("prompt", "negative_prompt"))
-
-REFERENCE_NOTE = ("Reference image given, but no IP-Adapter model is picked (under Adapters): it "
-                  "does not change the result.")
 # Streaming every step of a fast model would flood the browser; a few updates a second is live.
 UPDATE_INTERVAL = 0.2
 # How long a Generate click holds the tab's slot before its job reaches the engine (the job then
@@ -162,12 +69,6 @@ BUSY_MESSAGE = ("Your job is still running: wait for it to finish, or press Inte
 # API clients may leave out any setting; it then takes the params.py default.
 _D = P.default
 _AXES = list(xy.AXES)
-
-
-def shown_folder(engine: Engine, subfolder: str) -> str:
-    """A models subfolder as the page names it: 'models/Lora/', never the server's full path
-    (a shared page must not show how the server's disk is laid out)."""
-    return f"{engine.models_dir.name}/{subfolder}/"
 
 
 def tiny_notice(engine: Engine) -> str:
@@ -318,62 +219,6 @@ class Session:
         return self.results[min(self.selected, len(self.results) - 1)]
 
 
-def _error(message: str, title: str = "Error") -> gr.Error:
-    # Expected input problems: a toast for the artist, no traceback in the server log.
-    return gr.Error(message, title=title, print_exception=False)
-
-
-_NESTED = re.compile(r"^(loras|controlnets)\[(\d+)\](?:\.(\w+))?")
-_UNIT_CONTROL = re.compile(r"^cn(\d)_(\w+)$")
-
-
-def _label(field: str, units: list[int] | None = None) -> str:
-    """What the page calls a field: 'Sampler', 'LoRA 1 weight', 'ControlNet unit 2 scale'."""
-    if field in LABELS:
-        return LABELS[field]
-    nested = _NESTED.match(field)
-    if nested:
-        kind, index, leaf = nested.groups()
-        number = int(index) + 1
-        if kind == "controlnets" and units and int(index) < len(units):
-            # Only enabled units reach the settings, so controlnets[0] may be unit 2 on the page.
-            number = units[int(index)]
-        what = f"LoRA {number}" if kind == "loras" else f"ControlNet unit {number}"
-        return f"{what} {leaf}" if leaf else what
-    unit = _UNIT_CONTROL.match(field)
-    if unit:
-        return f"ControlNet unit {unit[1]} {unit[2]}"
-    return field
-
-
-def _fail(field: str, message: str, units: list[int] | None = None) -> gr.Error:
-    """A gr.Error that names the field as the page labels it (nested settings keep their path,
-    e.g. 'loras[0].weight', after the page's name)."""
-    label = _label(field, units)
-    text = str(message)
-    if label != field and _NESTED.match(field):
-        return _error(f"{label}: {text}", title=label)
-    # Engine and params messages start with the raw field name; show the page's name instead.
-    if text.startswith(label):
-        pass  # the engine already named it as the page does ("ControlNet: ...")
-    elif text.startswith(f"{field}: "):
-        text = f"{label}: {text[len(field) + 2:]}"
-    elif text.startswith(f"{field} "):
-        text = label + text[len(field):]
-    else:
-        text = f"{label}: {text}"
-    return _error(text, title=label)
-
-
-def _held(payload: dict, field: str) -> Path:
-    """The file behind an upload payload gradio holds; anything else is refused with one
-    message that says nothing about the path (see uploads.py)."""
-    held = uploads.held_file(payload)
-    if held is None:
-        raise _fail(field, uploads.REFUSED)
-    return held
-
-
 def _user(request) -> str | None:
     """The logged-in user a request comes from (None without a login, or outside a request)."""
     return getattr(request, "username", None) or None
@@ -391,343 +236,16 @@ def _with_infotext(item: ImageResult) -> Image.Image:
     return item.image
 
 
-def _size(value) -> int | None:
-    if value in (None, "", 0, 0.0):
-        return None
-    return value
-
-
-def _lora_rows(table) -> list[tuple[str, Any]]:
-    """(name, weight) rows of the LoRA weight table, in any form it arrives: the page's payload
-    ({"headers", "data"}), a list of rows, or {name: weight}."""
-    if isinstance(table, dict) and "data" in table:
-        table = table["data"]
-    if isinstance(table, dict):
-        return [(str(k), v) for k, v in table.items()]
-    rows = []
-    for row in table or []:
-        if isinstance(row, (list, tuple)) and len(row) >= 2 and row[0] not in (None, ""):
-            rows.append((str(row[0]), row[1]))
-    return rows
-
-
-def _value_text(value) -> str:
-    """A setting as the PNG Info summary shows it."""
-    if isinstance(value, list):
-        parts = []
-        for item in value:
-            if isinstance(item, P.LoraWeight):
-                parts.append(f"{item.name}:{item.weight:g}")
-            elif isinstance(item, P.ControlNetUnit):
-                parts.append(f"{Path(item.model).name} ({item.preprocessor}, scale "
-                             f"{item.scale:g}, {item.source})")
-        return "; ".join(parts) if value and isinstance(value[0], P.ControlNetUnit) \
-            else ", ".join(parts)
-    return xy.value_label(value)
-
-
-def _keyword_extras(function):
-    """Name every EXTRAS setting in `function`'s signature (it takes them as **extras), so the
-    page's API lists each one with its default and a client may pass any of them by name."""
-    signature = inspect.signature(function)
-    fixed = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
-    named = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value)
-             for name, value in EXTRAS.items()]
-    function.__signature__ = signature.replace(parameters=fixed + named)
-    return function
-
-
-class Studio:
-    """The handlers, bound to one engine. app.py wires each method to an event."""
+class Studio(RequestBuilder, PngInfoHandlers):
+    """The handlers, bound to one engine. app.py wires each method to an event; the methods
+    that turn the page's values into settings (RequestBuilder) and the PNG Info ones
+    (PngInfoHandlers) live in modules of their own."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
         self._downloads: Path | None = None  # copies of result files handed to gradio
 
-    # -- inputs ------------------------------------------------------------------------------
-    def models(self) -> list[str]:
-        names = self.engine.models()
-        if self.engine.model and self.engine.model not in names:
-            names.insert(0, self.engine.model)
-        return names
-
-    def model_choices(self, names: list[str] | None = None) -> list[tuple[str, str]]:
-        """The picker's (label, name) pairs: the label adds the licence a model states, since
-        commercial use depends on it; the values stay the plain names."""
-        names = self.models() if names is None else names
-        licences = {info.name: info.licence for info in self.engine.list_models()}
-        return [(f"{name} · {licences[name]}" if licences.get(name) else name, name)
-                for name in names]
-
-    def _model(self, name) -> str:
-        name = (name or "").strip() if isinstance(name, str) else name
-        if not name:
-            return self.engine.model
-        known = self.models()
-        if name not in known:
-            # Only listed models: a shared page must not load arbitrary paths on the server.
-            raise _fail("model", f"{name!r} is not one of this studio's models ("
-                        f"{', '.join(known)}); put checkpoints in "
-                        f"{shown_folder(self.engine, CHECKPOINTS_SUBDIR)} and press 🔄")
-        return name
-
-    def build_params(self, model, prompt, negative_prompt, strength, guidance_scale, steps, seed,
-                     scheduler, width, height, resize_mode, batch_count, batch_size,
-                     extras: dict | None = None, units: list[int] | None = None
-                     ) -> P.GenerationParams:
-        """Validated settings from the basic controls plus, optionally, the EXTRAS controls (as
-        returned by `_extras`); `units` receives the page numbers of the enabled ControlNets."""
-        values = dict(
-            model=self._model(model), prompt=prompt or "", negative_prompt=negative_prompt or "",
-            strength=strength, guidance_scale=guidance_scale, steps=steps,
-            seed=P.default("seed") if seed in (None, "") else seed, scheduler=scheduler,
-            width=_size(width), height=_size(height), resize_mode=resize_mode,
-            batch_count=batch_count, batch_size=batch_size,
-        )
-        units = units if units is not None else []
-        if extras is not None:
-            self._check_prompt_loras(values["prompt"])
-            values.update(
-                loras=self._lora_list(extras["loras"], extras["lora_weights"]),
-                ip_adapter=self._adapter_location(IP_ADAPTER_SUBDIR, extras["ip_adapter"],
-                                                  "ip_adapter", hub=True),
-                controlnets=self._controlnet_units(extras, units),
-                **{name: extras[name] for name in (
-                    "ip_adapter_scale", "pag_scale", "attention_slicing", "vae_tiling",
-                    "cpu_offload", "output_type", "mask_blur", "inpaint_area", "inpaint_padding",
-                    "masked_content", "color_correction")},
-            )
-        try:
-            params = P.make(**values)
-        except P.ParamsError as exc:
-            raise _fail(exc.field, str(exc), units) from None
-        for n, unit in zip(units, params.controlnets):
-            if unit.start >= unit.end:
-                raise _fail(f"cn{n}_start", f"the starting step ({unit.start:g}) must come before "
-                            f"the ending step ({unit.end:g})")
-        return params
-
-    # -- adapters ----------------------------------------------------------------------------
-    def available_loras(self) -> list[str]:
-        """LoRA names (paths under models/Lora without .safetensors), sorted."""
-        return self.engine.list_loras()
-
-    def adapter_models(self, kind: str) -> list[str]:
-        """Names under models/<kind> (IP-Adapter or ControlNet), sorted."""
-        if kind == IP_ADAPTER_SUBDIR:
-            return self.engine.list_ip_adapters()
-        return self.engine.list_controlnets()
-
-    def detector_models(self) -> list[tuple[str, str]]:
-        """(label, name) of the depth and pose detectors in models/ControlNet-preprocessors,
-        after the automatic choice."""
-        found = self.engine.list_detectors()
-        return [("auto (the first of its kind)", "")] + [
-            (f"{name} ({kind})", name) for name, kind in found.items()]
-
-    def _detector_name(self, value, field: str) -> str:
-        """A detector picked from the list (a shared page must not name server paths)."""
-        if value is not None and not isinstance(value, str):
-            raise _fail(field, f"must be text (got {type(value).__name__})")
-        value = (value or "").strip()
-        found = self.engine.list_detectors()
-        if value and value not in found:
-            listed = ", ".join(found) or "none yet"
-            raise _fail(field, f"{value!r} is not one of this studio's detector models "
-                        f"({listed}); put its folder in {shown_folder(self.engine, DETECTOR_SUBDIR)} and "
-                        "press 🔄")
-        return value
-
-    def _adapter_location(self, kind: str, value, field: str, hub: bool = False) -> str:
-        """The name (or hub id) the engine gets for what the artist picked or typed.
-
-        Only names listed under models/<kind>, paths inside that folder (given back as names,
-        so infotext and presets hold no server paths) and (for the IP-Adapter) hub ids pass: a
-        shared page must not read arbitrary paths on the server. The engine's path policy
-        decides (Engine.check_adapter); this names the page's field.
-        """
-        if value is not None and not isinstance(value, str):
-            raise _fail(field, f"must be text (got {type(value).__name__})")
-        try:
-            return self.engine.check_adapter(kind, value or "", field, hub=hub)
-        except InputError as exc:
-            raise _fail(field, self._unplaced(str(exc)) + " and press 🔄") from None
-
-    def _adapter_choice(self, kind: str, location: str) -> str | None:
-        """The inverse of _adapter_location for a value read back from a PNG: the listed name,
-        the hub id, or None when it is not available here."""
-        try:
-            return self.engine.check_adapter(kind, location, kind, hub=kind == IP_ADAPTER_SUBDIR)
-        except InputError:
-            pass
-        # A file name from another machine's folder: the same name here, if listed.
-        name = Path(location).name
-        return name if name in self.adapter_models(kind) else None
-
-    def _check_prompt_loras(self, prompt: str) -> None:
-        """<lora:...> tags must name LoRAs by name: the engine would also open a file path."""
-        try:
-            clean, tags = parse_prompt_loras(prompt)
-            prompts.parse(clean)
-        except (AdapterError, prompts.PromptSyntaxError) as exc:
-            raise _fail("prompt", str(exc)) from None
-        for name, _ in tags:
-            if Path(name).expanduser().is_absolute() or ".." in Path(name).parts:
-                raise _fail("prompt", f"<lora:{name}> names a file path; LoRAs are picked by "
-                            f"name from {shown_folder(self.engine, LORA_SUBDIR)}")
-
-    def _lora_list(self, names, table) -> list[dict]:
-        if names in (None, ""):
-            return []
-        if isinstance(names, str):
-            names = [names]
-        if not isinstance(names, (list, tuple)):
-            raise _fail("loras", f"must be a list of LoRA names (got {type(names).__name__})")
-        known = self.available_loras()
-        weights = dict(_lora_rows(table))
-        loras = []
-        for name in names:
-            if name not in known:
-                listed = ", ".join(known) or "none yet"
-                raise _fail("loras", f"{name!r} is not in "
-                            f"{shown_folder(self.engine, LORA_SUBDIR)} (available: "
-                            f"{listed}); put the .safetensors file there and press 🔄")
-            weight = weights.get(name, 1.0)
-            loras.append({"name": name, "weight": 1.0 if weight in (None, "") else weight})
-        return loras
-
-    def _controlnet_units(self, extras: dict, units: list[int]) -> list[dict]:
-        """The enabled units as ControlNetUnit values; their page numbers go into `units`."""
-        found = []
-        for n in range(1, CONTROLNET_UNITS + 1):
-            get = (lambda key, n=n: extras[f"cn{n}_{key}"])
-            if get("enabled") not in (True, 1, "true", "True"):
-                continue
-            if not (get("model") or "").strip():
-                raise _fail(f"cn{n}_model", "pick a ControlNet model (folders and files in "
-                            f"{shown_folder(self.engine, CONTROLNET_SUBDIR)}), or untick "
-                            "the unit")
-            unit = {key: get(key) for key in UNIT_KEYS if key not in ("enabled", "image")}
-            unit["model"] = self._adapter_location(CONTROLNET_SUBDIR, unit["model"],
-                                                   f"cn{n}_model")
-            unit["detector"] = self._detector_name(unit["detector"], f"cn{n}_detector")
-            if unit["source"] == "upload" and get("image") is None:
-                raise _fail(f"cn{n}_image", "no control image uploaded (or set the unit's source "
-                            "to the init image)")
-            units.append(n)
-            found.append(unit)
-        return found
-
-    def _extras(self, extras: dict) -> dict:
-        unknown = sorted(set(extras) - set(EXTRAS))
-        if unknown:
-            raise TypeError(f"unknown settings: {', '.join(unknown)}")
-        return {**EXTRAS, **extras}
-
-    def _inputs(self, params: P.GenerationParams, extras: dict, units: list[int],
-                reference_image, notes: list[str]) -> Inputs:
-        """The pictures and files of a job beside its settings (mask, reference, control
-        images, latents), each checked and named on failure."""
-        inputs = Inputs()
-        if reference_image is not None:
-            inputs.ip_image = self.load_image(reference_image, "reference_image")
-            if not params.ip_adapter:
-                notes.append(REFERENCE_NOTE)
-        if extras["mode"] == "inpaint":
-            inputs.mask = self.mask_from(extras["mask"], extras["mask_image"])
-        images = []
-        for n in units:
-            image = extras[f"cn{n}_image"]
-            upload = extras[f"cn{n}_source"] == "upload"
-            images.append(self.load_image(image, f"cn{n}_image") if upload else None)
-        inputs.control_images = images or None
-        if extras["latents"] is not None:
-            inputs.latents = self._file(extras["latents"], "latents", ".safetensors")
-        return inputs
-
-    def _request(self, init_image, reference_image, basic: tuple, extras: dict, notes: list[str]
-                 ) -> tuple[P.GenerationParams, Any, Inputs]:
-        """(settings, init image, inputs) of a job from everything the page sent."""
-        extras = self._extras(extras)
-        mode = extras["mode"]
-        if mode not in MODES:
-            raise _fail("mode", f"mode must be one of: {', '.join(MODES)} (got {mode!r})")
-        units: list[int] = []
-        params = self.build_params(*basic, extras=extras, units=units)
-        editor = extras["mask"] if isinstance(extras["mask"], dict) else {}
-        if init_image is None and mode == "inpaint" and editor.get("background") is not None:
-            # A picture dropped straight into the mask editor is the one to inpaint.
-            init_image = editor["background"]
-        if init_image is None and extras["latents"] is not None and mode == "img2img":
-            init = None  # the latents fix the size and the content
-        else:
-            init = self.load_image(init_image, "init_image")
-        return params, init, self._inputs(params, extras, units, reference_image, notes)
-
-    @staticmethod
-    def _file(source, field: str, suffix: str) -> Path:
-        """An uploaded file's path: a gradio payload for a file gradio holds (see uploads.py) or
-        a Path from in-process code; anything else is refused without a word about the path."""
-        if isinstance(source, dict):
-            source = _held(source, field)
-        if not isinstance(source, Path):
-            raise _fail(field, "send the file as a file (gradio_client.handle_file), not as text")
-        if source.suffix.lower() != suffix:
-            raise _fail(field, f"{source.name} is not a {suffix} file")
-        return source
-
-    def mask_from(self, editor, upload) -> Image.Image:
-        """The inpaint mask (L, 255 = repaint): every stroke painted in the mask editor, in any
-        colour, together with an uploaded mask (white = repaint, or its opaque part)."""
-        painted = None
-        # The editor sends {background, layers, composite}; a lone picture counts as one layer.
-        layers = editor.get("layers") if isinstance(editor, dict) else [editor]
-        for layer in [layer for layer in layers or [] if layer is not None]:
-            image = self.load_image(layer, "mask", keep_alpha=True)
-            alpha = image.getchannel("A") if image.mode == "RGBA" else image.convert("L")
-            # Any touch of the brush counts, however faint its edge or colour.
-            alpha = alpha.point(lambda a: 255 if a else 0)
-            if painted is None:
-                painted = alpha
-            else:
-                painted = ImageChops.lighter(painted, alpha.resize(painted.size))
-        if painted is not None and painted.getextrema()[1] == 0:
-            painted = None  # an untouched layer is no mask
-        uploaded = None
-        if upload is not None:
-            uploaded = mask_to_l(self.load_image(upload, "mask_image", keep_alpha=True))
-        if painted is None and uploaded is None:
-            raise _fail("mask", "nothing is painted: paint over the area to repaint (any "
-                        "colour) in the Inpaint tab, or upload a mask (white = repaint)")
-        if painted is None:
-            return uploaded
-        if uploaded is not None:
-            painted = ImageChops.lighter(painted, uploaded.resize(painted.size))
-        return painted
-
-    @staticmethod
-    def load_image(source, field: str = "init_image", keep_alpha: bool = False) -> Image.Image:
-        """An RGB image (RGBA with keep_alpha) from what the browser or a test sent: a PIL
-        image, an array, the payload of a file gradio holds (see uploads.py) or a Path from
-        in-process code. A payload naming any other file is refused with one message, whatever
-        the file is, so a client can neither read nor probe server paths."""
-        if isinstance(source, dict):
-            source = _held(source, field)
-        elif isinstance(source, str):
-            # A bare string from the API would be a path on the server: never open those.
-            raise _fail(field, "send the image as a file (gradio_client.handle_file), not as text")
-        elif type(source).__name__ == "ndarray":
-            source = Image.fromarray(source)
-        if source is None:
-            what = "upload a picture to transform" if field == "init_image" else "upload an image"
-            raise _fail(field, f"no image given: {what}")
-        if not isinstance(source, (Image.Image, Path)):
-            raise _fail(field, f"must be an image file (got {type(source).__name__})")
-        try:
-            return imaging.load_image(source, field, keep_alpha=keep_alpha)
-        except InputError as exc:
-            raise _fail(exc.field, str(exc)) from None
-
+    # -- jobs --------------------------------------------------------------------------------
     def _submit(self, session: Session, params: P.GenerationParams, init, save: bool,
                 inputs: Inputs | None = None, owner: str | None = None) -> Job:
         inputs = inputs or Inputs()
@@ -765,15 +283,6 @@ class Studio:
             raise _error(self._unplaced(f"The job failed ({type(exc).__name__}: {exc}). The "
                                         "studio keeps working; change the settings and try "
                                         "again."), title="Job failed") from None
-
-    def _unplaced(self, text: str) -> str:
-        """`text` with the models and outputs folders' full paths shortened to their names:
-        the engine's messages may name the files it read, the page must not show where the
-        server keeps them."""
-        for folder in (self.engine.models_dir, self.engine.outputs_dir):
-            for form in {str(folder.resolve()), str(folder.absolute())}:
-                text = text.replace(form, folder.name)
-        return text
 
     @staticmethod
     def _follow(job: Job) -> Iterator[Progress]:
@@ -1100,145 +609,6 @@ class Studio:
         except InputError as exc:
             # The engine names the input at fault: the unit's detector or its thresholds.
             raise _fail(f"cn{unit}_{exc.field}", str(exc)) from None
-
-    # -- PNG Info ----------------------------------------------------------------------------
-    def png_info(self, image) -> tuple[str, str]:
-        """(raw parameters text, readable summary) of a dropped PNG."""
-        if image is None:
-            return "", "Drop a PNG here to read the settings it was made with."
-        if isinstance(image, Image.Image):
-            picture = image
-        else:
-            # A payload for a file gradio holds, or a Path from in-process code; a bare string
-            # or any other file is refused alike (see uploads.py).
-            path = uploads.held_file(image) if isinstance(image, dict) else image
-            if not isinstance(path, Path):
-                return "", "The upload did not arrive; drop the image again."
-            try:
-                picture = Image.open(path)
-            except (OSError, SyntaxError, ValueError):
-                return "", "**Not an image file** (PNG, JPEG, WebP, ...)."
-        text = E.read_infotext(picture)
-        if not text:
-            return "", ("This image carries no generation parameters (it may have been "
-                        "re-saved by another program, or never had any).")
-        if len(text) > infotext.MAX_CHARS:
-            # Not shown either: a megabyte of text would only slow every browser down.
-            return "", (f"This image's parameters text is {len(text):,} characters long, more "
-                        f"than the {infotext.MAX_CHARS:,} that are read; it was not used.")
-        return text, self._parsed_summary(infotext.parse(text))
-
-    @staticmethod
-    def _parsed_summary(parsed: infotext.Parsed) -> str:
-        rows = ["| setting | value |", "|---|---|"]
-        params = parsed.params
-        for name in SUMMARY_FIELDS:
-            if name in parsed.fields:
-                rows.append(f"| {LABELS[name]} | {_value_text(getattr(params, name))} |")
-        for key, value in parsed.extras.items():
-            rows.append(f"| {key} | {value} |")
-        parts = ["\n".join(rows)]
-        if parsed.warnings:
-            parts.append("**Not usable here:**\n" + "\n".join(f"- {w}" for w in parsed.warnings))
-        return "\n\n".join(parts)
-
-    def send_to_img2img(self, text: str | None) -> tuple:
-        """Updates for FILL_FIELDS, then the tab switch and a message.
-
-        Every setting the page holds is set: to the text's value, or to its default when the
-        text does not mention it, so that the same seed gives the same picture again (a LoRA,
-        ControlNet unit or reference model left from earlier would change it). What cannot be
-        restored here (a model, LoRA or ControlNet that is not installed) is listed, and the
-        model picker keeps the current model when the text names none or an unknown one.
-        """
-        if not (text or "").strip():
-            raise _error("Drop a PNG with generation parameters first.", title="PNG Info")
-        parsed = infotext.parse(text)
-        warnings = list(parsed.warnings)
-        values = parsed.params.model_dump()  # defaults where the text says nothing
-        fill: dict[str, Any] = {}
-        filled: list[str] = []
-        reset: list[str] = []
-        for name in P.GenerationParams.model_fields:
-            if name not in FILL_FIELDS and name != "controlnets":
-                continue  # not a control on the page (precision, output type)
-            given = name in parsed.fields
-            value = values[name]
-            if name == "model":
-                if not given:
-                    continue
-                value = self._known_model(value)
-                if value is None:
-                    warnings.append(f"Model: {values['model']!r} is not available here; kept the "
-                                    "current model")
-                    continue
-            elif name in ("width", "height") and value is None:
-                value = 0
-            elif name == "loras":
-                self._fill_loras(value, fill, warnings)
-            elif name == "ip_adapter" and value:
-                value = self._adapter_choice(IP_ADAPTER_SUBDIR, value)
-                if value is None:
-                    warnings.append(f"IP-Adapter: {values['ip_adapter']!r} is not in "
-                                    f"{shown_folder(self.engine, IP_ADAPTER_SUBDIR)}; left off")
-                    value = ""
-            elif name == "controlnets":
-                self._fill_controlnets(value, fill, warnings)
-            if name in FILL_FIELDS and name != "loras":
-                fill[name] = value
-            (filled if given else reset).append(LABELS[name])
-        updates = [fill.get(key, gr.skip()) for key in FILL_FIELDS]
-        for warning in warnings:
-            gr.Warning(warning)
-        message = "Filled from the text: " + (", ".join(filled) or "nothing") + "."
-        if reset:
-            message += " Back to their defaults (the text does not mention them): " + \
-                ", ".join(reset) + "."
-        if warnings:
-            message += "\n\n**Not restored:**\n" + "\n".join(f"- {w}" for w in warnings)
-        return (*updates, gr.Tabs(selected="img2img"), message)
-
-    def _fill_loras(self, loras: list[dict], fill: dict, warnings: list[str]) -> None:
-        known = self.available_loras()
-        rows = []
-        for lora in loras:
-            if lora["name"] in known:
-                rows.append([lora["name"], lora["weight"]])
-            else:
-                warnings.append(f"LoRAs: {lora['name']!r} is not in "
-                                f"{shown_folder(self.engine, LORA_SUBDIR)}; left out")
-        fill["loras"] = gr.update(choices=known, value=[name for name, _ in rows])
-        fill["lora_weights"] = gr.update(value={"headers": LORA_HEADERS, "data": rows},
-                                         visible=bool(rows))
-
-    def _fill_controlnets(self, units: list[dict], fill: dict, warnings: list[str]) -> None:
-        # Units the text does not mention are switched off, so the job is the one in the text.
-        for n in range(1, CONTROLNET_UNITS + 1):
-            unit = units[n - 1] if n <= len(units) else None
-            fill[f"cn{n}_enabled"] = False
-            if unit is None:
-                continue
-            model = self._adapter_choice(CONTROLNET_SUBDIR, unit["model"])
-            if model is None:
-                warnings.append(f"ControlNet unit {n}: {unit['model']!r} is not in "
-                                f"{shown_folder(self.engine, CONTROLNET_SUBDIR)}; the "
-                                "unit is left off")
-                continue
-            fill[f"cn{n}_enabled"] = True
-            fill.update({f"cn{n}_{key}": unit[key] for key in UNIT_KEYS
-                         if key not in ("enabled", "image")})
-            fill[f"cn{n}_model"] = model
-            if unit["detector"] and unit["detector"] not in self.engine.list_detectors():
-                warnings.append(f"ControlNet unit {n}: the detector {unit['detector']!r} is not "
-                                f"in {shown_folder(self.engine, DETECTOR_SUBDIR)}; the first of "
-                                "its kind is used")
-                fill[f"cn{n}_detector"] = ""
-
-    def _known_model(self, name: str) -> str | None:
-        for known in self.models():
-            if name in (known, Path(known).stem, Path(known).name):
-                return known
-        return None
 
     # -- X/Y plot ----------------------------------------------------------------------------
     def xy_base(self, init_image=None, model=None, prompt=None, negative_prompt=None,
