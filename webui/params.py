@@ -15,10 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from . import schedulers
 
-RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
-DTYPES = ("auto", "fp16", "bf16", "fp32")
-MEMORY_MODES = ("auto", "on", "off")
-MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")
+# Each choice list has one home, its Literal type; the tuples are read from it for menus and
+# checks elsewhere.
+ResizeMode = Literal["just resize", "crop and resize", "resize and fill"]
+RESIZE_MODES = get_args(ResizeMode)
+Dtype = Literal["auto", "fp16", "bf16", "fp32"]
+DTYPES = get_args(Dtype)
+MemoryMode = Literal["auto", "on", "off"]
+MEMORY_MODES = get_args(MemoryMode)
+MaskedContent = Literal["original", "fill", "latent noise", "latent nothing"]
+MASKED_CONTENT = get_args(MaskedContent)
 # What a job does with its picture: transform it all, or repaint where a mask says.
 MODES = ("img2img", "inpaint")
 MAX_SEED = 2**32 - 1
@@ -135,7 +141,7 @@ class GenerationParams(BaseModel):
         description="Output height in pixels, snapped down to a multiple of 8; empty keeps the init "
         "image's height.",
     )
-    resize_mode: Literal["just resize", "crop and resize", "resize and fill"] = Field(
+    resize_mode: ResizeMode = Field(
         "just resize",
         description="How the init image meets the output size: stretch, crop to fill, or fit and "
         "fill the borders.",
@@ -144,20 +150,20 @@ class GenerationParams(BaseModel):
     batch_size: int = Field(
         1, ge=1, le=8, description="Images per batch; image k of a job uses seed + k."
     )
-    dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(
+    dtype: Dtype = Field(
         "auto", description="Weights precision: auto is fp16 on CUDA and fp32 on the CPU."
     )
-    attention_slicing: Literal["auto", "on", "off"] = Field(
+    attention_slicing: MemoryMode = Field(
         "auto",
         description="Compute attention in slices: less VRAM, slightly slower. auto turns it on "
         "when free VRAM is low.",
     )
-    vae_tiling: Literal["auto", "on", "off"] = Field(
+    vae_tiling: MemoryMode = Field(
         "auto",
         description="Decode the picture in tiles: large images fit in little VRAM (tiles can "
         "show faint seams). auto turns it on for large images when free VRAM is low.",
     )
-    cpu_offload: Literal["auto", "on", "off"] = Field(
+    cpu_offload: MemoryMode = Field(
         "auto",
         description="Keep only the running part of the model on the GPU: fits small GPUs, "
         "slower. CUDA only; auto turns it on when the model does not fit.",
@@ -187,7 +193,7 @@ class GenerationParams(BaseModel):
     inpaint_padding: int = Field(
         32, ge=0, le=256, description="Inpaint only masked: context pixels around the mask."
     )
-    masked_content: Literal["original", "fill", "latent noise", "latent nothing"] = Field(
+    masked_content: MaskedContent = Field(
         "original", description="Inpaint: what the masked area starts from.",
     )
     controlnets: list[ControlNetUnit] = Field(
