@@ -123,3 +123,29 @@ def test_a_refused_request_leaves_no_file(api):
     with pytest.raises(InputError):
         api.submit(JobRequest(make(steps=1, model="/etc/passwd"), None, latents=b"x" * 10))
     assert temporary_latents() == before
+
+
+def test_load_model_loads_a_listed_model_between_jobs(api):
+    api.unload()
+    assert api.loaded_model() is None
+    assert api.load_model("tiny-random") == api.loaded_model() == "tiny-random"
+    with pytest.raises(InputError) as caught:
+        api.load_model("/etc/passwd")
+    assert caught.value.field == "model"
+    assert api.loaded_model() == "tiny-random"  # a refused name leaves the resident model
+
+
+def test_a_single_files_family_is_read_once_per_file_version(api, tmp_path, monkeypatch):
+    from tests.support.testing import save_single_file
+    from webui.engine import single_file
+
+    folder = api.models_dir / "Stable-diffusion"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_single_file(api.pipeline("tiny-random"), folder / "mine.safetensors")
+    reads = []
+    real = single_file.read_keys
+    monkeypatch.setattr(single_file, "read_keys", lambda path: reads.append(path) or real(path))
+    first = {m.name: m.family for m in api.list_models()}
+    again = {m.name: m.family for m in api.list_models()}
+    assert first["mine.safetensors"] == again["mine.safetensors"] == "sd1"
+    assert len(reads) == 1

@@ -232,9 +232,12 @@ def test_licences_from_file_metadata_and_model_cards(tmp_path):
     folder.mkdir()
     (folder / "model_index.json").write_text("{}")
     (folder / "README.md").write_text("---\nlicense: other\nlicense_name: studio-nc\n---\n")
+    from webui.engine import Engine
+    from webui.ui.handlers import Studio
+
     registry = ModelRegistry(tmp_path / "models")
-    names = registry.names()
-    assert hub.labelled(registry, names) == [
+    studio = Studio(Engine(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs"))
+    assert studio.model_choices() == [
         ("carded · studio-nc", "carded"), ("silent.safetensors", "silent.safetensors"),
         ("stated.safetensors · openrail++", "stated.safetensors"),
         ("tiny-random", "tiny-random"), ("tiny-random-xl", "tiny-random-xl")]

@@ -41,7 +41,6 @@ from .interface import (ImageResult, Inputs, JobRequest, ModelInfo, Progress, Qu
 from .models import (CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, LORA_SUBDIR, ModelRegistry,
                      load)
 from .prompt_encoding import encode_prompts
-from .single_file import detect_family, read_keys
 
 
 @dataclass(frozen=True)
@@ -329,12 +328,8 @@ class Engine:
                 source = scanned.get(name) or self.registry.resolve(name)
             except ModelError:
                 continue
-            family = self.family if self.loaded_model() == source.location else None
-            if source.kind == "file" and family is None:
-                try:
-                    family = detect_family(read_keys(source.location))
-                except (ModelError, OSError, ValueError):
-                    family = None
+            family = (self.family if self.loaded_model() == source.location
+                      else self.registry.file_family(source))
             infos.append(ModelInfo(name=name, kind=source.kind, family=family,
                                    hash=self.registry.known_hash(source),
                                    licence=hub.licence(source)))

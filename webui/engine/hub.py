@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import Cancelled, InputError, ModelError
-from .models import CHECKPOINTS_SUBDIR, ModelRegistry, ModelSource, is_pickle
+from .models import CHECKPOINTS_SUBDIR, ModelSource, is_pickle
 
 
 # Which weights a download fetches: the fp16 set where a repo has one (half the size); the
@@ -383,20 +383,3 @@ def licence(source: ModelSource) -> str:
         card = try_to_load_from_cache(source.location, "README.md")
         return _file_licence(Path(card)) if isinstance(card, str) else ""
     return ""
-
-
-def labelled(registry: ModelRegistry, names: list[str]) -> list[tuple[str, str]]:
-    """(label, name) for each picker name: "name · licence" when the model states a licence."""
-    scanned = {source.name: source for source in registry.scan()}
-    pairs = []
-    for name in names:
-        # One scan for all names; resolve (a scan each) only for the few others.
-        source = scanned.get(name)
-        if source is None:
-            try:
-                source = registry.resolve(name)
-            except ModelError:
-                source = None
-        stated = licence(source) if source is not None else ""
-        pairs.append((f"{name} · {stated}" if stated else name, name))
-    return pairs

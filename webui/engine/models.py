@@ -84,6 +84,7 @@ class ModelRegistry:
         self.models_dir = Path(models_dir)
         self.hub_ids = tuple(hub_ids)
         self._hashes: dict[tuple[str, float, int], str] = {}
+        self._families: dict[tuple[str, float, int], str | None] = {}
         self._hash_lock = threading.Lock()
 
     @property
@@ -252,6 +253,30 @@ class ModelRegistry:
             if unit.detector and detectors is not None and unit.detector not in detectors:
                 raise InputError(f"controlnets[{i}].detector",
                                  f"{unit.detector!r} is not one of this studio's detectors")
+
+    def file_family(self, source: ModelSource) -> str | None:
+        """'sd1', 'sd2' or 'sdxl' for a single file, read from its tensor names once per file
+        version (listings ask on every refresh); None for other sources or an unreadable file."""
+        if source.kind != "file":
+            return None
+        try:
+            stat = os.stat(source.location)
+        except OSError:
+            return None
+        key = (source.location, stat.st_mtime, stat.st_size)
+        with self._hash_lock:
+            if key in self._families:
+                return self._families[key]
+        # Here, not at the top: single_file imports torch, and this module stays torch-free.
+        from .single_file import detect_family, read_keys
+
+        try:
+            family = detect_family(read_keys(source.location))
+        except (ModelError, OSError, ValueError):
+            family = None
+        with self._hash_lock:
+            self._families[key] = family
+        return family
 
     def known_hash(self, source: ModelSource) -> str:
         """The file's short hash if already computed (listings never read a whole file)."""

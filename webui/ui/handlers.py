@@ -415,8 +415,7 @@ class Studio(RequestBuilder, PngInfoHandlers):
         if value is None:
             return gr.skip()
         if name == "model":
-            known = [m[1] if isinstance(m, tuple) else m for m in self.models()]
-            return value if isinstance(value, str) and value in known else gr.skip()
+            return value if isinstance(value, str) and value in self.models() else gr.skip()
         if name in ("width", "height"):
             _, hi = P.field_range(name)
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
