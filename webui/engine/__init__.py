@@ -3,7 +3,8 @@ API) uses, importable without torch. Front doors import from here, never from th
 
 - `EngineAPI` (interface.py): the typed protocol every engine implements; `Engine` (core.py) is
   the in-process one.
-- `JobRequest`: one job's settings, pictures and files, as plain data; `submit` gives a `Job`
+- `JobRequest`: one job's settings, pictures and files, as plain data, and its task (`TASKS`:
+  img2img, or txt2img from the prompt alone); `submit` gives a `Job`
   (progress via `updates()`, `result()`, `cancel()`), which yields `Progress` and ends in a
   `Result` of `ImageResult`s.
 - The listings (`ModelInfo`, `QueueStatus`), the error types, and the folder names under the
@@ -23,8 +24,8 @@ from .adapter_inputs import AdapterError, mask_to_l, parse_prompt_loras
 from .detectors import DETECTOR_SUBDIR
 from .hub import (SUGGESTIONS, DownloadProgress, check_repo_id, download, is_offline,
                   offline_message)
-from .interface import (EngineAPI, ImageResult, Inputs, JobHandle, JobRequest, ModelInfo,
-                        Progress, QueueFull, QueueStatus, Result)
+from .interface import (TASKS, TXT2IMG_DEFAULT_SIZE, EngineAPI, ImageResult, Inputs, JobHandle,
+                        JobRequest, ModelInfo, Progress, QueueFull, QueueStatus, Result)
 from .models import (CHECKPOINTS_SUBDIR, CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, LORA_SUBDIR,
                      is_hub_id)
 from .outputs import day_folder, png_bytes, read_infotext, write_numbered
@@ -52,7 +53,8 @@ __all__ = [
     "AdapterError", "CHECKPOINTS_SUBDIR", "CONTROLNET_SUBDIR", "Cancelled", "DETECTOR_SUBDIR",
     "DownloadProgress", "Engine", "EngineAPI", "IP_ADAPTER_SUBDIR", "ImageResult", "InputError",
     "Inputs", "Job", "JobHandle", "JobRequest", "LORA_SUBDIR", "ModelError", "ModelInfo",
-    "OutOfMemory", "Progress", "QueueFull", "QueueStatus", "Result", "SUGGESTIONS",
+    "OutOfMemory", "Progress", "QueueFull", "QueueStatus", "Result", "SUGGESTIONS", "TASKS",
+    "TXT2IMG_DEFAULT_SIZE",
     "check_repo_id", "day_folder", "download", "is_hub_id", "is_offline", "mask_to_l",
     "offline_message", "parse_prompt_loras", "png_bytes", "read_infotext", "write_numbered",
 ]

@@ -9,7 +9,8 @@ doing as little as possible (a LoRA already loaded is never read again, a weight
     images = pipe(prompt=..., strength=..., generator=..., **kwargs).images
 
 Every pipeline `prepare` returns shares the base pipeline's modules (UNet, VAE, text encoders,
-scheduler): inpainting, PAG and ControlNet are the same weights driven by another pipeline class,
+scheduler): text-to-image, inpainting, PAG and ControlNet are the same weights driven by another
+pipeline class,
 never a second copy, built once and kept here. LoRAs and the IP-Adapter live inside those shared
 modules, so they apply whichever pipeline runs. When no adapter is asked for, the base pipeline
 is returned in its base state and gives exactly the output it gave before any adapter was used.
@@ -28,7 +29,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
-from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+from diffusers import (AutoPipelineForImage2Image, AutoPipelineForInpainting,
+                       AutoPipelineForText2Image)
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 from PIL import Image
 
@@ -42,6 +44,12 @@ from .latents import check_latents
 from .lora import Loras
 from .models import FAMILY_LABELS as _FAMILY, pipeline_family
 
+# The studio's modes (params.MODES) plus text-to-image, which only front doors without an init
+# image ask for; the studio's mode picker lists MODES alone.
+PIPELINE_MODES = (*MODES, "txt2img")
+_AUTO = {"img2img": AutoPipelineForImage2Image, "inpaint": AutoPipelineForInpainting,
+         "txt2img": AutoPipelineForText2Image}
+
 
 @dataclass
 class JobAdapters:
@@ -50,7 +58,8 @@ class JobAdapters:
     Every field has the value of a plain img2img job with no adapter as its default.
     """
 
-    # 'img2img' or 'inpaint' (needs `mask`).
+    # 'img2img', 'inpaint' (needs `mask`) or 'txt2img' (from the prompt alone: needs `size`;
+    # no image or mask; ControlNets bring their own control images).
     mode: str = "img2img"
     # The init image: PIL, a list of PIL images (one batch), or a latent tensor
     # (N, 4, h/8, w/8). When given it is checked, possibly changed (masked content) and
@@ -148,7 +157,7 @@ class Adapters:
         The engine asks before a job so that it can turn PAG off, say so and write an honest
         infotext; prepare() refuses such a job with the same reason.
         """
-        if self.inpainting_model:
+        if self.inpainting_model and mode != "txt2img":
             mode = "inpaint"  # img2img runs as inpainting of the whole picture (see prepare)
         if self.family == "sdxl" and mode == "inpaint" and controlnets:
             return ("for SDXL models PAG cannot be combined with ControlNet when inpainting "
@@ -159,7 +168,7 @@ class Adapters:
         return ""
 
     def _build(self, mode: str, pag: bool, controlnets: tuple):
-        auto = AutoPipelineForInpainting if mode == "inpaint" else AutoPipelineForImage2Image
+        auto = _AUTO[mode]
         kwargs: dict[str, Any] = {}
         if pag:
             kwargs["enable_pag"] = True
@@ -210,11 +219,14 @@ class Adapters:
         JobAdapters).
         """
         mode, image = job.mode, job.image
-        if mode not in MODES:
-            raise AdapterError(f"unknown mode {mode!r}; use one of: {', '.join(MODES)}", "mode")
+        if mode not in PIPELINE_MODES:
+            raise AdapterError(f"unknown mode {mode!r}; use one of: {', '.join(PIPELINE_MODES)}",
+                               "mode")
         if job.output_type not in ("pil", "np", "pt", "latent"):
             raise AdapterError("output type must be pil, np, pt or latent (got "
                                f"{job.output_type!r})", "output_type")
+        if mode == "txt2img":
+            self._check_text_job(job)
         self._repair()
         self.notices = []
         kwargs: dict[str, Any] = {"output_type": job.output_type}
@@ -235,6 +247,10 @@ class Adapters:
             kwargs["pag_scale"] = float(job.pag_scale)
         if specs:
             kwargs.update(self.controlnets.call_kwargs(specs, image_size))
+            if mode == "txt2img":
+                # The text-to-image ControlNet pipelines take the control picture as `image`
+                # (they have no init image to confuse it with).
+                kwargs["image"] = kwargs.pop("control_image")
         if mode == "img2img" and job.mask is not None:
             raise AdapterError("a mask was given but the mode is img2img; choose inpaint to use "
                                "it", "mask")
@@ -292,6 +308,23 @@ class Adapters:
         self.ip_adapter.unload()
 
     # -- helpers for prepare -------------------------------------------------------------
+    def _check_text_job(self, job: JobAdapters) -> None:
+        """A text-to-image job has nothing to start from but the prompt: refuse what needs a
+        picture, before anything changes."""
+        if job.image is not None:
+            raise AdapterError("text-to-image makes the picture from the prompt alone: give no "
+                               "init image (or use img2img)", "image")
+        if job.mask is not None:
+            raise AdapterError("text-to-image has no picture to inpaint: give no mask (or "
+                               "inpaint with an init image)", "mask")
+        if not job.size:
+            raise AdapterError("text-to-image needs the picture's size", "size")
+        if self.inpainting_model:
+            raise AdapterError("this is an inpainting model: its UNet also reads a mask and a "
+                               "picture to repaint, so it cannot make a picture from text "
+                               "alone; use a regular model, or img2img with an init image",
+                               "model")
+
     def _check_image(self, image, size):
         """(pixel size of the job or None, whether the input is latents)."""
         scale = getattr(self.base, "vae_scale_factor", 8)

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Iterator
 
 import torch
@@ -36,8 +37,8 @@ from .ip_adapter import IPAdapterSpec
 from .latents import latents_bytes, load_latents
 from .detectors import (DETECTOR_SUBDIR, KINDS as DETECTOR_KINDS, Detectors, find_detector,
                         list_detectors)
-from .interface import (ImageResult, Inputs, JobRequest, ModelInfo, Progress, QueueFull,
-                        QueueStatus, Result)
+from .interface import (TASKS, TXT2IMG_DEFAULT_SIZE, ImageResult, Inputs, JobRequest,
+                        ModelInfo, Progress, QueueFull, QueueStatus, Result)
 from .models import (CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, LORA_SUBDIR, ModelRegistry,
                      load)
 from .prompt_encoding import encode_prompts
@@ -62,12 +63,15 @@ class _StepClock:
 
 
 class Job:
-    """A submitted job: iterate `updates()` for progress, call `result()` for the outcome."""
+    """A submitted job: iterate `updates()` for progress, call `result()` for the outcome.
+
+    created, last_progress, last_preview: see interface.JobHandle (what a front door shows of
+    whatever job runs)."""
 
     _ids = itertools.count(1)
 
     def __init__(self, engine: "Engine", params: GenerationParams, init_image, save: bool,
-                 inputs: "Inputs", owner: str | None = None):
+                 inputs: "Inputs", owner: str | None = None, task: str = "img2img"):
         self.id = next(self._ids)
         self.owner = owner
         self.engine = engine
@@ -75,8 +79,15 @@ class Job:
         self.init_image = init_image
         self.inputs = inputs
         self.save = save
+        self.task = task
+        self.created = time.time()
+        self.last_progress: Progress | None = None
+        self.last_preview = None
         self.state = "queued"
         self.cancel_requested = threading.Event()
+        # Ends the batch being sampled; cleared when the next batch starts, so that a second
+        # click on the same batch does not skip the one after it too.
+        self.skip_requested = threading.Event()
         self._done = threading.Event()
         self._events: "queue.Queue[Progress | None]" = queue.Queue()
         self._result: Result | None = None
@@ -92,6 +103,11 @@ class Job:
         """Stop this job: at once if queued, within one sampling step if running."""
         self.cancel_requested.set()
         self.engine._drop_queued(self)
+
+    def skip(self) -> None:
+        """End the batch being sampled within one step and go on with the next (see
+        interface.JobHandle.skip); its images, decoded from where sampling stopped, are kept."""
+        self.skip_requested.set()
 
     def position(self) -> int:
         """How many jobs run or wait before this one (0 when running or finished)."""
@@ -125,6 +141,9 @@ class Job:
         return self._result
 
     def _emit(self, progress: Progress) -> None:
+        self.last_progress = progress
+        if progress.preview is not None:
+            self.last_preview = progress.preview
         self._events.put(progress)
 
     def _finish(self, result: Result | None, error: BaseException | None) -> None:
@@ -252,7 +271,9 @@ class Engine:
         params = request.params if isinstance(request, JobRequest) else request
         if not isinstance(params, GenerationParams):
             raise TypeError("params must be a GenerationParams")
+        task = "img2img"
         if isinstance(request, JobRequest):
+            task = _check_task(request)
             if not request.allow_paths:
                 self.registry.confine(params, self.model, list_detectors(self.detectors_dir))
             init_image, save, owner = request.init_image, request.save, request.owner
@@ -261,7 +282,7 @@ class Engine:
                             latents=self._latents_file(request.latents),
                             color_reference=request.color_reference,
                             infotext_extra=request.infotext_extra)
-        job = Job(self, params, init_image, save, inputs or Inputs(), owner)
+        job = Job(self, params, init_image, save, inputs or Inputs(), owner, task)
         if isinstance(request, JobRequest) and isinstance(request.latents, (bytes, bytearray)):
             job._temporary.append(inputs.latents)
         with self._lock:
@@ -317,6 +338,23 @@ class Engine:
             running = self.current.id if self.current is not None else None
             return QueueStatus(running=running, waiting=len(self._waiting),
                                capacity=self.queue_size)
+
+    def running_job(self) -> Job | None:
+        """The job running now, whoever submitted it; None when idle."""
+        with self._lock:
+            return self.current
+
+    def memory_status(self) -> dict:
+        """Memory now, in bytes (see interface.EngineAPI.memory_status). Cheap: a few reads of
+        /proc and of the CUDA allocator's counters, nothing that waits for the GPU's work."""
+        cuda = None
+        if self.device.startswith("cuda") and torch.cuda.is_available():
+            device = torch.device(self.device)
+            free, total = torch.cuda.mem_get_info(device)
+            cuda = {"free": free, "used": total - free, "total": total,
+                    "allocated": torch.cuda.memory_allocated(device),
+                    "peak_allocated": torch.cuda.max_memory_allocated(device)}
+        return {"ram": _ram(), "process_rss": _process_rss(), "cuda": cuda}
 
     # -- listings (the registry owns discovery) ----------------------------------------------
     def list_models(self) -> list[ModelInfo]:
@@ -501,7 +539,12 @@ class Engine:
                 raise InputError(field, f"{field}: {exc}") from None
         latents = self._latent_input(inputs.latents)
         init = None
-        if latents is not None:
+        text_job = job.task == "txt2img"
+        if text_job:
+            # Nothing is denoised part-way: every step runs, and the infotext says strength 1.
+            params = params.replace(strength=1.0)
+            width, height = text_size(params.width, params.height, self.max_pixels)
+        elif latents is not None:
             # Latents fix the size; an init image, if any, is only the inpaint/ControlNet source.
             height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
             if job.init_image is not None:
@@ -513,7 +556,7 @@ class Engine:
                                                 self.max_pixels)
             init = imaging.fit(init, width, height, params.resize_mode)
         mask = None
-        if inputs.mask is not None:
+        if inputs.mask is not None and not text_job:
             # A mask painted over the uploaded picture follows it through the resize.
             mask = imaging.load_image(inputs.mask, "mask", keep_alpha=True)
             if mask.size != (width, height):
@@ -550,7 +593,7 @@ class Engine:
             pipe = self.pipeline(params.model or self.model, params.dtype, params.cpu_offload)
             params = self._name_detectors(self._name_adapters(params))
             limit = params.pag_scale > 0 and self.adapters.pag_limit(
-                "inpaint" if mask is not None else "img2img",
+                "txt2img" if text_job else "inpaint" if mask is not None else "img2img",
                 controlnets=bool(params.controlnets), latent_input=latents is not None)
             if limit:
                 # The job runs without PAG rather than failing on the default PAG scale; the
@@ -561,9 +604,13 @@ class Engine:
                 if job.cancel_requested.is_set():
                     interrupted = True
                     break
+                if b > 0:
+                    # A skip ends one batch; one asked while the job waited ends its first.
+                    job.skip_requested.clear()
                 seeds = [(seed + b * n + i) % (MAX_SEED + 1) for i in range(n)]
                 images, stopped = self._sample(pipe, job, params, latents, init, mask, seeds,
-                                               BatchPlace(b, batches, started), notices)
+                                               BatchPlace(b, batches, started), notices,
+                                               (width, height))
                 for img, s in zip(images, seeds):
                     if params.output_type == "latent":
                         preview = previews.latents_to_rgb(img[None], self.family)[0]
@@ -608,20 +655,22 @@ class Engine:
         return outputs.write_numbered(data, folder, item.seed, ".safetensors")
 
     def _sample(self, pipe, job: Job, params: GenerationParams, latents, init, mask,
-                seeds: list[int], place: BatchPlace, notices: dict[str, None]):
-        """One batch: (images or latents, interrupted)."""
+                seeds: list[int], place: BatchPlace, notices: dict[str, None],
+                size: tuple[int, int]):
+        """One batch of `size` (width, height): (images or latents, cancelled). A skipped batch
+        is not cancelled: its images are decoded from where sampling stopped."""
         # One Brownian tree per image (DPM++ SDE), so image k reproduces alone with its seed.
         noise_seed = seeds if len(seeds) > 1 else seeds[0]
         pipe.scheduler = schedulers.build(params.scheduler, self._base_scheduler_config, noise_seed)
-        if init is not None:
-            width, height = init.size
-        else:
-            width, height = latents.shape[-1] * 8, latents.shape[-2] * 8
+        width, height = size
         family = self.family
         generator_device = "cpu" if self.device == "mps" else self.device
         generators = [torch.Generator(generator_device).manual_seed(s) for s in seeds]
-        mode = "inpaint" if mask is not None else "img2img"
-        if latents is not None and mode == "img2img":
+        mode = ("txt2img" if job.task == "txt2img" else
+                "inpaint" if mask is not None else "img2img")
+        if mode == "txt2img":
+            image = None
+        elif latents is not None and mode == "img2img":
             image = latents.to(self.device, pipe.vae.dtype).repeat(len(seeds), 1, 1, 1)
         elif mode == "img2img":
             image = [init] * len(seeds)
@@ -646,8 +695,10 @@ class Engine:
             inpaint_full_res=params.inpaint_area == "only masked",
             padding=params.inpaint_padding, masked_content=params.masked_content, seed=seeds[0],
             output_type="latent" if params.output_type == "latent" else "pil",
-            strength=params.strength,
+            strength=None if mode == "txt2img" else params.strength,
         ))
+        # The text-to-image pipelines have no strength: they always start from pure noise.
+        strength = {} if mode == "txt2img" else {"strength": params.strength}
         notices.update(dict.fromkeys(self.adapters.notices))
         # Memory modes after the adapters: an IP-Adapter loaded or removed just now replaced the
         # attention processors, and slicing is set from the ones installed.
@@ -673,6 +724,9 @@ class Engine:
                 # The library checks this flag before the next step and still decodes what it has.
                 pipeline._interrupt = True
                 clock.stopped = True
+            elif job.skip_requested.is_set():
+                # The same stop for this batch alone: the job goes on with the next one.
+                pipeline._interrupt = True
             return kwargs
 
         # Embeddings rather than text: the prompt syntax (weights, BREAK, any length) is read
@@ -680,7 +734,7 @@ class Engine:
         embeddings = encode_prompts(self._pipe, prompt, params.negative_prompt, len(seeds))
         output = call(
             **embeddings,
-            strength=params.strength,
+            **strength,
             num_inference_steps=params.steps,
             guidance_scale=params.guidance_scale,
             generator=generators,
@@ -766,7 +820,8 @@ class Engine:
             if unit.source == "init image":
                 if init is None:
                     raise InputError(field, f"ControlNet {index + 1}: its source is the init "
-                                     "image, but only latents were given")
+                                     "image, but there is none (only latents, or a txt2img "
+                                     "job): upload a control image")
                 picture = init
             else:
                 upload = uploads[index] if index < len(uploads) else None
@@ -783,3 +838,62 @@ class Engine:
                                         high=unit.high, detector=str(folder or "")))
         return specs
 
+
+def _check_task(request: JobRequest) -> str:
+    """The request's task, refused (InputError naming the field) when it is unknown or when a
+    text-to-image request carries what only img2img uses (its ControlNets take uploaded
+    control images)."""
+    task = request.task
+    if task not in TASKS:
+        raise InputError("task", f"task must be one of: {', '.join(TASKS)} (got {task!r})")
+    if task == "txt2img":
+        for field, value in (("init_image", request.init_image), ("mask", request.mask),
+                             ("latents", request.latents)):
+            if value is not None:
+                raise InputError(field, f"{field}: a txt2img job makes its picture from the "
+                                 "prompt alone; send no init image, mask or latents (or use "
+                                 "img2img)")
+        for index, unit in enumerate(request.params.controlnets):
+            if unit.source == "init image":
+                raise InputError(f"controlnets[{index}]", f"ControlNet {index + 1}: its source "
+                                 "is the init image, but a txt2img job has none: upload a "
+                                 "control image")
+    return task
+
+
+def text_size(width: int | None, height: int | None,
+              max_pixels: int = imaging.DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """A text-to-image job's size: the given width and height, TXT2IMG_DEFAULT_SIZE for one
+    unset, in multiples of 8. As for img2img, an explicit size over `max_pixels` is refused and
+    a size not asked for is scaled down to fit."""
+    # target_size reads only the picture's width and height: a default-sized frame stands in
+    # for the init image that text-to-image does not have.
+    frame = SimpleNamespace(width=width or TXT2IMG_DEFAULT_SIZE,
+                            height=height or TXT2IMG_DEFAULT_SIZE)
+    return imaging.target_size(frame, width, height, max_pixels)
+
+
+def _ram() -> dict:
+    """{"free", "used", "total"} of this machine's memory in bytes (None where unknown); free
+    counts what programs can still get (the kernel's available estimate, caches included)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as lines:
+            info = {k: int(v.split()[0]) * 1024 for k, v in
+                    (line.split(":", 1) for line in lines if ":" in line)}
+        total, free = info["MemTotal"], info.get("MemAvailable", info["MemFree"])
+    except (OSError, KeyError, ValueError):
+        try:
+            page = os.sysconf("SC_PAGE_SIZE")
+            total, free = os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
+        except (AttributeError, OSError, ValueError):
+            return {"free": None, "used": None, "total": None}
+    return {"free": free, "used": total - free, "total": total}
+
+
+def _process_rss() -> int | None:
+    """This process's resident memory in bytes (None where the system does not say)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError, AttributeError):
+        return None

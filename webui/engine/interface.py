@@ -22,6 +22,10 @@ class JobRequest:
     strings): picklable, no open files or device tensors, so it can cross a process boundary.
 
     params: the settings (validated GenerationParams).
+    task: what the job does (one of TASKS). "img2img" transforms init_image (a mask makes it
+        inpainting); "txt2img" makes a picture from the prompt alone: no init image, mask or
+        latents (ControlNet units take uploaded control images); width and height default to
+        512 when unset; strength is not used (the job reports strength 1).
     init_image: the picture to transform (PIL); None only when `latents` are given.
     mask: inpaint mask, white = repaint (PIL); switches the job to inpainting.
     ip_image: the IP-Adapter reference picture (used when params.ip_adapter is set).
@@ -49,6 +53,14 @@ class JobRequest:
     save: bool = True
     owner: str | None = None
     allow_paths: bool = False
+    # Last, so that requests built by position before it existed keep their meaning.
+    task: str = "img2img"
+
+
+# What a job can be asked to do (JobRequest.task).
+TASKS = ("img2img", "txt2img")
+# The size of a text-to-image job whose width or height is unset.
+TXT2IMG_DEFAULT_SIZE = 512
 
 
 @dataclass(frozen=True)
@@ -147,10 +159,19 @@ class QueueFull(RuntimeError):
 
 @runtime_checkable
 class JobHandle(Protocol):
-    """A submitted job."""
+    """A submitted job.
+
+    What it shows while it runs, for a front door that reports on whatever job runs (its own or
+    another door's): `created`, time.time() when it was submitted; `last_progress`, the latest
+    Progress it emitted (None before the first); `last_preview`, the latest step preview it
+    emitted (a PIL image, kept across the progress items that carry none; None before one).
+    """
 
     id: int
     owner: str | None
+    created: float
+    last_progress: Progress | None
+    last_preview: Any
 
     @property
     def done(self) -> bool:
@@ -158,6 +179,12 @@ class JobHandle(Protocol):
 
     def cancel(self) -> None:
         """Stop the job: at once while queued, within one sampling step while running."""
+
+    def skip(self) -> None:
+        """End the batch being sampled within one sampling step and go on with the next one.
+        The skipped batch's images (decoded from where sampling stopped) stay in the result,
+        which is not marked interrupted. Asked while the job waits, it ends the job's first
+        batch; asked during the last batch, it ends that one and the job finishes as usual."""
 
     def position(self) -> int:
         """Jobs running or waiting before this one (0 when running or finished)."""
@@ -194,6 +221,14 @@ class EngineAPI(Protocol):
         """Cancel every queued and running job."""
 
     def queue_status(self) -> QueueStatus: ...
+
+    def running_job(self) -> JobHandle | None:
+        """The job running now (whoever submitted it), None when idle."""
+
+    def memory_status(self) -> dict:
+        """Memory now, in bytes: {"ram": {"free", "used", "total"} of this machine,
+        "process_rss": the engine process's resident size, "cuda": None when the engine's device
+        is not a CUDA GPU, else {"free", "used", "total", "allocated", "peak_allocated"}}."""
 
     # -- listings ------------------------------------------------------------------------------
     def models(self) -> list[str]:
@@ -237,4 +272,4 @@ class EngineAPI(Protocol):
 
 
 __all__ = ["EngineAPI", "ImageResult", "Inputs", "JobHandle", "JobRequest", "ModelInfo",
-           "Progress", "QueueFull", "QueueStatus", "Result"]
+           "Progress", "QueueFull", "QueueStatus", "Result", "TASKS", "TXT2IMG_DEFAULT_SIZE"]
