@@ -246,3 +246,14 @@ def test_scanner_keeps_quoted_commas_and_skips_text_without_keys():
                                      "Odd key": "1"}
     # An unclosed quote is plain text up to the next comma.
     assert infotext._pairs('Model: "open, Steps: 3') == {"Model": '"open', "Steps": "3"}
+
+
+def test_fields_lists_the_texts_settings_as_written():
+    text = infotext.format(make(prompt="a fox\nin snow", negative_prompt="blurry", steps=4),
+                           seed=9, width=96, height=64)
+    fields = infotext.fields(text)
+    assert fields["Prompt"] == "a fox\nin snow" and fields["Negative prompt"] == "blurry"
+    assert fields["Seed"] == "9" and fields["Steps"] == "4"
+    assert (fields["Size"], fields["Size-1"], fields["Size-2"]) == ("96x64", "96", "64")
+    assert infotext.fields("just a prompt") == {"Prompt": "just a prompt", "Negative prompt": ""}
+    assert infotext.fields("x" * (infotext.MAX_CHARS + 1)) == {}

@@ -178,6 +178,22 @@ def _is_settings_line(line: str) -> bool:
     return "Steps:" in line and len(_pairs(line)) >= 3
 
 
+def _split(text: str) -> tuple[str, str | None, dict[str, str]]:
+    """(prompt, negative prompt or None when the text has none, the settings line's pairs)."""
+    lines = text.strip().splitlines()
+    settings: dict[str, str] = {}
+    if lines and _is_settings_line(lines[-1]):
+        settings = _pairs(lines.pop())
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    return "\n".join(prompt).strip(), ("\n".join(negative).strip() if in_negative else None), \
+        settings
+
+
 def parse(text: str, base: GenerationParams | None = None) -> Parsed:
     """Settings from an infotext; fields it does not mention keep their value in `base`.
 
@@ -189,20 +205,11 @@ def parse(text: str, base: GenerationParams | None = None) -> Parsed:
         return Parsed(params=make(**values), warnings=[
             f"the parameters text is {len(text):,} characters long; at most {MAX_CHARS:,} are "
             "read, so nothing was used"])
-    lines = text.strip().splitlines()
-    settings: dict[str, str] = {}
-    if lines and _is_settings_line(lines[-1]):
-        settings = _pairs(lines.pop())
-    prompt, negative, in_negative = [], [], False
-    for line in lines:
-        if line.startswith("Negative prompt:"):
-            in_negative = True
-            line = line[len("Negative prompt:"):].strip()
-        (negative if in_negative else prompt).append(line)
+    prompt, negative, settings = _split(text)
     result = Parsed(params=make(**values))
-    proposed: dict[str, Any] = {"prompt": "\n".join(prompt).strip()}
-    if in_negative:
-        proposed["negative_prompt"] = "\n".join(negative).strip()
+    proposed: dict[str, Any] = {"prompt": prompt}
+    if negative is not None:
+        proposed["negative_prompt"] = negative
     simple = {"Steps": "steps", "CFG scale": "guidance_scale", "Seed": "seed",
               "Denoising strength": "strength", "Model": "model", "Batch size": "batch_size",
               "Dtype": "dtype", "IP-Adapter": "ip_adapter", "IP-Adapter scale": "ip_adapter_scale",
@@ -244,3 +251,18 @@ def parse(text: str, base: GenerationParams | None = None) -> Parsed:
             result.warnings.append(str(exc))
     result.params = make(**values)
     return result
+
+
+def fields(text: str) -> dict[str, str]:
+    """The text's settings as the wider tool ecosystem lists them: Prompt, Negative prompt and
+    each `key: value` of the settings line as written, with Size also split into Size-1 (width)
+    and Size-2 (height). Text longer than MAX_CHARS gives {}."""
+    if not text or len(text) > MAX_CHARS:
+        return {}
+    prompt, negative, settings = _split(text)
+    out = {"Prompt": prompt, "Negative prompt": negative or ""}
+    out.update(settings)
+    match = _SIZE.match(settings.get("Size", ""))
+    if match:
+        out["Size-1"], out["Size-2"] = match[1], match[2]
+    return out
