@@ -13,7 +13,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "webui"
 ENGINE_MODULES = {path.stem for path in (PACKAGE / "engine").glob("*.py")} - {"__init__"}
-FRONT_DOORS = sorted([*(PACKAGE / "ui").glob("*.py"), PACKAGE / "cli.py", PACKAGE / "bench.py",
+FRONT_DOORS = sorted([*(PACKAGE / "ui").glob("*.py"), *(PACKAGE / "api").glob("*.py"),
+                      PACKAGE / "cli.py", PACKAGE / "bench.py",
                       PACKAGE / "__main__.py", *PACKAGE.glob("xyplot.py")])
 SHARED = [PACKAGE / name for name in ("params.py", "infotext.py", "images.py", "presets.py",
                                       "prompts.py", "errors.py", "files.py", "schedulers.py")]
@@ -60,7 +61,8 @@ def test_nothing_in_the_product_imports_the_tests():
     assert offenders == []
 
 
-@pytest.mark.parametrize("module", ["webui.engine", "webui.ui", "webui.ui.app", "webui.cli"])
+@pytest.mark.parametrize("module", ["webui.engine", "webui.ui", "webui.ui.app", "webui.cli",
+                                    "webui.api"])
 def test_importing_a_layer_loads_no_torch_or_diffusers(module):
     code = (f"import sys, {module}; "
             "print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))")
