@@ -385,9 +385,13 @@ def test_run_exits_2_with_a_reason(argv, expected, tmp_path, capsys):
 
 
 def test_insecure_warns_loudly(capsys, monkeypatch):
-    launch._warn_open("0.0.0.0", share=False)
+    launch._warn_open("0.0.0.0", share=False, page=True, api=False)
     err = capsys.readouterr().err
-    assert "WARNING" in err and "WITHOUT a login" in err
+    assert "WARNING" in err and "WITHOUT a login" in err and "--auth" in err
+    assert "the studio is served" in err and "--api-auth" not in err
+    launch._warn_open("0.0.0.0", share=False, page=True, api=True)
+    err = capsys.readouterr().err
+    assert "the studio and the REST API are served" in err and "--api-auth" in err
 
 
 # -- the page and its API ------------------------------------------------------------------------

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
@@ -59,6 +61,22 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--user-presets", metavar="DIR", default=DEFAULT_USER_PRESETS,
                        help="folder of saved presets; with a login, each user gets a folder "
                        f"inside it (default: {DEFAULT_USER_PRESETS})")
+    api = parser.add_argument_group("REST API", "the /sdapi/v1 API the established Stable "
+                                    "Diffusion clients speak")
+    api.add_argument("--api", action="store_true",
+                     help="also serve the REST API on the studio's host and port (docs: /docs)")
+    api.add_argument("--nowebui", action="store_true",
+                     help="serve the REST API alone, without the studio page")
+    api.add_argument("--api-auth", metavar="USER:PASS[,USER2:PASS2]",
+                     help="require HTTP Basic for every API route (or --api-auth-file)")
+    api.add_argument("--api-auth-file", metavar="FILE",
+                     help="API users, one user:pass per line (# comments allowed)")
+    api.add_argument("--api-admin", metavar="USER[,USER2]",
+                     help="API users who may stop and watch any job, not only their own")
+    api.add_argument("--cors-allow-origins", metavar="ORIGIN[,ORIGIN2]",
+                     help="browser origins allowed to call the API (default: none)")
+    api.add_argument("--cors-allow-origins-regex", metavar="REGEX",
+                     help="browser origins allowed to call the API, as a regular expression")
 
 
 def _pair(text: str, where: str) -> tuple[str, str]:
@@ -68,30 +86,32 @@ def _pair(text: str, where: str) -> tuple[str, str]:
     return user.strip(), password
 
 
-def parse_auth(auth: str | None, auth_file: str | None) -> list[tuple[str, str]]:
-    """The (user, password) pairs of --auth and --auth-file; LaunchError on bad syntax."""
+def parse_auth(auth: str | None, auth_file: str | None, flag: str = "--auth"
+               ) -> list[tuple[str, str]]:
+    """The (user, password) pairs of --auth and --auth-file (or --api-auth and
+    --api-auth-file with flag="--api-auth"); LaunchError on bad syntax."""
     users: list[tuple[str, str]] = []
     if auth is not None:
         entries = [entry for entry in auth.split(",") if entry.strip()]
         if not entries:
-            raise LaunchError("--auth: expected user:pass[,user2:pass2], got nothing")
-        users += [_pair(entry, "--auth") for entry in entries]
+            raise LaunchError(f"{flag}: expected user:pass[,user2:pass2], got nothing")
+        users += [_pair(entry, flag) for entry in entries]
     if auth_file is not None:
         path = Path(auth_file).expanduser()
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
-            raise LaunchError(f"--auth-file: no such file: {path}") from None
+            raise LaunchError(f"{flag}-file: no such file: {path}") from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise LaunchError(f"--auth-file: {path} could not be read ({exc})") from None
+            raise LaunchError(f"{flag}-file: {path} could not be read ({exc})") from None
         found = 0
         for number, line in enumerate(lines, 1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
-            users.append(_pair(line, f"--auth-file {path}, line {number}"))
+            users.append(_pair(line, f"{flag}-file {path}, line {number}"))
             found += 1
         if not found:
-            raise LaunchError(f"--auth-file: {path} has no user:pass lines")
+            raise LaunchError(f"{flag}-file: {path} has no user:pass lines")
     return users
 
 
@@ -113,14 +133,63 @@ def check(args: argparse.Namespace) -> tuple[str, list[tuple[str, str]]]:
     if args.queue_size < 1:
         raise LaunchError(f"--queue-size must be at least 1 (got {args.queue_size})")
     exposed = args.share or not _is_loopback(host)
-    if exposed and not users and not args.insecure:
+    page = not getattr(args, "nowebui", False)
+    if page and exposed and not users and not args.insecure:
         what = ("--share makes a public link" if args.share else
                 f"serving on {host} opens the studio to the network")
         raise LaunchError(
             f"{what}, and without a login anyone who finds it can use your GPU and read the "
             "results. Add --auth user:pass (or --auth-file FILE), or pass --insecure to open it "
             "anyway.")
+    check_api(args, exposed)
     return host, users
+
+
+@dataclass
+class ApiSetup:
+    """The REST API's options, checked: served at all, its users and admins, CORS."""
+
+    enabled: bool = False
+    alone: bool = False
+    users: list[tuple[str, str]] = field(default_factory=list)
+    admins: frozenset[str] = frozenset()
+    cors_origins: list[str] = field(default_factory=list)
+    cors_regex: str | None = None
+
+
+def check_api(args: argparse.Namespace, exposed: bool) -> ApiSetup:
+    """The API's options; LaunchError for anything unusable (an exposed API needs its own
+    login, as the page does)."""
+    alone = bool(getattr(args, "nowebui", False))
+    enabled = alone or bool(getattr(args, "api", False))
+    users = parse_auth(getattr(args, "api_auth", None), getattr(args, "api_auth_file", None),
+                       "--api-auth")
+    admins = frozenset(name.strip() for name in (getattr(args, "api_admin", None) or "")
+                       .split(",") if name.strip())
+    unknown = sorted(admins - {user for user, _ in users})
+    if unknown:
+        raise LaunchError(f"--api-admin: {', '.join(unknown)} is not a user of --api-auth")
+    origins = [o.strip() for o in (getattr(args, "cors_allow_origins", None) or "").split(",")
+               if o.strip()]
+    regex = getattr(args, "cors_allow_origins_regex", None) or None
+    if regex:
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            raise LaunchError(f"--cors-allow-origins-regex: not a regular expression ({exc})"
+                              ) from None
+    if not enabled and (users or origins or regex or admins):
+        raise LaunchError("--api-auth, --api-admin and --cors-* configure the REST API: add "
+                          "--api (or --nowebui)")
+    if alone and getattr(args, "share", False):
+        raise LaunchError("--share makes a public link to the studio page, and --nowebui "
+                          "serves no page; drop one of them")
+    if enabled and exposed and not users and not args.insecure:
+        raise LaunchError(
+            "the REST API would be reachable from the network without a login: anyone could "
+            "run jobs on your GPU. Add --api-auth user:pass (or --api-auth-file FILE), or pass "
+            "--insecure to open it anyway.")
+    return ApiSetup(enabled, alone, users, admins, origins, regex)
 
 
 def preset_setup(args: argparse.Namespace):
@@ -142,12 +211,18 @@ def preset_setup(args: argparse.Namespace):
         raise LaunchError(f"--preset: {exc}") from None
 
 
-def _warn_open(host: str, share: bool) -> None:
+def _warn_open(host: str, share: bool, page: bool, api: bool) -> None:
+    """The --insecure warning, naming what is open (the page, the REST API or both) and the
+    flag that closes each: --auth closes only the page, --api-auth only the API."""
     where = "a public link" if share else f"{host} (reachable from the network)"
+    what = " and ".join(name for name, is_open in (("the studio", page), ("the REST API", api))
+                        if is_open)
+    close = " and ".join(flag for flag, is_open in (("--auth user:pass", page),
+                                                   ("--api-auth user:pass", api)) if is_open)
     bar = "!" * 78
-    print(f"\n{bar}\n!! WARNING: --insecure: the studio is served on {where} WITHOUT a login.\n"
+    print(f"\n{bar}\n!! WARNING: --insecure: {what} {'are' if page and api else 'is'} served on {where} WITHOUT a login.\n"
           "!! Anyone who finds it can run jobs on this GPU and see every result.\n"
-          f"!! Use --auth user:pass to close it.\n{bar}\n", file=sys.stderr, flush=True)
+          f"!! Use {close} to close it.\n{bar}\n", file=sys.stderr, flush=True)
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
@@ -177,20 +252,51 @@ def launch_options(users: list[tuple[str, str]], throttle=None) -> dict:
     )
 
 
+def api_app(engine, store, setup: ApiSetup, args: argparse.Namespace, throttle=None):
+    """The REST API application for `engine`, as the options ask."""
+    from ..api import Access, ApiService, create_app
+    from .logins import Throttle
+
+    service = ApiService(engine, store, per_user_styles=bool(setup.users), flags=vars(args))
+    access = Access(setup.users, setup.admins, throttle or Throttle())
+    return create_app(service, access, setup.cors_origins, setup.cors_regex)
+
+
+def _serve_api_alone(app, host: str, port: int) -> int:
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    print(f"REST API on http://{host}:{port}/sdapi/v1 (docs: /docs)", file=sys.stderr,
+          flush=True)
+    try:
+        server.run()
+    except OSError as exc:
+        return _fail(f"could not serve on {host}:{port} ({exc}); pick another --port",
+                     EXIT_FAILED)
+    return 0 if server.started else _fail(f"could not serve on {host}:{port}; pick another "
+                                          "--port", EXIT_FAILED)
+
+
 def run(args: argparse.Namespace) -> int:
     """Start the studio and serve until interrupted; the exit status."""
     try:
         host, users = check(args)
+        setup = check_api(args, args.share or not _is_loopback(host))
     except LaunchError as exc:
         return _fail(str(exc))
     try:
         store, preset, preset_params = preset_setup(args)
     except LaunchError as exc:
         return _fail(str(exc))
-    if args.insecure and not users and (args.share or not _is_loopback(host)):
-        _warn_open(host, args.share)
+    exposed = args.share or not _is_loopback(host)
+    page_open = not users and not setup.alone
+    api_open = setup.enabled and not setup.users
+    if args.insecure and exposed and (page_open or api_open):
+        _warn_open(host, args.share, page_open, api_open)
 
     from ..engine import Engine, ModelError
+    from .logins import Throttle
 
     outputs_dir = Path(args.outputs_dir).expanduser().resolve()
     try:
@@ -203,6 +309,14 @@ def run(args: argparse.Namespace) -> int:
         engine.check_model()
     except ModelError as exc:
         return _fail(f"--model: {exc}")
+    # One record of failed logins for the page and the API: guesses cannot alternate.
+    throttle = Throttle()
+    if setup.alone:
+        try:
+            return _serve_api_alone(api_app(engine, store, setup, args, throttle), host,
+                                    args.port)
+        finally:
+            engine.cancel_all()
 
     from . import handlers, presets_panel
     from .app import build
@@ -214,10 +328,16 @@ def run(args: argparse.Namespace) -> int:
     demo.queue(max_size=args.queue_size)
     try:
         demo.launch(server_name=host, server_port=args.port, share=args.share,
-                    **launch_options(users))
+                    **launch_options(users, throttle))
     except OSError as exc:
         return _fail(f"could not serve on {host}:{args.port} ({exc}); pick another --port",
                      EXIT_FAILED)
+    if setup.enabled:
+        from ..api import mount
+
+        mount(demo.server_app, api_app(engine, store, setup, args, throttle))
+        print(f"REST API on {demo.local_url.rstrip('/')}/sdapi/v1 (docs: /docs)",
+              file=sys.stderr, flush=True)
     if args.share and not demo.share_url:
         # No tunnel (offline, or the tunnel helper is missing): keep serving locally.
         print("note: no public link could be made; the studio is served on "
