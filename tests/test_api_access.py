@@ -25,7 +25,8 @@ from webui.ui import launch
 from webui.ui.launch import LaunchError
 from webui.ui.logins import Policy, Throttle
 
-from browser.conftest import _wait_for_port, free_port, studio_command, studio_env
+from browser.conftest import (_wait_for_port, free_port, stop_process, studio_command,
+                              studio_env)
 
 USERS = [("ann", "pw1"), ("bob", "pw2")]
 ERROR_KEYS = {"error", "detail", "body", "errors"}
@@ -565,12 +566,7 @@ def studio_process(cwd: Path, *argv: str, ready: str):
             time.sleep(0.2)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        stop_process(process)
 
 
 def test_served_with_the_studio(tmp_path):
