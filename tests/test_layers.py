@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "webui"
 ENGINE_MODULES = {path.stem for path in (PACKAGE / "engine").glob("*.py")} - {"__init__"}
 FRONT_DOORS = sorted([*(PACKAGE / "ui").glob("*.py"), *(PACKAGE / "api").glob("*.py"),
-                      PACKAGE / "cli.py", PACKAGE / "bench.py",
+                      *(PACKAGE / "bench").glob("*.py"), PACKAGE / "cli.py",
                       PACKAGE / "__main__.py", *PACKAGE.glob("xyplot.py")])
 SHARED = [PACKAGE / name for name in ("params.py", "infotext.py", "images.py", "presets.py",
                                       "prompts.py", "errors.py", "files.py", "schedulers.py")]

@@ -1,0 +1,7 @@
+"""`python -m webui.bench` (see the package's docstring)."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
