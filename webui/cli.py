@@ -96,6 +96,8 @@ def add_job_flags(gen: argparse.ArgumentParser, out_help: str, skip: tuple[str, 
     gen.add_argument("--models-dir", default="models", help="models folder (default: models)")
     gen.add_argument("--outputs-dir", default="outputs", help="outputs folder (default: outputs)")
     gen.add_argument("--device", default=None, help="cuda, cpu, ... (default: CUDA if present)")
+    gen.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                     help="compiled UNet: auto is on for CUDA, off on the CPU (default auto)")
 
 
 def collect_params(args: argparse.Namespace, base: dict | None = None) -> P.GenerationParams:
@@ -174,7 +176,8 @@ def _engine(args: argparse.Namespace, params: P.GenerationParams):
     from .engine import Engine
 
     engine = Engine(models_dir=args.models_dir, outputs_dir=args.outputs_dir,
-                    model=params.model, device=args.device)
+                    model=params.model, device=args.device,
+                    compile=getattr(args, "compile", "auto"))
     if engine.is_tiny(params.model):
         print("note: using the built-in tiny-random model, which only makes noise. Put a "
               ".safetensors checkpoint in models/Stable-diffusion/ or pass --model.",

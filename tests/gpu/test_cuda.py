@@ -140,3 +140,32 @@ def test_a_soak_of_twenty_jobs_returns_to_its_memory_baseline(engine):
                                    save=False))
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() <= baseline + 64 * 2**20
+
+
+def test_the_compiled_unet_with_cuda_graphs(models, tmp_path):
+    engine = Engine(models_dir=models, outputs_dir=tmp_path / "outputs", device="cuda",
+                    compile="on", cache_dir=tmp_path / "cache")
+    try:
+        def job(**settings):
+            values = dict(model="random-sd15", steps=10, strength=0.8, seed=2, pag_scale=0.0)
+            values.update(settings)
+            return engine.generate(JobRequest(make(**values), picture(), save=False))
+
+        eager = job()
+        assert "compiling for 512x512" in eager.notice
+        assert engine.wait_for_compiles(1800)
+        compiled = job()
+        fast = engine._fast
+        assert fast.job.compiled_calls == compiled.effective_steps and fast.job.eager_calls == 0
+        difference = np.abs(np.asarray(eager.images[0].image, dtype=np.int16)
+                            - np.asarray(compiled.images[0].image, dtype=np.int16))
+        assert difference.mean() < 2 and difference.max() <= 32  # fp16: close, not exact
+        compiles = fast.compiles
+        for settings in ({"seed": 7}, {"strength": 0.5}, {"guidance_scale": 4.0},
+                         {"scheduler": "DPM++ 2M Karras"}, {"steps": 20}):
+            job(**settings)
+            assert fast.job.eager_calls == 0, settings
+        assert fast.compiles == compiles
+        assert fast.cache_file.exists()
+    finally:
+        engine.unload()

@@ -12,7 +12,8 @@ default costs against a plain call.
 The models are random weights in the real layer shapes (random-sd15, random-sdxl: the FLOPs of
 a real checkpoint, no download) on CUDA, and tiny-random at 64x64 and 128x128 on the CPU (well
 under a minute). `--cold` also times a fresh process to its first image, with an empty and then
-with a warm compile cache. The text parsers are timed on 1 MB of adversarial text each
+with a warm compile cache. `--compile on|off|auto` picks the engine's compiled UNet (auto: on
+for CUDA); with it on, the warm-up includes each size's compile. The text parsers are timed on 1 MB of adversarial text each
 (`--parsers-only` for those alone).
 """
 
@@ -144,6 +145,11 @@ def engine_side(engine, model: str, size: tuple[int, int], scheduler: str, pag: 
     started = time.perf_counter()
     for _ in range(warmup):
         job()
+    if warmup and engine.compile_status() is not None:
+        # The compiled UNet builds each size in the background: wait for it, then run once
+        # more so the timed jobs meet ready graphs (warm-up then includes the compile).
+        engine.wait_for_compiles(3600)
+        job()
     warm = time.perf_counter() - started
     _reset_peak(engine.device)
     done = [job() for _ in range(runs)]
@@ -194,18 +200,27 @@ def run_cases(engine, cases, schedulers, pags, settings: dict, runs: int, warmup
     return lines
 
 
-def cold_starts(model: str, size: tuple[int, int], device: str | None) -> dict:
+def cold_starts(model: str, size: tuple[int, int], device: str | None, compile: str) -> dict:
     """Seconds from starting a fresh process to its first image, with an empty and then a
-    warm compile cache (TORCHINDUCTOR_CACHE_DIR in a new folder)."""
+    warm compile cache (a new folder for this measurement). The first process also waits for
+    its compiles, so that the second finds them in the cache."""
     out = {}
     with tempfile.TemporaryDirectory(prefix="img2img-bench-cache-") as cache:
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
-        for label in ("empty_cache_s", "warm_cache_s"):
+        for label in ("empty_cache", "warm_cache"):
             command = [sys.executable, "-m", "webui.bench", "--first-image", "--model", model,
-                       "--size", f"{size[0]}x{size[1]}"] + (["--device", device] if device else [])
-            t0 = time.perf_counter()
-            subprocess.run(command, env=env, check=True, capture_output=True, timeout=3600)
-            out[label] = round(time.perf_counter() - t0, 3)
+                       "--size", f"{size[0]}x{size[1]}", "--compile", compile,
+                       "--compile-cache", cache] + (["--device", device] if device else [])
+            # Every compiler cache in the new folder: one this process set (or the user's)
+            # would make the "empty" start warm.
+            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": os.path.join(cache, "inductor"),
+                   "TRITON_CACHE_DIR": os.path.join(cache, "triton")}
+            started = time.time()
+            done = subprocess.run(command, check=True, capture_output=True, text=True,
+                                  timeout=3600, env=env)
+            report = json.loads(done.stdout.strip().splitlines()[-1])
+            out[f"{label}_first_image_s"] = round(report["first_image_at"] - started, 3)
+            if report.get("compiled_at"):
+                out[f"{label}_compiled_s"] = round(report["compiled_at"] - started, 3)
     return out
 
 
@@ -250,6 +265,10 @@ def arguments(argv: list[str] | None):
                         help="untimed jobs before them (default 1)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp16", "bf16", "fp32"))
     parser.add_argument("--device", default=None)
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="the engine's compiled UNet (auto: on for CUDA); the warm-up waits "
+                        "for each size's compile, so the timed jobs run compiled")
+    parser.add_argument("--compile-cache", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cold", action="store_true",
                         help="also time a fresh process to its first image (empty, warm cache)")
     parser.add_argument("--out", help="also write the JSON lines to this file")
@@ -278,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="img2img-bench-") as scratch:
         engine = Engine(models_dir=os.path.join(scratch, "models"),
-                        outputs_dir=os.path.join(scratch, "outputs"), device=args.device)
+                        outputs_dir=os.path.join(scratch, "outputs"), device=args.device,
+                        compile=args.compile, cache_dir=args.compile_cache)
         try:
             on_cuda = engine.device.startswith("cuda")
             models = args.model or [model for model, _ in
@@ -288,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.first_image:
                 model, size = cases[0]
                 engine_side(engine, model, size, "Euler a", 0.0, args.dtype, DEFAULTS, 1, 0)
+                report = {"first_image_at": time.time()}
+                if engine.compile_status() is not None:
+                    engine.wait_for_compiles(3600)
+                    report["compiled_at"] = time.time()
+                print(json.dumps(report), flush=True)
                 return 0
             emit(environment(engine))
             settings = {"steps": args.steps, "strength": args.strength, "cfg": args.cfg}
@@ -296,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.cold:
                 for model, size in cases[:1]:
                     emit({"cold": f"{model} {size[0]}x{size[1]}",
-                          **cold_starts(model, size, args.device)})
+                          **cold_starts(model, size, args.device, args.compile)})
         finally:
             engine.cancel_all()
             engine.unload()

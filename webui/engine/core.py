@@ -12,6 +12,7 @@ import functools
 import gc
 import os
 import itertools
+import logging
 import queue
 import random
 import tempfile
@@ -23,12 +24,13 @@ from types import SimpleNamespace
 from typing import Callable, Iterator
 
 import torch
+from PIL import Image
 
 from .. import images as imaging
 from .. import infotext, prompts, schedulers
 from ..errors import Cancelled, InputError, ModelError, OutOfMemory
 from ..params import MAX_SEED, GenerationParams
-from . import hub, memory, outputs, previews
+from . import compiled, hub, memory, outputs, previews
 from .adapters import Adapters, JobAdapters
 from .colour import match_all
 from .controlnet import ControlNetSpec, control_image
@@ -43,6 +45,7 @@ from .models import (CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, LORA_SUBDIR, ModelReg
                      load)
 from .prompt_encoding import encode_prompts
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BatchPlace:
@@ -173,12 +176,20 @@ class Engine:
     device: 'cuda', 'cpu', ... (default: CUDA when available, else the CPU).
     max_pixels: largest output (width x height); larger init images are scaled down.
     queue_size: jobs that may wait; one more gets QueueFull.
+    compile: the compiled UNet (compiled.py): 'auto' (on for CUDA), 'on' or 'off'.
+    cache_dir: its on-disk cache (default: cache/compile beside the models folder).
     """
 
     def __init__(self, models_dir="models", outputs_dir="outputs", model: str = "",
                  device: str | None = None, max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
-                 queue_size: int = 16, hub_ids: tuple[str, ...] = ()):
+                 queue_size: int = 16, hub_ids: tuple[str, ...] = (), compile: str = "auto",
+                 cache_dir=None):
         self.registry = ModelRegistry(models_dir, hub_ids)
+        compiled.resolve(compile, "cpu")  # refuses an unknown mode now, not at the first load
+        self.compile_mode = compile
+        self.cache_dir = Path(cache_dir) if cache_dir else \
+            Path(models_dir).resolve().parent / "cache" / "compile"
+        self._fast: compiled.FastPath | None = None
         self.outputs_dir = Path(outputs_dir)
         # The configured model: the argument, else the environment, else the registry's choice.
         self.model = model or os.environ.get("IMG2IMG_MODEL", "") or self.registry.default_name()
@@ -512,11 +523,56 @@ class Engine:
         self._base_scheduler_config = dict(pipe.scheduler.config)
         self.adapters = Adapters(pipe, lora_dir=self.registry.models_dir / LORA_SUBDIR,
                                  detectors=self.detectors, device=self.device, family=family)
+        self._close_fast_path()
+        if compiled.resolve(self.compile_mode, self.device):
+            try:
+                self._fast = compiled.FastPath(
+                    pipe.unet, self.device, self.cache_dir,
+                    compiled.cache_name(source.key, self.device, torch_dtype))
+            except Exception as exc:  # noqa: BLE001 - no compiled path is no failure
+                log.warning("the compiled UNet is off (%s: %s); jobs run eager",
+                            type(exc).__name__, exc)
+
+    def _close_fast_path(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
+            self._fast = None
+
+    def warm_compile(self, width: int | None = None, height: int | None = None) -> str:
+        """Start compiling the UNet for the default job at start-up, so the first clicks at
+        that size find it ready: loads the model, then queues one 1-step job at `width` x
+        `height` (default: the model's native size) with the page's default settings, which
+        runs eager at once and hands the size to the background compiler. Returns the size
+        ('' when the compiled UNet is off). Call from a thread: the model load takes a while."""
+        if not compiled.resolve(self.compile_mode, self.device):
+            return ""
+        self.load_model()
+        pipe = self._pipe
+        native = pipe.unet.config.sample_size * getattr(pipe, "vae_scale_factor", 8)
+        width, height = width or native, height or native
+        defaults = GenerationParams()
+        request = JobRequest(defaults.replace(steps=1, strength=1.0, width=width, height=height,
+                                              seed=0), Image.new("RGB", (width, height), "gray"),
+                             save=False)
+        self.submit(request).result()
+        return f"{width}x{height}"
+
+    def wait_for_compiles(self, timeout: float) -> bool:
+        """Wait until the compiled UNet has nothing left to compile (the benchmark does, so
+        that its timed jobs run compiled); whether it got there in time."""
+        fast = self._fast
+        return fast.wait_idle(timeout) if fast is not None else True
+
+    def compile_status(self) -> dict | None:
+        """The compiled UNet's sizes (ready, compiling, failed), None when it is off."""
+        fast = self._fast
+        return fast.status() if fast is not None else None
 
     def unload(self) -> None:
         """Drop the resident pipeline and give its memory back."""
         if self._pipe is None:
             return
+        self._close_fast_path()
         self._pipe = self._pipe_key = self.adapters = None
         gc.collect()
         if torch.cuda.is_available():
@@ -732,16 +788,29 @@ class Engine:
         # Embeddings rather than text: the prompt syntax (weights, BREAK, any length) is read
         # here, the same for every pipeline (prompt_encoding.py).
         embeddings = encode_prompts(self._pipe, prompt, params.negative_prompt, len(seeds))
-        output = call(
-            **embeddings,
-            **strength,
-            num_inference_steps=params.steps,
-            guidance_scale=params.guidance_scale,
-            generator=generators,
-            callback_on_step_end=on_step,
-            callback_on_step_end_tensor_inputs=["latents"],
-            **kwargs,
-        )
+        fast = self._fast
+        if fast is not None:
+            why_eager = self._eager_reason(pipe, bool(loras), ip is not None)
+            if why_eager:
+                notices[f"compiled UNet not used: {why_eager}"] = None
+            fast.start_job()
+            fast.allowed = not why_eager
+        try:
+            output = call(
+                **embeddings,
+                **strength,
+                num_inference_steps=params.steps,
+                guidance_scale=params.guidance_scale,
+                generator=generators,
+                callback_on_step_end=on_step,
+                callback_on_step_end_tensor_inputs=["latents"],
+                **kwargs,
+            )
+        finally:
+            if fast is not None:
+                fast.allowed = False
+        if fast is not None and fast.job_notice():
+            notices[fast.job_notice()] = None
         images = output.images
         if params.color_correction:
             images = self._color_correct(images, params, init, job.inputs, notices)
@@ -750,6 +819,16 @@ class Engine:
             images = overlay_original(images, init, mask, params.mask_blur)
             notices[INPAINT_NOTICE] = None
         return images, clock.stopped
+
+    def _eager_reason(self, pipe, loras: bool, ip_adapter: bool) -> str:
+        """Why this job cannot use the compiled UNet ('' when it can)."""
+        if loras or self.adapters.loras.has_peft_layers():
+            return "LoRA jobs run eager (their layers are not in the compiled graphs)"
+        if ip_adapter:
+            return "IP-Adapter jobs run eager"
+        if memory.offloaded(pipe):
+            return "CPU offload moves the weights during the call; it runs eager"
+        return ""
 
     @staticmethod
     def _color_correct(images, params: GenerationParams, init, inputs: Inputs,

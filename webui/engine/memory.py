@@ -53,6 +53,11 @@ SLICING_WITH_IP_ADAPTER = ("attention slicing is off while an IP-Adapter is load
                            "cannot be combined)")
 
 
+def offloaded(pipe) -> bool:
+    """Whether model CPU offload is on for this pipeline now."""
+    return _state(pipe)["offload"]
+
+
 def _state(pipe) -> dict:
     if not hasattr(pipe, "_webui_memory"):
         pipe._webui_memory = {"tiling": False, "offload": False}

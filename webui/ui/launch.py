@@ -53,6 +53,9 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
                        help="models folder, with Stable-diffusion/ and Lora/ (default: models)")
     group.add_argument("--outputs-dir", default="outputs",
                        help="where results are written and served from (default: outputs)")
+    group.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                       help="compiled UNet, built per size in the background while jobs run "
+                       "eager: auto is on for CUDA, off on the CPU (default auto)")
     group.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE,
                        help=f"jobs that may wait for the GPU (default {DEFAULT_QUEUE_SIZE})")
     group.add_argument("--preset", metavar="NAME", default=None,
@@ -278,6 +281,27 @@ def _serve_api_alone(app, host: str, port: int) -> int:
                                           "--port", EXIT_FAILED)
 
 
+def _start_compiling(engine) -> None:
+    """With the compiled UNet on (--compile; auto on CUDA), its default size compiles in the
+    background from start-up; the studio serves meanwhile, its jobs eager until it is ready."""
+    import threading
+
+    def warm():
+        try:
+            size = engine.warm_compile()
+        except Exception as exc:  # noqa: BLE001 - a failed warm-up leaves the studio eager
+            print(f"note: the compiled UNet could not be prepared at start-up ({exc}); jobs "
+                  "run eager", file=sys.stderr, flush=True)
+            return
+        if size:
+            print(f"compiling the UNet for {size} in the background (eager until ready)",
+                  file=sys.stderr, flush=True)
+            if engine.wait_for_compiles(3600):
+                print(f"compiled UNet ready for {size}", file=sys.stderr, flush=True)
+
+    threading.Thread(target=warm, name="compile-warm-up", daemon=True).start()
+
+
 def run(args: argparse.Namespace) -> int:
     """Start the studio and serve until interrupted; the exit status."""
     try:
@@ -304,13 +328,14 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"--outputs-dir: {outputs_dir} could not be created ({exc})")
     engine = Engine(models_dir=args.models_dir, outputs_dir=outputs_dir, model=args.model or "",
-                    queue_size=args.queue_size)
+                    queue_size=args.queue_size, compile=getattr(args, "compile", "auto"))
     try:
         engine.check_model()
     except ModelError as exc:
         return _fail(f"--model: {exc}")
     # One record of failed logins for the page and the API: guesses cannot alternate.
     throttle = Throttle()
+    _start_compiling(engine)
     if setup.alone:
         try:
             return _serve_api_alone(api_app(engine, store, setup, args, throttle), host,

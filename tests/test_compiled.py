@@ -1,0 +1,187 @@
+"""The compiled UNet (engine/compiled.py) on the CPU inductor backend, with tiny-random.
+
+Compiling costs tens of seconds on the CPU, so one engine compiles three times in all (64x64,
+96x64, 64x64 with PAG) and every other check reuses those graphs or never compiles: the compiled
+output matches eager; a new size runs eager at once and compiles in the background; changing
+prompt, seed, strength, CFG, steps, sampler or batch count compiles nothing; LoRA jobs run eager
+with a notice; the start-up warm-up compiles the default job; a failing compile stays eager; a
+corrupt cache file is rebuilt.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from webui.engine import Engine, JobRequest
+from webui.engine import compiled
+from webui.params import make
+from webui.tiny import build_pipeline
+
+from tests.support.tiny_adapters import make_lora
+
+COMPILE_TIMEOUT = 600
+
+
+@pytest.fixture(scope="module")
+def fast_engine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compiled")
+    (root / "models" / "Lora").mkdir(parents=True)
+    make_lora(build_pipeline("tiny-random"), root / "models" / "Lora" / "film.safetensors")
+    engine = Engine(models_dir=root / "models", outputs_dir=root / "outputs", device="cpu",
+                    compile="on", cache_dir=root / "cache")
+    yield engine
+    engine.cancel_all()
+    engine.unload()
+
+
+def picture(width: int = 64, height: int = 64) -> Image.Image:
+    image = Image.radial_gradient("L").convert("RGB").resize((width, height))
+    image.paste((200, 40, 30), (width // 4, height // 4, width // 2, height // 2))
+    return image
+
+
+def job(engine, width: int = 64, height: int = 64, **settings):
+    values = {"steps": 4, "strength": 0.5, "seed": 3, "pag_scale": 0.0, "prompt": "a fox"}
+    values.update(settings)
+    return engine.generate(JobRequest(make(**values), picture(width, height), save=False))
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(result.images[0].image, dtype=np.int16)
+
+
+def graphs() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def test_a_size_runs_eager_while_it_compiles_then_runs_compiled_alike(fast_engine):
+    eager = job(fast_engine)
+    fast = fast_engine._fast
+    assert "compiling for 64x64 (eager until ready)" in eager.notice
+    assert fast.job.compiled_calls == 0 and fast.job.eager_calls == 2
+    assert fast_engine.wait_for_compiles(COMPILE_TIMEOUT)
+    assert fast_engine.compile_status()["ready"] == ["64x64"]
+    again = job(fast_engine)
+    assert fast.job.compiled_calls == 2 and fast.job.eager_calls == 0
+    assert "compiling" not in again.notice
+    assert np.abs(pixels(again) - pixels(eager)).max() <= 2
+    assert fast.cache_file.exists() and fast.cache_file.stat().st_size > 0
+
+
+def test_settings_that_change_only_numbers_never_recompile(fast_engine):
+    job(fast_engine)
+    assert fast_engine.wait_for_compiles(COMPILE_TIMEOUT)
+    fast = fast_engine._fast
+    compiles, before = fast.compiles, graphs()
+    for settings in ({"prompt": "a lighthouse", "negative_prompt": "blurry"}, {"seed": 99},
+                     {"strength": 0.8}, {"guidance_scale": 3.5}, {"steps": 9},
+                     {"scheduler": "DPM++ 2M Karras"}, {"scheduler": "Euler"},
+                     {"batch_count": 2}):
+        result = job(fast_engine, **settings)
+        # (the view covers the job's last batch)
+        assert fast.job.eager_calls == 0, settings
+        assert fast.job.compiled_calls == result.effective_steps, settings
+    assert fast.compiles == compiles and graphs() == before
+
+
+def test_a_new_size_compiles_once_in_the_background(fast_engine):
+    first = job(fast_engine, 96, 64)
+    fast = fast_engine._fast
+    assert first.images[0].image.size == (96, 64)
+    assert "compiling for 96x64 (eager until ready)" in first.notice
+    compiles = fast.compiles
+    job(fast_engine, 96, 64, seed=5)  # while it compiles: eager again, not queued twice
+    assert fast_engine.wait_for_compiles(COMPILE_TIMEOUT)
+    assert fast.compiles == compiles + 1
+    job(fast_engine, 96, 64, seed=6)
+    assert fast.job.compiled_calls == 2 and fast.job.eager_calls == 0
+
+
+def test_lora_jobs_run_eager_and_say_so(fast_engine):
+    compiles = fast_engine._fast.compiles
+    result = job(fast_engine, loras=[{"name": "film", "weight": 0.7}])
+    assert "compiled UNet not used: LoRA" in result.notice
+    assert fast_engine._fast.job.compiled_calls == 0
+    job(fast_engine)  # the LoRA is gone again: compiled as before
+    assert fast_engine._fast.job.compiled_calls == 2
+    assert fast_engine._fast.compiles == compiles
+
+
+def test_start_up_compiles_the_default_job_in_the_background(fast_engine):
+    eager_pag = job(fast_engine, pag_scale=3.0) if "64x64 with PAG" not in \
+        fast_engine.compile_status()["ready"] else None
+    assert fast_engine.warm_compile(64, 64) == "64x64"
+    assert fast_engine.wait_for_compiles(COMPILE_TIMEOUT)
+    assert "64x64 with PAG" in fast_engine.compile_status()["ready"]  # the page's default PAG
+    clicked = job(fast_engine, pag_scale=3.0)
+    assert fast_engine._fast.job.compiled_calls == 2 and fast_engine._fast.job.eager_calls == 0
+    if eager_pag is not None:
+        assert np.abs(pixels(clicked) - pixels(eager_pag)).max() <= 2
+
+
+def test_compile_off_and_auto_on_the_cpu_run_eager(tmp_path):
+    for mode in ("off", "auto"):
+        engine = Engine(models_dir=tmp_path / "models", outputs_dir=tmp_path / "out",
+                        device="cpu", compile=mode)
+        try:
+            assert engine.warm_compile() == ""  # nothing to prepare, nothing loaded
+            assert engine.loaded_model() is None
+            assert job(engine).images and engine.compile_status() is None
+        finally:
+            engine.unload()
+    with pytest.raises(ValueError, match="compile must be one of auto, on, off"):
+        Engine(models_dir=tmp_path / "models", device="cpu", compile="fast")
+
+
+# -- faults, on a bare UNet (nothing is really compiled) -------------------------------------------
+def unet_call(unet):
+    torch.manual_seed(0)
+    sample = torch.randn(2, 4, 8, 8)
+    hidden = torch.randn(2, 77, unet.config.cross_attention_dim)
+    with torch.no_grad():
+        return unet(sample, torch.tensor(500), encoder_hidden_states=hidden, return_dict=False)[0]
+
+
+def test_a_failing_compile_stays_eager(tmp_path, monkeypatch, caplog):
+    unet = build_pipeline("tiny-random").unet
+    expected = unet_call(unet)
+
+    def broken(*_, **__):
+        raise RuntimeError("no C compiler here")
+
+    monkeypatch.setattr("torch._inductor.compile_fx.compile_fx", broken)
+    fast = compiled.FastPath(unet, "cpu", tmp_path / "cache", "unet-test")
+    try:
+        fast.allowed = True
+        with caplog.at_level(logging.WARNING, logger="webui.engine.compiled"):
+            assert torch.equal(unet_call(unet), expected)
+            assert fast.wait_idle(60)
+            assert torch.equal(unet_call(unet), expected)  # still eager, no second try
+        assert fast.status()["failed"] == ["64x64"] and fast.compiles == 0
+        assert fast.job.compiled_calls == 0 and fast.job.eager_calls == 2
+        warnings = [r for r in caplog.records if "failed" in r.getMessage()]
+        assert len(warnings) == 1 and "no C compiler here" in warnings[0].getMessage()
+        assert "compiling for 64x64 failed: eager" in fast.job_notice()
+    finally:
+        fast.close()
+    assert "forward" not in unet.__dict__  # the UNet's own forward is back
+
+
+def test_a_corrupt_cache_file_is_deleted_and_rebuilt(tmp_path, caplog):
+    unet = build_pipeline("tiny-random").unet
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "unet-test.bin").write_bytes(b"\x00not a cache" * 10)
+    with caplog.at_level(logging.WARNING, logger="webui.engine.compiled"):
+        fast = compiled.FastPath(unet, "cpu", cache, "unet-test")
+    try:
+        assert not (cache / "unet-test.bin").exists()
+        assert any("could not be read" in r.getMessage() for r in caplog.records)
+        assert torch.equal(unet_call(unet), unet_call(build_pipeline("tiny-random").unet))
+    finally:
+        fast.close()
