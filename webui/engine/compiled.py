@@ -162,7 +162,9 @@ class FastPath:
             # Convolutions run faster channels-last on tensor cores; the weights are converted
             # in place, so the eager path (same tensors) gets it too.
             unet.to(memory_format=torch.channels_last)
-            self._options.update(torch._inductor.list_mode_options("max-autotune"))
+            # CUDA graphs for batch-1 latency; "max-autotune" would also search kernels, which
+            # takes minutes per size (to be measured against this on a GPU).
+            self._options.update(torch._inductor.list_mode_options("reduce-overhead"))
         # Each key is a cache entry of the UNet's forward; dynamo's default limit (8) would
         # silently stop compiling new sizes before MAX_KEYS is reached.
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit,
