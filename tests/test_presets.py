@@ -160,6 +160,8 @@ def test_newer_schema_version_is_a_clear_error_even_with_new_keys():
     (b"\xff\xfe\x00", "UTF-8"),
     (b'{"schema_version": 1}', "name is missing"),
     (b" " * (presets.MAX_FILE_BYTES + 1), "too large"),
+    # Once a RecursionError out of the decoder: nesting deeper than it recurses.
+    (b'{"name": "x", "a": ' + b"[" * 3000 + b"]" * 3000 + b"}", "nested too deeply"),
 ])
 def test_unreadable_files_name_the_file(data, words):
     with pytest.raises(PresetError, match=words) as caught:

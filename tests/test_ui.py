@@ -168,6 +168,10 @@ def test_queue_full_is_a_clear_error(tmp_path, init):
     (dict(resize_mode="stretch"), r"^Resize mode must be one of"),
     (dict(batch_size=99), r"^Batch size must be"),
     (dict(model="/etc/passwd"), r"^Model: '/etc/passwd' is not one of this studio's models"),
+    # A client can send any JSON value; these once reached the prompt parser as a TypeError.
+    (dict(prompt=123), r"^Prompt must be text \(got int\)"),
+    (dict(prompt=["a", "b"]), r"^Prompt must be text \(got list\)"),
+    (dict(negative_prompt={"x": 1}), r"^Negative prompt must be text \(got dict\)"),
 ])
 def test_bad_values_name_the_field(studio, init, settings, message):
     with pytest.raises(gr.Error) as caught:

@@ -209,6 +209,10 @@ def test_grid_png_holds_every_cell_infotext():
     assert xyplot.read_cells(image) == records
     assert records[3] == {"x": "20", "y": "5", "z": "2", "parameters": "a fox\nSteps: 20, Seed: 2"}
     assert xyplot.read_cells(Image.new("RGB", (8, 8))) == []
+    # A hostile PNG's cells chunk nested deeper than the decoder recurses: no cells, no error.
+    hostile = Image.new("RGB", (8, 8))
+    hostile.info[xyplot.CELLS_KEY] = "[" * 5000 + "]" * 5000
+    assert xyplot.read_cells(hostile) == []
 
 
 # -- the runner, without the studio --------------------------------------------------------------

@@ -227,6 +227,9 @@ def parse(data: bytes | str, file: str = "preset") -> Preset:
                           f"column {exc.colno}") from None
     except ValueError as exc:
         raise PresetError(file, None, f"not valid JSON: {exc}") from None
+    except RecursionError:
+        # The decoder recurses per level: a file nested thousands deep is no preset.
+        raise PresetError(file, None, "not valid JSON: nested too deeply") from None
     return from_dict(raw, file)
 
 

@@ -457,7 +457,7 @@ def read_cells(image: Image.Image) -> list[dict[str, str]]:
         return []
     try:
         cells = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a text chunk nested thousands deep is no grid's
         return []
     return cells if isinstance(cells, list) else []
 

@@ -64,7 +64,7 @@ def load_latents(path, channels: int | None = 4, size: tuple[int, int] | None = 
                            "latents")
     try:
         params = json.loads(metadata.get("params", "{}"))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise AdapterError(f"{path.name}: its stored settings are not valid JSON", "latents") \
             from None
     check_latents(tensor, channels=channels, size=size, scale_factor=scale_factor)

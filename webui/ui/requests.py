@@ -47,6 +47,16 @@ def _size(value) -> int | None:
     return value
 
 
+def _text(value, field: str) -> str:
+    """A text box's value; anything but text (a client may send a number or a list) is
+    refused naming the field, before the prompt parsers see it."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _fail(field, f"{field} must be text (got {type(value).__name__})")
+    return value
+
+
 def _lora_rows(table) -> list[tuple[str, Any]]:
     """(name, weight) rows of the LoRA weight table, in any form it arrives: the page's payload
     ({"headers", "data"}), a list of rows, or {name: weight}."""
@@ -101,7 +111,8 @@ class RequestBuilder:
         """Validated settings from the basic controls plus, optionally, the EXTRAS controls (as
         returned by `_extras`); `units` receives the page numbers of the enabled ControlNets."""
         values = dict(
-            model=self._model(model), prompt=prompt or "", negative_prompt=negative_prompt or "",
+            model=self._model(model), prompt=_text(prompt, "prompt"),
+            negative_prompt=_text(negative_prompt, "negative_prompt"),
             strength=strength, guidance_scale=guidance_scale, steps=steps,
             seed=P.default("seed") if seed in (None, "") else seed, scheduler=scheduler,
             width=_size(width), height=_size(height), resize_mode=resize_mode,
