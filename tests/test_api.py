@@ -628,6 +628,15 @@ def test_bodies_that_are_not_objects_and_non_finite_numbers(client, init):
                                headers={"Content-Type": "application/json"})
         assert response.status_code == 422, (raw, response.text)
         assert ERROR_KEYS <= set(response.json())
+    # Nested deeper than the JSON decoder recurses: refused in the clients' shape too.
+    deep = b'{"prompt": "x", "styles": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    for path in ("img2img", "txt2img", "options"):
+        response = client.post(f"{V1}/{path}", content=deep,
+                               headers={"Content-Type": "application/json"})
+        assert response.status_code == 400, (path, response.text)
+        assert ERROR_KEYS <= set(response.json()) and "JSON" in response.json()["detail"]
+    missing = client.get(f"{V1}/no-such-route")
+    assert missing.status_code == 404 and ERROR_KEYS <= set(missing.json())
     nan = client.post(f"{V1}/txt2img", content=b'{"enable_hr": true, "hr_scale": NaN}',
                       headers={"Content-Type": "application/json"})
     assert nan.status_code == 422 and nan.json()["field"] == "hr_scale"

@@ -19,6 +19,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from ..engine import InputError, ModelError, OutOfMemory, QueueFull
@@ -85,6 +86,14 @@ def handle(exc: Exception, redact: Callable[[str], str] = str) -> JSONResponse:
                       str(exc), headers=exc.headers)
     if isinstance(exc, RequestValidationError):
         return _validation(exc)
+    if isinstance(exc, HTTPException):
+        # The framework's own refusals (unknown route, wrong method, an unreadable body such
+        # as JSON nested thousands deep), in the same shape as every other error.
+        detail = exc.detail if isinstance(exc.detail, str) else "the request was refused"
+        if exc.status_code == 400 and "parsing the body" in detail:
+            detail = "the body could not be read as JSON (malformed, or nested too deeply)"
+        return _error(exc.status_code, "HTTPException", detail,
+                      headers=getattr(exc, "headers", None))
     if isinstance(exc, (InputError, ParamsError)):
         return _error(422, type(exc).__name__, _named(exc.field, redact(str(exc))), exc.field)
     if isinstance(exc, ModelError):
@@ -106,7 +115,7 @@ def create_app(service: ApiService, access: Access | None = None,
     app = FastAPI(title=TITLE, version="1", docs_url=None, redoc_url=None, openapi_url=None)
     # Access and body errors arise before a route runs; a route's own errors are answered by
     # `guard` inside it, so that none reaches the server-error path (which logs a traceback).
-    for kind in (Denied, RequestValidationError, Exception):
+    for kind in (Denied, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(kind, lambda request, exc: handle(exc, service.redact))
     if cors_origins or cors_regex:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins or []),
