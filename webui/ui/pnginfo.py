@@ -54,7 +54,11 @@ class PngInfoHandlers:
                 return "", "The upload did not arrive; drop the image again."
             try:
                 picture = Image.open(path)
-            except (OSError, SyntaxError, ValueError):
+            except Image.DecompressionBombError:
+                # Its header claims billions of pixels: not opened at all, whatever it holds.
+                return "", ("**Too large to read**: this file claims more pixels than any "
+                            "picture the studio opens.")
+            except Exception:  # noqa: BLE001 - decoders raise many kinds for a bad file
                 return "", "**Not an image file** (PNG, JPEG, WebP, ...)."
         text = E.read_infotext(picture)
         if not text:
