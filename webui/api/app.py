@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 from typing import Any, Callable
 
 from fastapi import Depends, FastAPI, Request
@@ -271,10 +270,3 @@ def mount(studio_app, api_app) -> None:
     """Serve `api_app` on the already-launched studio's app (same host and port)."""
     stack = studio_app.middleware_stack or studio_app.build_middleware_stack()
     studio_app.middleware_stack = ApiDispatch(api_app, stack)
-
-
-def check_regex(pattern: str | None) -> str | None:
-    """The CORS origin pattern, compiled once to refuse a broken one at launch."""
-    if pattern:
-        re.compile(pattern)
-    return pattern

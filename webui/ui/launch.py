@@ -223,7 +223,8 @@ def _warn_open(host: str, share: bool, page: bool, api: bool) -> None:
     close = " and ".join(flag for flag, is_open in (("--auth user:pass", page),
                                                    ("--api-auth user:pass", api)) if is_open)
     bar = "!" * 78
-    print(f"\n{bar}\n!! WARNING: --insecure: {what} {'are' if page and api else 'is'} served on {where} WITHOUT a login.\n"
+    verb = "are" if page and api else "is"
+    print(f"\n{bar}\n!! WARNING: --insecure: {what} {verb} served on {where} WITHOUT a login.\n"
           "!! Anyone who finds it can run jobs on this GPU and see every result.\n"
           f"!! Use {close} to close it.\n{bar}\n", file=sys.stderr, flush=True)
 
