@@ -384,6 +384,10 @@ def test_auth_parsing(tmp_path):
     good = tmp_path / "users"
     good.write_text("# studio users\nann:pw1\n\nbob:pw2\n")
     assert launch.parse_auth(None, str(good)) == [("ann", "pw1"), ("bob", "pw2")]
+    # A file's password keeps every character after the first colon (it once lost its spaces).
+    spaced = tmp_path / "spaced"
+    spaced.write_text("ann: pass word \n  cé:π,;# x:y\n", encoding="utf-8")
+    assert launch.parse_auth(None, str(spaced)) == [("ann", " pass word "), ("cé", "π,;# x:y")]
     bad = tmp_path / "bad"
     bad.write_text("ann:pw1\nbob\n")
     with pytest.raises(launch.LaunchError, match="line 2"):

@@ -82,8 +82,11 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
                      help="browser origins allowed to call the API, as a regular expression")
 
 
-def _pair(text: str, where: str) -> tuple[str, str]:
-    user, sep, password = text.strip().partition(":")
+def _pair(text: str, where: str, exact_password: bool = False) -> tuple[str, str]:
+    """(user, password) of 'user:pass': the first colon splits; the name is trimmed. A file's
+    line keeps its password exactly (spaces, commas, '#', more colons: any character), since
+    the file is the documented way to hold passwords the command line cannot."""
+    user, sep, password = (text if exact_password else text.strip()).partition(":")
     if not sep or not user.strip() or not password:
         raise LaunchError(f"{where}: expected user:pass, got {text.strip()!r}")
     return user.strip(), password
@@ -111,7 +114,8 @@ def parse_auth(auth: str | None, auth_file: str | None, flag: str = "--auth"
         for number, line in enumerate(lines, 1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
-            users.append(_pair(line, f"{flag}-file {path}, line {number}"))
+            users.append(_pair(line, f"{flag}-file {path}, line {number}",
+                               exact_password=True))
             found += 1
         if not found:
             raise LaunchError(f"{flag}-file: {path} has no user:pass lines")
