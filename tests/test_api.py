@@ -225,6 +225,18 @@ def test_png_info_of_a_picture_without_settings(client, init):
     assert data == {"info": "", "items": {}, "parameters": {}}
 
 
+def test_png_info_reads_the_exif_comment_of_a_jpeg_as_the_studio_does(client, init):
+    text = "a fox\nSteps: 4, Sampler: Euler a, CFG scale: 7, Seed: 2, Size: 64x64"
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\0" + text.encode("utf-16-be")  # UserComment
+    buffer = io.BytesIO()
+    init.save(buffer, "JPEG", exif=exif.tobytes())
+    data = client.post(f"{V1}/png-info", json={
+        "image": base64.b64encode(buffer.getvalue()).decode()}).json()
+    assert data["info"] == text
+    assert data["parameters"]["Prompt"] == "a fox" and data["parameters"]["Seed"] == "2"
+
+
 # -- inpainting ---------------------------------------------------------------------------------
 def _mask() -> Image.Image:
     mask = Image.new("L", (64, 64), 0)

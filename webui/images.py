@@ -34,7 +34,7 @@ def load_image(source, field: str = "init_image", background=DEFAULT_BACKGROUND,
     if isinstance(source, Image.Image):
         image = source
     else:
-        image = _decode(source, field)
+        image = open_image(source, field)
     try:
         image = ImageOps.exif_transpose(image)
         if keep_alpha and ("A" in image.mode or "transparency" in image.info):
@@ -44,7 +44,11 @@ def load_image(source, field: str = "init_image", background=DEFAULT_BACKGROUND,
         raise InputError(field, f"{field}: the image could not be read ({exc})") from None
 
 
-def _decode(source, field: str) -> Image.Image:
+def open_image(source, field: str = "image", load: bool = True) -> Image.Image:
+    """The picture in a path, bytes or file object as the file holds it (its mode and text
+    chunks kept), refused with InputError naming `field` when it is missing, empty, not a
+    picture, damaged or larger than DECODE_LIMIT_PIXELS. load=False reads the header and the
+    chunks before the pixels only (PNG Info needs no pixels)."""
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
@@ -63,7 +67,8 @@ def _decode(source, field: str) -> Image.Image:
                 field, f"{field}: {image.width}x{image.height} is too large to open "
                 f"(at most {DECODE_LIMIT_PIXELS:,} pixels)"
             )
-        image.load()
+        if load:
+            image.load()
     except InputError:
         raise
     except Image.DecompressionBombError as exc:

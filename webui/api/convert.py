@@ -20,7 +20,8 @@ from PIL import Image, ImageOps
 
 from .. import images as imaging
 from .. import infotext, presets, schedulers
-from ..engine import CONTROLNET_SUBDIR, EngineAPI, InputError, JobRequest, Result, mask_to_l
+from ..engine import (CONTROLNET_SUBDIR, EngineAPI, InputError, JobRequest, Result, mask_to_l,
+                      read_infotext)
 from ..params import MASKED_CONTENT, RESIZE_MODES, GenerationParams, ParamsError, make
 from .schema import GenerationBody, Img2ImgBody, Txt2ImgBody
 
@@ -85,17 +86,7 @@ def decode_image(text: Any, field: str, keep_alpha: bool = False) -> Image.Image
 
 def open_png(text: Any, field: str = "image") -> Image.Image:
     """The sent picture as the file holds it (its text chunks kept), for /png-info."""
-    data = decode_bytes(text, field)
-    try:
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > imaging.DECODE_LIMIT_PIXELS:
-            raise InputError(field, f"{field}: {image.width}x{image.height} is too large")
-    except InputError:
-        raise
-    except Exception:  # noqa: BLE001 - any decoder failure is a bad upload, not a server fault
-        # Decoders raise many kinds (OSError, SyntaxError, DecompressionBombError, ...).
-        raise InputError(field, f"{field}: not a picture this studio can read") from None
-    return image
+    return imaging.open_image(decode_bytes(text, field), field, load=False)
 
 
 def encode_png(data: bytes) -> str:
@@ -170,13 +161,6 @@ def titles(engine: EngineAPI) -> list[str]:
     return [title(info.name, info.hash) for info in engine.list_models()]
 
 
-def short_hash(engine: EngineAPI, name: str) -> str:
-    for info in engine.list_models():
-        if info.name == name:
-            return info.hash
-    return ""
-
-
 # -- requests --------------------------------------------------------------------------------
 def _refuse_unsupported(body: GenerationBody) -> None:
     if body.subseed_strength:
@@ -197,29 +181,27 @@ def _refuse_unsupported(body: GenerationBody) -> None:
                          f"available here; only 1 is (got {clip!r})")
 
 
+# GenerationParams field -> the request field it comes from (also names the request's field
+# in error messages about a setting).
+REQUEST_FIELDS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "seed",
+                  "steps": "steps", "guidance_scale": "cfg_scale", "width": "width",
+                  "height": "height", "batch_size": "batch_size", "batch_count": "n_iter",
+                  "strength": "denoising_strength", "pag_scale": "pag_scale",
+                  "model": "override_settings.sd_model_checkpoint", "scheduler": "sampler_name",
+                  "mask_blur": "mask_blur", "inpaint_padding": "inpaint_full_res_padding",
+                  "masked_content": "inpainting_fill", "resize_mode": "resize_mode"}
+# The settings every request sends under its own name (the others come by endpoint: extra).
+_DIRECT = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
+           "batch_size", "batch_count", "pag_scale")
+
+
 def _values(body: GenerationBody, strength: float, model: str) -> dict[str, tuple[str, Any]]:
     """GenerationParams field -> (the request field it comes from, value)."""
-    return {
-        "prompt": ("prompt", body.prompt),
-        "negative_prompt": ("negative_prompt", body.negative_prompt),
-        "seed": ("seed", body.seed),
-        "steps": ("steps", body.steps),
-        "guidance_scale": ("cfg_scale", body.cfg_scale),
-        "width": ("width", body.width),
-        "height": ("height", body.height),
-        "batch_size": ("batch_size", body.batch_size),
-        "batch_count": ("n_iter", body.n_iter),
-        "strength": ("denoising_strength", strength),
-        "pag_scale": ("pag_scale", body.pag_scale),
-        "model": ("override_settings.sd_model_checkpoint", model),
-    }
-
-
-_FIELD_NAMES = {"guidance_scale": "cfg_scale", "batch_count": "n_iter",
-                "strength": "denoising_strength", "scheduler": "sampler_name",
-                "mask_blur": "mask_blur", "inpaint_padding": "inpaint_full_res_padding",
-                "masked_content": "inpainting_fill", "resize_mode": "resize_mode",
-                "model": "override_settings.sd_model_checkpoint"}
+    pairs = {name: (REQUEST_FIELDS[name], getattr(body, REQUEST_FIELDS[name]))
+             for name in _DIRECT}
+    pairs["strength"] = (REQUEST_FIELDS["strength"], strength)
+    pairs["model"] = (REQUEST_FIELDS["model"], model)
+    return pairs
 
 
 def api_field(params_field: str) -> str:
@@ -227,7 +209,7 @@ def api_field(params_field: str) -> str:
     head, dot, rest = params_field.partition(".")
     if head.startswith("controlnets"):
         return "alwayson_scripts.controlnet.args" + head[len("controlnets"):] + dot + rest
-    return _FIELD_NAMES.get(params_field, params_field)
+    return REQUEST_FIELDS.get(params_field, params_field)
 
 
 def _make(values: dict[str, Any]) -> GenerationParams:
@@ -531,7 +513,8 @@ def png_info(image: Image.Image) -> dict[str, Any]:
     as `key: value` pairs (Prompt, Negative prompt, Steps, ..., Size-1, Size-2)."""
     items = {key: value for key, value in image.info.items()
              if isinstance(value, str) and key != "parameters"}
-    text = image.info.get("parameters")
+    # The studio's own reader: the PNG chunk, or the EXIF comment of a JPEG or WebP.
+    text = read_infotext(image)
     if not isinstance(text, str):
         text = ""
     return {"info": text, "items": items, "parameters": infotext.fields(text) if text else {}}

@@ -246,17 +246,14 @@ class ApiService:
                  "sha256": None, "filename": info.name, "config": None}
                 for info in self.engine.list_models()]
 
-    def current_title(self) -> str:
-        for info in self.engine.list_models():
-            if info.name == self.checkpoint:
-                return convert.title(info.name, info.hash)
-        return self.checkpoint
-
     def get_options(self) -> dict:
-        title = self.current_title()
-        short = convert._HASHED.match(title)
-        return {**self.options, "sd_model_checkpoint": title,
-                "sd_checkpoint_hash": title[short.end("name"):].strip(" []") if short else None}
+        info = next((info for info in self.engine.list_models()
+                     if info.name == self.checkpoint), None)
+        if info is None:
+            return {**self.options, "sd_model_checkpoint": self.checkpoint,
+                    "sd_checkpoint_hash": None}
+        return {**self.options, "sd_model_checkpoint": convert.title(info.name, info.hash),
+                "sd_checkpoint_hash": info.hash or None}
 
     def set_options(self, values: dict[str, Any]) -> dict:
         if not isinstance(values, dict):
