@@ -33,17 +33,15 @@ class PlainPipeline:
         import diffusers
         import torch
 
-        from ..tiny import FULL_SIZE_MODELS, TINY_MODELS, TINY_SDXL, build_pipeline
+        from ..tiny import FULL_SIZE_MODELS, TINY_MODELS, build_pipeline
 
         if model in FULL_SIZE_MODELS or model in TINY_MODELS:
             # The built-in random models come from a fixed seed: these are the very weights
             # the engine builds for the same name.
             pipe = build_pipeline(model)
-            self.family = "sdxl" if model in (TINY_SDXL, "random-sdxl") else "sd1"
         else:
             # A diffusers folder, loaded the way its model card says.
             pipe = diffusers.AutoPipelineForImage2Image.from_pretrained(model, torch_dtype=dtype)
-            self.family = "sdxl" if "XL" in type(pipe).__name__ else "sd1"
         # The built-in models are made in float32; a cast only when another dtype is asked
         # (the library warns about every cast, needed or not).
         self.pipe = pipe.to(device) if dtype == torch.float32 else pipe.to(device, dtype)

@@ -130,7 +130,6 @@ class JobView:
 
     compiled_calls: int = 0
     eager_calls: int = 0
-    keys: set = field(default_factory=set)
     compiling: set = field(default_factory=set)  # labels that ran eager while they compiled
     failed: set = field(default_factory=set)  # labels that ran eager since compiling failed
 
@@ -196,7 +195,6 @@ class FastPath:
         processors = self.unet.attn_processors
         signature = tuple((name, id(p)) for name, p in processors.items())
         key = (signature, _describe(args), _describe(kwargs))
-        self.job.keys.add(key)
         if key not in self._sizes:
             self._sizes[key] = _label(args, kwargs, processors)
         if key in self.ready:

@@ -649,7 +649,7 @@ class Engine:
             pipe = self.pipeline(params.model or self.model, params.dtype, params.cpu_offload)
             params = self._name_detectors(self._name_adapters(params))
             limit = params.pag_scale > 0 and self.adapters.pag_limit(
-                "txt2img" if text_job else "inpaint" if mask is not None else "img2img",
+                _pipeline_mode(job.task, mask),
                 controlnets=bool(params.controlnets), latent_input=latents is not None)
             if limit:
                 # The job runs without PAG rather than failing on the default PAG scale; the
@@ -722,8 +722,7 @@ class Engine:
         family = self.family
         generator_device = "cpu" if self.device == "mps" else self.device
         generators = [torch.Generator(generator_device).manual_seed(s) for s in seeds]
-        mode = ("txt2img" if job.task == "txt2img" else
-                "inpaint" if mask is not None else "img2img")
+        mode = _pipeline_mode(job.task, mask)
         if mode == "txt2img":
             image = None
         elif latents is not None and mode == "img2img":
@@ -809,8 +808,9 @@ class Engine:
         finally:
             if fast is not None:
                 fast.allowed = False
-        if fast is not None and fast.job_notice():
-            notices[fast.job_notice()] = None
+        compile_notice = fast.job_notice() if fast is not None else ""
+        if compile_notice:
+            notices[compile_notice] = None
         images = output.images
         if params.color_correction:
             images = self._color_correct(images, params, init, job.inputs, notices)
@@ -916,6 +916,11 @@ class Engine:
                                         preprocessor=unit.preprocessor, low=unit.low,
                                         high=unit.high, detector=str(folder or "")))
         return specs
+
+
+def _pipeline_mode(task: str, mask) -> str:
+    """The adapters' mode of a job: txt2img, inpaint (a mask was given) or img2img."""
+    return "txt2img" if task == "txt2img" else "inpaint" if mask is not None else "img2img"
 
 
 def _check_task(request: JobRequest) -> str:
