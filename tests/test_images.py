@@ -4,8 +4,6 @@ the output size rules and the three resize modes."""
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -13,6 +11,8 @@ from PIL import Image
 
 from webui import images as imaging
 from webui.errors import InputError
+
+from tests.support.testing import png_header
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -193,19 +193,9 @@ def test_missing_file(tmp_path):
         imaging.load_image(str(missing))
 
 
-def _png_header(width: int, height: int) -> bytes:
-    """The start of a 1-bit PNG claiming `width` x `height`: enough for Pillow to open it."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    idat = b"IDAT"
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
-            + struct.pack(">I", zlib.crc32(chunk)) + struct.pack(">I", 0) + idat
-            + struct.pack(">I", zlib.crc32(idat)))
-
-
 def test_huge_image_is_too_large_not_a_non_image():
     with pytest.raises(InputError) as info:
-        imaging.load_image(_png_header(15_000, 15_000))
+        imaging.load_image(png_header(15_000, 15_000))
     assert "too large" in str(info.value)
     assert "not an image" not in str(info.value)
 
@@ -213,7 +203,7 @@ def test_huge_image_is_too_large_not_a_non_image():
 def test_own_decode_limit(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # Pillow's own guard switched off
     with pytest.raises(InputError) as info:
-        imaging.load_image(_png_header(25_000, 20_000))
+        imaging.load_image(png_header(25_000, 20_000))
     assert "25000x20000 is too large" in str(info.value)
 
 

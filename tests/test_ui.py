@@ -22,6 +22,7 @@ from webui.ui import handlers, launch
 from webui.ui.handlers import GenerateView, Session, Studio
 
 from serving import served
+from tests.support.testing import png_header
 
 ROOT = Path(__file__).resolve().parents[1]
 SNIPPET = ROOT / "webui" / "ui" / "CLIENT_SNIPPET.md"
@@ -297,25 +298,11 @@ def test_png_info_on_huge_and_hostile_parameters(studio, tmp_path):
     assert text == "" and "600,000 characters long" in summary and "not used" in summary
 
 
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height pixels (what a decompression bomb sends)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2,
-                                                               0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
-
-
 def test_png_info_on_bombs_and_truncated_files(studio, tmp_path):
     # A bomb's header once raised DecompressionBombError out of the handler.
     for width, height in ((60000, 60000), (19000, 19000)):
         bomb = tmp_path / f"bomb-{width}.png"
-        bomb.write_bytes(_png_header(width, height))
+        bomb.write_bytes(png_header(width, height))
         text, summary = studio.png_info(bomb)
         assert text == "" and "Too large to read" in summary
     whole = _png_with(tmp_path, "a fox\nSteps: 4, Seed: 2").read_bytes()

@@ -268,3 +268,17 @@ def tiny_inpainting_pipeline(kind: str = "tiny-random"):
     if kind != TINY_SDXL:
         components["requires_safety_checker"] = False
     return type(pipe)(**components)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """The start of a 1-bit PNG claiming `width` x `height`: enough for Pillow to open it (what
+    a decompression bomb sends)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    idat = b"IDAT"
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+            + struct.pack(">I", zlib.crc32(chunk)) + struct.pack(">I", 0) + idat
+            + struct.pack(">I", zlib.crc32(idat)))
