@@ -132,7 +132,14 @@ def _is_loopback(host: str) -> bool:
 
 
 def check(args: argparse.Namespace) -> tuple[str, list[tuple[str, str]]]:
-    """(host to serve on, users) from the options; LaunchError for anything unusable."""
+    """(host to serve on, users) from the options; LaunchError for anything unusable (the
+    REST API's options included)."""
+    host, users, _ = check_all(args)
+    return host, users
+
+
+def check_all(args: argparse.Namespace) -> tuple[str, list[tuple[str, str]], "ApiSetup"]:
+    """check() and the REST API's setup, each option (and auth file) read once."""
     users = parse_auth(args.auth, args.auth_file)
     host = "0.0.0.0" if args.listen else args.host
     if not 1 <= args.port <= 65535:
@@ -148,8 +155,7 @@ def check(args: argparse.Namespace) -> tuple[str, list[tuple[str, str]]]:
             f"{what}, and without a login anyone who finds it can use your GPU and read the "
             "results. Add --auth user:pass (or --auth-file FILE), or pass --insecure to open it "
             "anyway.")
-    check_api(args, exposed)
-    return host, users
+    return host, users, check_api(args, exposed)
 
 
 @dataclass
@@ -310,8 +316,7 @@ def _start_compiling(engine) -> None:
 def run(args: argparse.Namespace) -> int:
     """Start the studio and serve until interrupted; the exit status."""
     try:
-        host, users = check(args)
-        setup = check_api(args, args.share or not _is_loopback(host))
+        host, users, setup = check_all(args)
     except LaunchError as exc:
         return _fail(str(exc))
     try:
