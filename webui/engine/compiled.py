@@ -93,14 +93,14 @@ def _float_timestep(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     return args, {**kwargs, "timestep": timestep}
 
 
-def _label(args: tuple, kwargs: dict, processors: dict) -> str:
+def _label(args: tuple, kwargs: dict, processors) -> str:
     """A key as the status line names it: '768x512', '768x512 with PAG', ..."""
     sample = args[0] if args else kwargs.get("sample")
     if not isinstance(sample, torch.Tensor):
         return "?"
     scale = 8  # pixels per latent cell in every SD family
     label = f"{sample.shape[-1] * scale}x{sample.shape[-2] * scale}"
-    if any(type(p).__name__.startswith("PAG") for p in processors.values()):
+    if any(type(p).__name__.startswith("PAG") for p in processors):
         label += " with PAG"
     if kwargs.get("down_block_additional_residuals") is not None:
         label += " with ControlNet"
@@ -156,6 +156,9 @@ class FastPath:
         self._lock = threading.Lock()
         self._work: "queue.Queue[tuple | None]" = queue.Queue()
         self._eager = type(unet).forward.__get__(unet)
+        # The attention modules, named as unet.attn_processors names their processors.
+        self._attention = [(f"{name}.processor", module) for name, module in
+                           unet.named_modules() if hasattr(module, "get_processor")]
         self._options = dict(CUDA_INDUCTOR) if device.startswith("cuda") else {}
         if device.startswith("cuda"):
             # Convolutions run faster channels-last on tensor cores; the weights are converted
@@ -192,14 +195,15 @@ class FastPath:
         if not self.allowed or self.disabled:
             return self._eager(*args, **kwargs)
         args, kwargs = _float_timestep(args, kwargs)
-        processors = self.unet.attn_processors
-        signature = tuple((name, id(p)) for name, p in processors.items())
+        # Read per call, so cheaply: the attention modules were listed once (PAG and the
+        # IP-Adapter swap processors, never modules); unet.attn_processors walks the whole tree.
+        signature = tuple(id(module.processor) for _, module in self._attention)
         key = (signature, _describe(args), _describe(kwargs))
         if key not in self._sizes:
-            self._sizes[key] = _label(args, kwargs, processors)
+            self._sizes[key] = _label(args, kwargs, self._processors().values())
         if key in self.ready:
             self.job.compiled_calls += 1
-            return self._twin(signature, processors).runner(*args, **kwargs)
+            return self._twin(signature).runner(*args, **kwargs)
         self.job.eager_calls += 1
         with self._lock:
             fresh = (key not in self.pending and key not in self.failed and
@@ -207,7 +211,7 @@ class FastPath:
             if fresh:
                 self.pending.add(key)
         if fresh:
-            twin = self._twin(signature, processors)
+            twin = self._twin(signature)
             self._work.put((key, twin, _copy_inputs(args), _copy_inputs(kwargs)))
         if key in self.failed:
             self.job.failed.add(self._sizes[key])
@@ -254,7 +258,11 @@ class FastPath:
         self._work.put(None)
 
     # -- twins and compiling ---------------------------------------------------------------
-    def _twin(self, signature: tuple, processors: dict) -> _Twin:
+    def _processors(self) -> dict:
+        """The resident UNet's attention processors by name, as set_attn_processor takes them."""
+        return {name: module.processor for name, module in self._attention}
+
+    def _twin(self, signature: tuple) -> _Twin:
         twin = self._twins.get(signature)
         if twin is None:
             # Every tensor is shared through the memo: the copy holds modules, not weights.
@@ -265,7 +273,7 @@ class FastPath:
             finally:
                 if saved is not None:
                     self.unet.forward = saved
-            module.set_attn_processor(dict(processors))
+            module.set_attn_processor(self._processors())
             twin = _Twin(module, torch.compile(module, backend=self._backend, fullgraph=True,
                                                dynamic=False),
                          torch._dynamo.run(module))
