@@ -43,6 +43,23 @@ def set_number(page, elem_id: str, value) -> None:
     box.blur()
 
 
+def set_slider(page, elem_id: str, value, attempts: int = 5) -> None:
+    """Type a slider's value and wait until the slider itself holds it. A slider inside an
+    accordion that has just opened is still being set up for a moment after it shows, and
+    that set-up puts its initial value back over what was typed; a person would see the old
+    number and type again, so this does the same (a few tries, then the assertion fails)."""
+    slider = page.locator(f"#{elem_id} input[type=range]")
+    for _ in range(attempts - 1):
+        set_number(page, elem_id, value)
+        try:
+            expect(slider).to_have_value(str(value), timeout=1_000)
+            return
+        except AssertionError:
+            continue
+    set_number(page, elem_id, value)
+    expect(slider).to_have_value(str(value))
+
+
 def pick(page, elem_id: str, option: str) -> None:
     box = page.locator(f"#{elem_id} input[role=combobox]")
     box.click()
