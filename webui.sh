@@ -20,7 +20,8 @@ install() {
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
   if [ "$1" = test ]; then
-    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    # The cluster extra too, so the Ray Serve tests run (tests/test_cluster.py).
+    "$VENV/bin/python" -m pip install -q -e ".[test,cluster]"
   else
     "$VENV/bin/python" -m pip install -q -e .
   fi

@@ -24,3 +24,8 @@ class Cancelled(RuntimeError):
 class OutOfMemory(RuntimeError):
     """The GPU ran out of memory during a job; the message says what to change. Its own kind of
     error: no single setting is at fault, and the engine has given the memory back."""
+
+
+class WorkerLost(RuntimeError):
+    """The process running the job stopped mid-job (a cluster replica died); the job is failed,
+    not run again, and the next one goes to a working replica."""

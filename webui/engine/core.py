@@ -284,9 +284,7 @@ class Engine:
             raise TypeError("params must be a GenerationParams")
         task = "img2img"
         if isinstance(request, JobRequest):
-            task = _check_task(request)
-            if not request.allow_paths:
-                self.registry.confine(params, self.model, list_detectors(self.detectors_dir))
+            task = self.check_request(request)
             init_image, save, owner = request.init_image, request.save, request.owner
             inputs = Inputs(ip_image=request.ip_image, mask=request.mask,
                             control_images=request.control_images,
@@ -309,6 +307,17 @@ class Engine:
                                                 daemon=True)
                 self._worker.start()
         return job
+
+    def check_request(self, request: JobRequest) -> str:
+        """The checks submit makes before queueing: the task (InputError naming the field when
+        it is unknown or carries what it cannot use) and, unless request.allow_paths, the path
+        policy on every model, adapter and detector name. The request's task. Another engine
+        that serves this engine's models folder (the cluster's) makes the same checks here."""
+        task = _check_task(request)
+        if not request.allow_paths:
+            self.registry.confine(request.params, self.model,
+                                  list_detectors(self.detectors_dir))
+        return task
 
     def generate(self, request: JobRequest | GenerationParams, init_image=None,
                  save: bool = True, on_progress: Callable[[Progress], None] | None = None,

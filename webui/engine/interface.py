@@ -124,6 +124,8 @@ class Result:
     interrupted: bool = False
     notice: str = ""
     init: Any = None  # the init image as the job used it (resized and fitted), if any
+    # Where the job ran when that is not this process: a cluster replica, by node and GPU.
+    worker: str = ""
 
 
 @dataclass

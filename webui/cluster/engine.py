@@ -1,0 +1,380 @@
+"""RayEngine: the engine interface (webui.engine.EngineAPI) over Ray Serve diffusion replicas.
+
+The studio, the REST API and the CLI hold it exactly as they hold the in-process Engine. What
+it keeps here, in the front door's process:
+
+- names and listings: a local Engine over the same models folder answers them and makes the
+  same checks before a job leaves (the path policy); it never loads a pipeline for a job;
+- the queue bound: at most `replicas` running plus `queue_size` waiting, refused up front
+  with the same "busy" message (Serve's own queue bound is a second line behind it);
+- files: results come back as pictures and are written here, atomically, into the outputs
+  folder, so replicas need no shared disk.
+
+Each job is one streaming request to the replicas (replica.py); a thread per job follows it
+and turns what it yields into the same Progress items and Result (or error) the in-process
+engine gives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from ..engine.interface import JobRequest, Progress, QueueFull, QueueStatus, Result
+from ..params import GenerationParams
+from ..errors import Cancelled, InputError, ModelError, OutOfMemory, WorkerLost
+
+log = logging.getLogger(__name__)
+
+WORKER_LOST = "the GPU worker stopped during this job; try again"
+
+
+def rebuild_error(kind: str, field: str, message: str) -> BaseException:
+    """The studio's error a replica reported as parts (replica.error_parts)."""
+    from ..engine.adapter_inputs import AdapterError
+    from ..params import ParamsError
+
+    if kind in ("InputError", "AdapterError", "ParamsError"):
+        return {"InputError": InputError, "AdapterError": AdapterError,
+                "ParamsError": ParamsError}[kind](field, message)
+    known = {"ModelError": ModelError, "OutOfMemory": OutOfMemory, "Cancelled": Cancelled,
+             "QueueFull": QueueFull, "WorkerLost": WorkerLost}
+    if kind in known:
+        return known[kind](message)
+    return RuntimeError(f"{kind}: {message}")
+
+
+class RayJob:
+    """A job on the cluster (interface.JobHandle)."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, engine: "RayEngine", request: JobRequest, save: bool):
+        self.id = next(self._ids)
+        self.key = uuid.uuid4().hex
+        self.owner = request.owner
+        self.params = request.params
+        self.created = time.time()
+        self.last_progress: Progress | None = None
+        self.last_preview = None
+        self.state = "queued"
+        self.worker = ""  # the replica it runs on, once started
+        self._engine = engine
+        self._request = request
+        self._save = save
+        self._response = None
+        self._events: "queue.Queue[Progress | None]" = queue.Queue()
+        self._done = threading.Event()
+        self._result: Result | None = None
+        self._error: BaseException | None = None
+
+    # -- the handle's interface ---------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def started(self) -> bool:
+        return self.state != "queued"
+
+    def cancel(self) -> None:
+        """Stop the job: a waiting one leaves Serve's queue at once, a running one stops
+        within a step (the replica reads the board between steps)."""
+        self._engine.board.flag.remote(self.key, "cancel")
+        if not self.started and self._response is not None:
+            self._response.cancel()
+
+    def skip(self) -> None:
+        self._engine.board.flag.remote(self.key, "skip")
+
+    def position(self) -> int:
+        return self._engine._position(self)
+
+    def updates(self, timeout: float | None = None) -> Iterator[Progress]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+            try:
+                event = self._events.get(timeout=wait)
+            except queue.Empty:
+                if self._done.is_set():
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                if not self.started:
+                    yield Progress("queued", position=self.position())
+                continue
+            if event is None:
+                return
+            yield event
+
+    def result(self, timeout: float | None = None) -> Result:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"job {self.id} still running")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    # -- following the request ----------------------------------------------------------------
+    def _emit(self, progress: Progress) -> None:
+        self.last_progress = progress
+        if progress.preview is not None:
+            self.last_preview = progress.preview
+        self._events.put(progress)
+
+    def _follow(self, handle) -> None:
+        from ray.exceptions import ActorUnavailableError, RayActorError
+        from ray.serve.exceptions import BackPressureError, RequestCancelledError
+
+        result, error = None, None
+        started = time.monotonic()
+        try:
+            model = self._request.params.model or self._engine.model
+            self._response = handle.options(stream=True, multiplexed_model_id=model).run.remote(
+                self.key, self._request)
+            for item in self._response:
+                kind = item[0]
+                if kind == "started":
+                    self.state, self.worker = "running", item[1]
+                elif kind == "loaded":
+                    self._engine._loaded = item[1] or None
+                elif kind == "progress":
+                    self._emit(item[1])
+                elif kind == "result":
+                    result = item[1]
+                elif kind == "error":
+                    error = rebuild_error(*item[1:])
+            if result is None and error is None:
+                error = WorkerLost(WORKER_LOST)
+            if result is not None and self._save and not result.interrupted:
+                self._emit(Progress("saving", elapsed=time.monotonic() - started))
+                self._engine._write(result, self.owner)
+        except BackPressureError:
+            error = QueueFull("the studio is busy: every GPU worker has a full queue; try "
+                              "again in a moment")
+        except RequestCancelledError:
+            error = Cancelled("cancelled while waiting in the queue")
+        except (RayActorError, ActorUnavailableError) as exc:
+            log.warning("job %s: its replica stopped (%s)", self.id, exc)
+            error = WorkerLost(WORKER_LOST)
+        except Exception as exc:  # noqa: BLE001 - a job's failure must reach its front door
+            log.exception("job %s failed on the cluster", self.id)
+            error = exc
+        self._result, self._error = result, error
+        self.state = "error" if error else ("cancelled" if result.interrupted else "done")
+        if isinstance(error, Cancelled):
+            self.state = "cancelled"
+        self._done.set()
+        self._events.put(None)
+        self._engine._ended(self)
+
+
+class RayEngine:
+    """The engine interface over the cluster's replicas.
+
+    handle: the diffusion deployment's handle; board: the board actor; local: an in-process
+    Engine over the front door's models folder (same layout as the replicas'), for names,
+    listings and checks; replicas: the most replicas that may run (the queue bound counts
+    them as running places); queue_size: jobs that may wait beyond those.
+    """
+
+    def __init__(self, handle, board, local, replicas: int, queue_size: int = 16):
+        self.handle = handle
+        self.board = board
+        self.local = local
+        self.replicas = replicas
+        self.queue_size = queue_size
+        self._jobs: list[RayJob] = []  # not yet ended, in submit order
+        self._lock = threading.Lock()
+        self._loaded: str | None = None
+        self.shutdown = None  # set by deploy.connect: stops what it started
+
+    # -- the local engine's settings ----------------------------------------------------------
+    @property
+    def model(self) -> str:
+        return self.local.model
+
+    @model.setter
+    def model(self, value: str) -> None:
+        self.local.model = value
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.local.outputs_dir
+
+    @outputs_dir.setter
+    def outputs_dir(self, value) -> None:
+        self.local.outputs_dir = Path(value)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.local.models_dir
+
+    @property
+    def device(self) -> str:
+        """The replicas' device ('cuda' when any replica has a GPU, else theirs; 'cpu' before
+        any has posted)."""
+        import ray
+
+        devices = {r.get("device", "") for r in ray.get(self.board.replicas.remote())}
+        return next((d for d in sorted(devices) if d.startswith("cuda")),
+                    next(iter(sorted(devices - {""})), "cpu"))
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def submit(self, request: JobRequest) -> RayJob:
+        if not isinstance(request, JobRequest):
+            raise TypeError("submit takes a JobRequest")
+        if not isinstance(request.params, GenerationParams):
+            raise TypeError("params must be a GenerationParams")
+        self.local.check_request(request)
+        latents = request.latents
+        if isinstance(latents, (str, Path)):
+            # A path means nothing on another machine: the file travels as its bytes.
+            try:
+                latents = Path(latents).read_bytes()
+            except OSError as exc:
+                raise InputError("latents", f"latents: {latents} could not be read ({exc})") \
+                    from None
+        remote = dataclasses.replace(request, latents=latents, save=False)
+        job = RayJob(self, remote, save=request.save)
+        with self._lock:
+            if len(self._jobs) >= self.replicas + self.queue_size:
+                waiting = len(self._jobs) - self.replicas
+                raise QueueFull(f"the studio is busy: {max(waiting, 0)} jobs are waiting; "
+                                "try again in a moment")
+            self._jobs.append(job)
+        threading.Thread(target=job._follow, args=(self.handle,), name=f"ray-job-{job.id}",
+                         daemon=True).start()
+        return job
+
+    def generate(self, request: JobRequest) -> Result:
+        job = self.submit(request)
+        for _ in job.updates():
+            pass
+        return job.result()
+
+    def _ended(self, job: RayJob) -> None:
+        with self._lock:
+            if job in self._jobs:
+                self._jobs.remove(job)
+
+    def _position(self, job: RayJob) -> int:
+        with self._lock:
+            if job not in self._jobs or job.started:
+                return 0
+            before = self._jobs[:self._jobs.index(job)]
+        return len(before)
+
+    def _write(self, result: Result, owner: str | None) -> None:
+        from ..engine import outputs
+        from ..engine.core import Engine
+
+        folder = outputs.day_folder(self.outputs_dir, owner=owner)
+        for item in result.images:
+            if item.latents is not None:
+                item.path = Engine.write_latents(item, folder)
+            else:
+                item.path = outputs.write_numbered(outputs.png_bytes(item.image, item.infotext),
+                                                   folder, item.seed)
+
+    def cancel_all(self) -> None:
+        with self._lock:
+            jobs = list(self._jobs)
+        for job in jobs:
+            job.cancel()
+
+    def queue_status(self) -> QueueStatus:
+        with self._lock:
+            running = [job for job in self._jobs if job.started]
+            waiting = len(self._jobs) - len(running)
+        return QueueStatus(running=running[0].id if running else None, waiting=waiting,
+                           capacity=self.queue_size)
+
+    def running_job(self) -> RayJob | None:
+        """The earliest-started job running now (several may run, one per replica)."""
+        with self._lock:
+            return next((job for job in self._jobs if job.started), None)
+
+    def running_jobs(self) -> list[RayJob]:
+        with self._lock:
+            return [job for job in self._jobs if job.started]
+
+    def memory_status(self) -> dict:
+        """The front door's machine (each replica's own memory is in cluster_status())."""
+        return self.local.memory_status()
+
+    def cluster_status(self) -> dict:
+        """{"replicas": [{replica, node, gpu, pid, device, model, busy, seen}], "queue":
+        QueueStatus}: what the studio's cluster panel shows."""
+        import ray
+
+        return {"replicas": ray.get(self.board.replicas.remote()),
+                "queue": self.queue_status()}
+
+    # -- listings and checks: the local engine over the same models folder --------------------
+    def models(self) -> list[str]:
+        return self.local.models()
+
+    def list_models(self):
+        return self.local.list_models()
+
+    def list_loras(self) -> list[str]:
+        return self.local.list_loras()
+
+    def list_controlnets(self) -> list[str]:
+        return self.local.list_controlnets()
+
+    def list_ip_adapters(self) -> list[str]:
+        return self.local.list_ip_adapters()
+
+    def list_detectors(self) -> dict[str, str]:
+        return self.local.list_detectors()
+
+    def list_samplers(self) -> list[str]:
+        return self.local.list_samplers()
+
+    def check_model(self, name: str = "") -> str:
+        return self.local.check_model(name)
+
+    def check_adapter(self, kind: str, name: str, field: str, hub: bool = False) -> str:
+        return self.local.check_adapter(kind, name, field, hub=hub)
+
+    def is_tiny(self, name: str = "") -> bool:
+        return self.local.is_tiny(name)
+
+    # -- the resident model -------------------------------------------------------------------
+    def loaded_model(self) -> str | None:
+        """The model the latest job or load used, on whichever replica ran it."""
+        return self._loaded
+
+    def load_model(self, name: str = "") -> str:
+        """Load `name` on a free replica now (it waits for one), so the next job for it starts
+        there at once; its location."""
+        name = (name or "").strip()
+        if name and name not in self.models() and name != self.model:
+            raise InputError("model", f"{name!r} is not one of this studio's models")
+        try:
+            location = self.handle.options(multiplexed_model_id=name or self.model) \
+                .load.remote().result()
+        except Exception as exc:  # noqa: BLE001 - the replica's error, as the engine's
+            raise ModelError(str(exc)) from None
+        self._loaded = location
+        return location
+
+    def unload(self) -> None:
+        """Forget the loaded model here; replicas keep theirs until a job needs another (each
+        holds one, and a job for it is sent there)."""
+        self._loaded = None
+
+    def control_preview(self, picture, preprocessor: str, detector: str = "", low: float = 100,
+                        high: float = 200):
+        """Runs on the front door's machine (a replica is kept for jobs)."""
+        return self.local.control_preview(picture, preprocessor, detector, low, high)
