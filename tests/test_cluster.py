@@ -246,3 +246,54 @@ def test_a_replica_killed_mid_job_fails_that_job_and_the_next_succeeds(api, tmp_
 
 def replica_of_result(result) -> str:
     return result.worker.split()[1]
+
+
+# -- the front doors on the cluster: same page, same API, same pictures --------------------------
+def test_the_rest_api_on_the_cluster_gives_the_in_process_engines_picture(api, engine, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from tests.test_api import info_of, picture, scripting_img2img
+    from webui import presets
+    from webui.api.app import create_app
+    from webui.api.service import ApiService
+
+    init = Image.new("RGB", (64, 96), (200, 60, 30))
+    body = scripting_img2img(init, steps=3, seed=11)
+    answers = []
+    for each in (api, engine):
+        client = TestClient(create_app(ApiService(each, presets.PresetStore(tmp_path / "p"))),
+                            raise_server_exceptions=False)
+        response = client.post("/sdapi/v1/img2img", json=body)
+        assert response.status_code == 200, response.text
+        answers.append(response)
+    remote, here = (picture(a.json()["images"][0]) for a in answers)
+    assert remote.size == (64, 96) and remote.tobytes() == here.tobytes()
+    assert info_of(answers[0])["infotexts"] == info_of(answers[1])["infotexts"]
+
+
+def test_the_studio_on_the_cluster_generates_and_shows_the_cluster_tab(api):
+    from webui.ui import cluster_panel
+    from webui.ui.handlers import Session, Studio
+
+    studio = Studio(api)
+    views = list(studio.generate(Session(), Image.new("RGB", (96, 64), (20, 90, 200)),
+                                 steps=3, strength=0.5, seed=4))
+    assert "Done" in views[-1].status
+    saved = list(api.outputs_dir.rglob("*.png"))
+    assert len(saved) == 1  # written here, by the front door
+    table = cluster_panel.table(api)
+    assert table.startswith(f"**{REPLICAS} replicas**") and table.count("| idle |") == REPLICAS
+
+
+def test_a_replica_whose_model_fails_to_load_reports_it_and_keeps_serving(api):
+    from webui.engine import ModelError
+
+    broken = api.models_dir / "Stable-diffusion" / "broken.safetensors"
+    broken.parent.mkdir(parents=True, exist_ok=True)
+    broken.write_bytes(b"not a checkpoint")
+    try:
+        with pytest.raises(ModelError):
+            api.generate(request(model="broken.safetensors"))
+        assert api.generate(request()).images
+    finally:
+        broken.unlink()

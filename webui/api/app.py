@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from ..engine import InputError, ModelError, OutOfMemory, QueueFull
+from ..engine import InputError, ModelError, OutOfMemory, QueueFull, WorkerLost
 from ..params import ParamsError
 from .access import Access, Caller, Denied
 from .schema import (ImageResponse, Img2ImgBody, OptionsBody, PngInfoBody, PngInfoResponse,
@@ -101,6 +101,8 @@ def handle(exc: Exception, redact: Callable[[str], str] = str) -> JSONResponse:
         return _error(503, "Busy", redact(str(exc)), headers={"Retry-After": "5"})
     if isinstance(exc, OutOfMemory):
         return _error(503, "OutOfMemory", redact(str(exc)))
+    if isinstance(exc, WorkerLost):
+        return _error(503, "WorkerLost", redact(str(exc)), headers={"Retry-After": "5"})
     log.exception("API request failed", exc_info=exc)
     return _error(500, type(exc).__name__, "the server failed on this request; the details "
                   "are in its log")

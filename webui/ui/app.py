@@ -11,7 +11,8 @@ import gradio as gr
 
 from .. import params as P
 from .. import schedulers
-from . import adapters_panel, handlers, loopback_panel, model_download, presets_panel, xy
+from . import (adapters_panel, cluster_panel, handlers, loopback_panel, model_download,
+               presets_panel, xy)
 from .handlers import Session, Studio
 
 # Below 1 the library turns classifier-free guidance off entirely, so the slider starts where the
@@ -98,10 +99,12 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
     PresetStore (default: the shipped presets and ./user-presets).
 
     gpu_concurrency: how many GPU events Gradio hands to the engine at once. The engine runs one
-    job at a time and reports queue positions itself, so this is its queue plus the running job.
+    job at a time (a cluster one per replica) and reports queue positions itself, so this is its
+    queue plus the running jobs.
     """
     engine = studio.engine
-    gpu = gpu_concurrency or engine.queue_size + 1
+    # A cluster runs one job per replica at once; the in-process engine one.
+    gpu = gpu_concurrency or engine.queue_size + getattr(engine, "replicas", 1)
     seed_lo, seed_hi = P.field_range("seed")
     _, size_hi = P.field_range("width")
 
@@ -309,6 +312,9 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
                 xy_grid = gr.Image(label="X/Y plot", interactive=False, format="png",
                                    elem_id="xy-grid")
                 xy_path = gr.Textbox(label="File", interactive=False, elem_id="xy-path")
+
+            if hasattr(engine, "cluster_status"):  # served by Ray Serve replicas (--cluster)
+                cluster_panel.add(engine)
 
         controls = [model, prompt, negative, strength, cfg, steps, seed, scheduler, width, height,
                     resize_mode, batch_count, batch_size]

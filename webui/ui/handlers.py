@@ -29,7 +29,7 @@ from .. import params as P
 from .. import xyplot
 from ..engine import (CHECKPOINTS_SUBDIR, CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, AdapterError,
                       Cancelled, ImageResult, InputError, Inputs, JobRequest, ModelError,
-                      OutOfMemory, Progress, QueueFull, Result)
+                      OutOfMemory, Progress, QueueFull, Result, WorkerLost)
 from ..params import MODES
 from . import loopback as loopback_loop
 from . import xy
@@ -278,6 +278,9 @@ class Studio(RequestBuilder, PngInfoHandlers):
         except OutOfMemory as exc:
             text = str(exc)
             raise _error(text[:1].upper() + text[1:], title="Out of GPU memory") from None
+        except WorkerLost as exc:
+            text = str(exc)
+            raise _error(text[:1].upper() + text[1:], title="GPU worker stopped") from None
         except Exception as exc:  # noqa: BLE001 - a library failure must still reach the artist
             log.exception("job %s failed", job.id)
             raise _error(self._unplaced(f"The job failed ({type(exc).__name__}: {exc}). The "

@@ -64,6 +64,20 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--user-presets", metavar="DIR", default=DEFAULT_USER_PRESETS,
                        help="folder of saved presets; with a login, each user gets a folder "
                        f"inside it (default: {DEFAULT_USER_PRESETS})")
+    cluster = parser.add_argument_group(
+        "cluster", "serve jobs from Ray Serve replicas, one GPU each (needs the cluster extra: "
+        "pip install 'img2img-webui[cluster]')")
+    cluster.add_argument("--cluster", metavar="local|ADDRESS", default=None,
+                         help="'local' starts Ray on this machine; a Ray address "
+                         "(ray://HOST:10001 or HOST:6379) joins a running cluster")
+    cluster.add_argument("--replicas", type=int, default=1,
+                         help="diffusion replicas, one GPU each (default 1)")
+    cluster.add_argument("--min-replicas", type=int, default=None,
+                         help="with --max-replicas: scale between the two on queued jobs")
+    cluster.add_argument("--max-replicas", type=int, default=None,
+                         help="the most replicas autoscaling may start")
+    cluster.add_argument("--replica-gpus", type=float, default=None,
+                         help="GPUs per replica (default: 1 when the cluster has GPUs, else 0)")
     api = parser.add_argument_group("REST API", "the /sdapi/v1 API the established Stable "
                                     "Diffusion clients speak")
     api.add_argument("--api", action="store_true",
@@ -337,21 +351,30 @@ def run(args: argparse.Namespace) -> int:
         outputs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         return _fail(f"--outputs-dir: {outputs_dir} could not be created ({exc})")
-    engine = Engine(models_dir=args.models_dir, outputs_dir=outputs_dir, model=args.model or "",
-                    queue_size=args.queue_size, compile=getattr(args, "compile", "auto"))
+    if getattr(args, "cluster", None):
+        try:
+            engine = _cluster_engine(args, outputs_dir)
+        except LaunchError as exc:
+            return _fail(str(exc))
+    else:
+        engine = Engine(models_dir=args.models_dir, outputs_dir=outputs_dir,
+                        model=args.model or "", queue_size=args.queue_size,
+                        compile=getattr(args, "compile", "auto"))
     try:
         engine.check_model()
     except ModelError as exc:
+        _stop(engine)
         return _fail(f"--model: {exc}")
     # One record of failed logins for the page and the API: guesses cannot alternate.
     throttle = Throttle()
-    _start_compiling(engine)
+    if hasattr(engine, "warm_compile"):  # replicas compile their own UNets
+        _start_compiling(engine)
     if setup.alone:
         try:
             return _serve_api_alone(api_app(engine, store, setup, args, throttle), host,
                                     args.port)
         finally:
-            engine.cancel_all()
+            _stop(engine)
 
     from . import handlers, presets_panel
     from .app import build
@@ -360,11 +383,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {handlers.tiny_notice(engine)}", file=sys.stderr, flush=True)
     startup = presets_panel.Startup(preset, preset_params) if preset is not None else None
     demo = build(handlers.Studio(engine), initial=startup, presets=store)
-    demo.queue(max_size=args.queue_size)
+    # The waiting jobs plus the running ones (one per replica on a cluster).
+    demo.queue(max_size=args.queue_size + getattr(engine, "replicas", 1) - 1)
     try:
         demo.launch(server_name=host, server_port=args.port, share=args.share,
                     **launch_options(users, throttle))
     except OSError as exc:
+        _stop(engine)
         return _fail(f"could not serve on {host}:{args.port} ({exc}); pick another --port",
                      EXIT_FAILED)
     if setup.enabled:
@@ -382,5 +407,39 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        engine.cancel_all()
+        _stop(engine)
     return 0
+
+
+def _cluster_engine(args: argparse.Namespace, outputs_dir: Path):
+    """A RayEngine over replicas deployed as --cluster, --replicas ... ask (LaunchError naming
+    the option when they cannot be)."""
+    try:
+        from ..cluster.deploy import ClusterError, ClusterOptions, connect
+    except ImportError:
+        raise LaunchError("--cluster needs the cluster extra: pip install "
+                          "'img2img-webui[cluster]' (Ray Serve)") from None
+    options = ClusterOptions(address=args.cluster, replicas=args.replicas,
+                             min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                             gpus=args.replica_gpus)
+    if args.replicas < 1:
+        raise LaunchError(f"--replicas must be at least 1 (got {args.replicas})")
+    if args.replica_gpus is not None and args.replica_gpus < 0:
+        raise LaunchError(f"--replica-gpus must be 0 or more (got {args.replica_gpus:g})")
+    try:
+        options.bounds()
+        print(f"starting {options.replicas} diffusion replica(s) on the Ray cluster "
+              f"({args.cluster}) ...", file=sys.stderr, flush=True)
+        return connect(options, args.models_dir, outputs_dir, model=args.model or "",
+                       queue_size=args.queue_size, compile=getattr(args, "compile", "auto"))
+    except ClusterError as exc:
+        raise LaunchError(str(exc)) from None
+
+
+def _stop(engine) -> None:
+    """Cancel what runs; a cluster engine also undeploys its replicas (and stops the Ray it
+    started). A replica lets its running job end first, up to its graceful-shutdown time."""
+    engine.cancel_all()
+    shutdown = getattr(engine, "shutdown", None)
+    if shutdown is not None:
+        shutdown()

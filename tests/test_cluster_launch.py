@@ -1,0 +1,82 @@
+"""`python -m webui --cluster local --replicas N` as an artist starts it: the page and the REST
+API served by this process, jobs run on a Ray Serve replica of a Ray instance it started, and
+Ctrl+C stops both. Refused options are refused before Ray starts. Needs the cluster extra."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("ray", reason="the cluster extra is not installed (pip install '.[cluster]')")
+requests = pytest.importorskip("requests")
+
+from tests.serving import free_port  # noqa: E402
+
+pytestmark = pytest.mark.cluster
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def launch(tmp_path, *extra):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "webui", "--models-dir", str(tmp_path / "models"),
+         "--outputs-dir", str(tmp_path / "outputs"), *extra], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--replicas", "0"], "--replicas must be at least 1"),
+    (["--min-replicas", "3", "--max-replicas", "2"], "need 0 <= min <= max"),
+    (["--replica-gpus", "-1"], "--replica-gpus must be 0 or more"),
+])
+def test_bad_cluster_options_are_refused_before_ray_starts(tmp_path, options, message):
+    process = launch(tmp_path, "--cluster", "local", "--port", str(free_port()), *options)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode != 0 and message in out, out
+    assert "starting" not in out  # nothing was started
+
+
+def test_the_studio_and_api_on_a_local_cluster_then_ctrl_c(tmp_path):
+    port = free_port()
+    process = launch(tmp_path, "--cluster", "local", "--replicas", "1", "--api", "--port",
+                     str(port))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                if requests.get(f"{base}/internal/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "the studio did not start"
+            time.sleep(0.5)
+        assert requests.get(base + "/", timeout=10).status_code == 200  # the page
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 64), (200, 60, 30)).save(buffer, format="PNG")
+        body = {"init_images": [base64.b64encode(buffer.getvalue()).decode()], "steps": 2,
+                "seed": 3, "prompt": "a harbour", "save_images": True}
+        answer = requests.post(f"{base}/sdapi/v1/img2img", json=body, timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["images"]) == 1
+        assert len(list((tmp_path / "outputs").rglob("*.png"))) == 1  # saved by this process
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            out, _ = process.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, _ = process.communicate()
+            pytest.fail(f"Ctrl+C did not stop the studio:\n{out}")
+    assert "starting 1 diffusion replica" in out
