@@ -21,7 +21,7 @@ from PIL import Image
 
 from webui import presets
 from webui.api import Access, ApiService, create_app
-from webui.engine import JobRequest
+from webui.engine import Cancelled, JobRequest
 from webui.params import GenerationParams
 
 V1 = "/sdapi/v1"
@@ -724,3 +724,49 @@ def test_the_readme_rest_snippet_runs_against_the_studio_with_the_api(engine, tm
     assert written.size == (512, 512)
     assert "Seed: 42" in written.info["parameters"]
     assert "Sampler: DPM++ 2M, Schedule type: Karras" in written.info["parameters"]
+
+
+# -- a client that goes away ---------------------------------------------------------------------
+def test_a_client_that_disconnects_mid_job_cancels_its_job(engine, tmp_path, init):
+    """Served for real (uvicorn on loopback): the client closes its connection while its job
+    samples; the job is cancelled within a few steps and the engine serves the next one."""
+    import socket
+
+    import uvicorn
+
+    from tests.serving import free_port
+
+    service = ApiService(engine, presets.PresetStore(tmp_path / "presets"))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port,
+                                           log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "the API server did not start"
+        time.sleep(0.05)
+    try:
+        body = json.dumps(scripting_img2img(init, steps=150, denoising_strength=1.0,
+                                            width=192, height=192)).encode()
+        client = socket.create_connection(("127.0.0.1", port))
+        client.sendall(b"POST /sdapi/v1/img2img HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                       b"application/json\r\nContent-Length: " + str(len(body)).encode()
+                       + b"\r\n\r\n" + body)
+        deadline = time.monotonic() + 60
+        while (engine.running_job() is None or engine.running_job().last_progress is None
+               or engine.running_job().last_progress.step < 2):
+            assert time.monotonic() < deadline, "the job never started sampling"
+            time.sleep(0.02)
+        job = engine.running_job()
+        client.close()
+        try:
+            job.result(60)  # an interrupted result, or Cancelled
+        except Cancelled:
+            pass
+        assert job.state == "cancelled"
+        assert job.last_progress.step < 100  # stopped, not run to its 150th step
+    finally:
+        server.should_exit = True
+        thread.join(15)
+    assert engine.generate(JobRequest(GenerationParams(steps=2), init, save=False)).images

@@ -1,6 +1,7 @@
-"""`python -m webui --cluster local --replicas N` as an artist starts it: the page and the REST
-API served by this process, jobs run on a Ray Serve replica of a Ray instance it started, and
-Ctrl+C stops both. Refused options are refused before Ray starts. Needs the cluster extra."""
+"""`python -m webui --cluster local --replicas N` as an artist starts it: a Ray instance, the
+diffusion replicas and the studio's ingress deployment (the page and the REST API through
+Serve's HTTP proxy), and Ctrl+C stops them all. Refused options are refused before Ray starts.
+Needs the cluster extra."""
 
 from __future__ import annotations
 
@@ -56,9 +57,9 @@ def test_the_studio_and_api_on_a_local_cluster_then_ctrl_c(tmp_path):
         while True:
             assert process.poll() is None, process.stdout.read()
             try:
-                if requests.get(f"{base}/internal/ping", timeout=2).status_code == 200:
+                if requests.get(f"{base}/internal/ping", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # the proxy is up before the studio is
                 pass
             assert time.monotonic() < deadline, "the studio did not start"
             time.sleep(0.5)
@@ -79,4 +80,4 @@ def test_the_studio_and_api_on_a_local_cluster_then_ctrl_c(tmp_path):
             process.kill()
             out, _ = process.communicate()
             pytest.fail(f"Ctrl+C did not stop the studio:\n{out}")
-    assert "starting 1 diffusion replica" in out
+    assert "starting 1 diffusion replica(s) and the studio" in out

@@ -12,7 +12,7 @@ for them. A second front door on the same engine interface and the same queue as
 """
 
 from .access import Access, Caller
-from .app import create_app, mount
+from .app import ApiDispatch, create_app, mount
 from .service import ApiService
 
-__all__ = ["Access", "ApiService", "Caller", "create_app", "mount"]
+__all__ = ["Access", "ApiDispatch", "ApiService", "Caller", "create_app", "mount"]

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -26,10 +27,12 @@ from ..params import ParamsError
 from .access import Access, Caller, Denied
 from .schema import (ImageResponse, Img2ImgBody, OptionsBody, PngInfoBody, PngInfoResponse,
                      Txt2ImgBody)
-from .service import ApiService
+from .service import ApiService, ClientWatch
 
 log = logging.getLogger(__name__)
 TITLE = "img2img-webui API"
+# Seconds between looks at a job route's connection (a gone client cancels its jobs).
+WATCH_INTERVAL = 0.25
 # Paths this application serves on the studio's port (everything else is the studio's).
 PREFIXES = ("/sdapi/", "/internal/", "/controlnet/")
 EXACT = ("/docs", "/docs/", "/openapi.json")
@@ -146,17 +149,33 @@ def create_app(service: ApiService, access: Access | None = None,
                 return handle(exc, service.redact)
         return run
 
+    async def watched(request: Request, work: Callable[[ClientWatch], Any]):
+        """`work` in the thread pool while the connection is watched: a client that goes away
+        (or a proxy in front that cancels the request) cancels the request's jobs, so a
+        closed client never keeps the GPU."""
+        watch = ClientWatch()
+        task = asyncio.ensure_future(run_in_threadpool(guard(work), watch))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=WATCH_INTERVAL)
+                if done:
+                    return task.result()
+                if await request.is_disconnected():
+                    watch.leave()
+                    return await task
+        except asyncio.CancelledError:
+            watch.leave()
+            raise
+
     v1 = "/sdapi/v1"
 
-    @guard
-    def txt2img(body: Txt2ImgBody, who: Caller = Depends(caller)) -> dict:
+    async def txt2img(request: Request, body: Txt2ImgBody, who: Caller = Depends(caller)):
         """Make pictures from a prompt (the resident model's text-to-image pipeline)."""
-        return service.txt2img(body, who)
+        return await watched(request, lambda watch: service.txt2img(body, who, watch))
 
-    @guard
-    def img2img(body: Img2ImgBody, who: Caller = Depends(caller)) -> dict:
+    async def img2img(request: Request, body: Img2ImgBody, who: Caller = Depends(caller)):
         """Transform a picture (inpaint it with `mask`)."""
-        return service.img2img(body, who)
+        return await watched(request, lambda watch: service.img2img(body, who, watch))
 
     @guard
     def progress(skip_current_image: bool = False, who: Caller = Depends(caller)) -> dict:

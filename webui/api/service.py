@@ -95,8 +95,13 @@ class ApiService:
         return self.store.for_user(caller.user) if self.per_user_styles else self.store
 
     # -- jobs ----------------------------------------------------------------------------
-    def _run(self, request: JobRequest, caller: Caller, kind: str) -> Result:
+    def _run(self, request: JobRequest, caller: Caller, kind: str,
+             watch: "ClientWatch | None" = None) -> Result:
+        if watch is not None and watch.gone:
+            raise Cancelled("the client went away before the job started")
         handle = self.engine.submit(request)  # QueueFull: the routes answer 503
+        if watch is not None:
+            watch.add(handle)
         with self._lock:
             self._jobs[handle.id] = _ApiJob(handle, caller, kind)
         try:
@@ -107,14 +112,18 @@ class ApiService:
             with self._lock:
                 self._jobs.pop(handle.id, None)
 
-    def img2img(self, body: Img2ImgBody, caller: Caller) -> dict:
+    def img2img(self, body: Img2ImgBody, caller: Caller,
+                watch: "ClientWatch | None" = None) -> dict:
+        """watch: the request's ClientWatch (its jobs are cancelled if the client goes)."""
         started = time.time()
         request = convert.img2img_request(self.engine, body, self.checkpoint,
                                           self.styles(caller), caller.owner)
-        result = self._finish(body, self._safe_run(request, caller, "img2img"))
+        result = self._finish(body, self._safe_run(request, caller, "img2img", watch))
         return self._respond(body, result, started)
 
-    def txt2img(self, body: Txt2ImgBody, caller: Caller) -> dict:
+    def txt2img(self, body: Txt2ImgBody, caller: Caller,
+                watch: "ClientWatch | None" = None) -> dict:
+        """watch: as for img2img (the hires pass too)."""
         started = time.time()
         request = convert.txt2img_request(self.engine, body, self.checkpoint,
                                           self.styles(caller), caller.owner)
@@ -123,9 +132,9 @@ class ApiService:
             # Checked before the first pass, so a bad hires setting costs no sampling.
             convert.hires_requests(self.engine, body, _placeholder(request),
                                    self.styles(caller), caller.owner)
-        result = self._safe_run(request, caller, "txt2img")
+        result = self._safe_run(request, caller, "txt2img", watch)
         if body.enable_hr and result.images and not result.interrupted:
-            passes = [self._safe_run(second, caller, "img2img") for second in
+            passes = [self._safe_run(second, caller, "img2img", watch) for second in
                       convert.hires_requests(self.engine, body, result, self.styles(caller),
                                              caller.owner)]
             last = passes[-1]
@@ -138,9 +147,10 @@ class ApiService:
         result = self._finish(body, result)
         return self._respond(body, result, started, extra)
 
-    def _safe_run(self, request: JobRequest, caller: Caller, kind: str) -> Result:
+    def _safe_run(self, request: JobRequest, caller: Caller, kind: str,
+                  watch: "ClientWatch | None" = None) -> Result:
         try:
-            return self._run(request, caller, kind)
+            return self._run(request, caller, kind, watch)
         except Cancelled as exc:
             # Interrupted before any picture: an empty answer, as the clients expect.
             return Result(images=[], params=request.params, seed=request.params.seed,
@@ -344,3 +354,28 @@ def _placeholder(request: JobRequest) -> Result:
     return Result(images=[], params=params, seed=params.seed, width=width, height=height,
                   effective_steps=0, model=params.model, elapsed=0.0)
 
+
+
+class ClientWatch:
+    """The jobs one API request started, so that a client that goes away (closed its
+    connection) cancels them: the route watches the connection and calls leave(); a job the
+    request would start after that is not started."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.gone = False
+        self._jobs: list = []
+
+    def add(self, handle) -> None:
+        with self._lock:
+            self._jobs.append(handle)
+            gone = self.gone
+        if gone:
+            handle.cancel()
+
+    def leave(self) -> None:
+        with self._lock:
+            self.gone = True
+            jobs = list(self._jobs)
+        for handle in jobs:
+            handle.cancel()

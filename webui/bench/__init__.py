@@ -14,7 +14,8 @@ a real checkpoint, no download) on CUDA, and tiny-random at 64x64 and 128x128 on
 under a minute). `--cold` also times a fresh process to its first image, with an empty and then
 with a warm compile cache. `--compile on|off|auto` picks the engine's compiled UNet (auto: on
 for CUDA); with it on, the warm-up includes each size's compile. The text parsers are timed on 1 MB of adversarial text each
-(`--parsers-only` for those alone).
+(`--parsers-only` for those alone). `--cluster local --replicas N` measures the cluster
+engine's throughput instead (cluster.py).
 """
 
 from __future__ import annotations
@@ -275,6 +276,13 @@ def arguments(argv: list[str] | None):
     parser.add_argument("--parsers-only", action="store_true",
                         help="only time the text parsers on adversarial input (no model)")
     parser.add_argument("--first-image", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cluster", metavar="local|ADDRESS",
+                        help="measure the cluster engine's throughput instead (cluster.py): "
+                        "images per minute for 1, 2 and 4 replicas up to --replicas")
+    parser.add_argument("--replicas", type=_positive, default=2,
+                        help="with --cluster: the largest replica count (default 2)")
+    parser.add_argument("--burst", type=_positive, default=4,
+                        help="with --cluster: jobs submitted at once per replica (default 4)")
     return parser.parse_args(argv)
 
 
@@ -292,6 +300,14 @@ def main(argv: list[str] | None = None) -> int:
               "all_within_budget": all(case["within_budget"] for case in cases)})
         if args.parsers_only:
             return _write(lines, args.out)
+
+    if args.cluster:
+        from . import cluster
+
+        model = (args.model or ["tiny-random"])[0]
+        size = (args.size or default_sizes(model))[0]
+        cluster.run(args.cluster, args.replicas, model, size, args.steps, args.burst, emit)
+        return _write(lines, args.out)
 
     from ..engine import Engine
 

@@ -73,24 +73,17 @@ def _init_ray(address: str, object_store_mb: int) -> bool:
     return True
 
 
-def connect(options: ClusterOptions, models_dir, outputs_dir, model: str = "",
-            queue_size: int = 16, device: str | None = None, compile: str = "auto",
-            max_pixels: int | None = None):
-    """Deploy the replicas and return a RayEngine over them (its `shutdown()` undeploys and,
-    when this call started Ray, stops it)."""
+def _diffusion(options: ClusterOptions, models_dir: Path, model: str, queue_size: int,
+               device: str | None, compile: str, max_pixels: int | None):
+    """(the diffusion deployment bound to its arguments, the board actor, its name, the most
+    replicas) on a connected Ray. Keep the board's handle: the board lives while one does."""
     import ray
     from ray import serve
 
-    from ..engine.core import Engine
     from .board import Board
-    from .engine import RayEngine
     from .replica import DiffusionReplica
 
     lo, hi = options.bounds()
-    models_dir = Path(models_dir).expanduser().resolve()
-    local = Engine(models_dir=models_dir, outputs_dir=outputs_dir, model=model,
-                   queue_size=queue_size, compile="off", device="cpu")
-    started = _init_ray(options.address, options.object_store_mb)
     gpus = options.gpus
     if gpus is None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
@@ -111,25 +104,97 @@ def connect(options: ClusterOptions, models_dir, outputs_dir, model: str = "",
         health_check_period_s=10.0, health_check_timeout_s=60.0,
         graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S, graceful_shutdown_wait_loop_s=1.0,
         **scaling)
-    app = deployment.bind(str(models_dir), local.model, board_name, device, compile,
-                          max_pixels)
-    try:
-        serve.start(proxy_location="Disabled")
-        handle = serve.run(app, name=APP_NAME, route_prefix=None)
-    except Exception as exc:  # noqa: BLE001
-        if started:
-            ray.shutdown()
-        raise ClusterError(f"the diffusion replicas could not be deployed ({exc})") from None
-    engine = RayEngine(handle, board, local, replicas=hi, queue_size=queue_size)
+    bound = deployment.bind(str(models_dir), model, board_name, device, compile, max_pixels)
+    return bound, board, board_name, hi
 
+
+def _stopper(started: bool):
     def shutdown() -> None:
-        engine.cancel_all()
+        import ray
+        from ray import serve
+
         try:
             serve.delete(APP_NAME)
             serve.shutdown()
         finally:
             if started:
                 ray.shutdown()
+    return shutdown
+
+
+def connect(options: ClusterOptions, models_dir, outputs_dir, model: str = "",
+            queue_size: int = 16, device: str | None = None, compile: str = "auto",
+            max_pixels: int | None = None):
+    """Deploy the replicas and return a RayEngine over them in this process (tests, the
+    benchmark, code of your own; its `shutdown()` undeploys and, when this call started Ray,
+    stops it)."""
+    import ray
+    from ray import serve
+
+    from ..engine.core import Engine
+    from .engine import RayEngine
+
+    models_dir = Path(models_dir).expanduser().resolve()
+    local = Engine(models_dir=models_dir, outputs_dir=outputs_dir, model=model,
+                   queue_size=queue_size, compile="off", device="cpu")
+    started = _init_ray(options.address, options.object_store_mb)
+    bound, board, _, hi = _diffusion(options, models_dir, local.model, queue_size, device,
+                                     compile, max_pixels)
+    try:
+        serve.start(proxy_location="Disabled")
+        handle = serve.run(bound, name=APP_NAME, route_prefix=None)
+    except Exception as exc:  # noqa: BLE001
+        if started:
+            ray.shutdown()
+        raise ClusterError(f"the diffusion replicas could not be deployed ({exc})") from None
+    engine = RayEngine(handle, board, local, replicas=hi, queue_size=queue_size)
+    stop = _stopper(started)
+
+    def shutdown() -> None:
+        engine.cancel_all()
+        stop()
 
     engine.shutdown = shutdown
     return engine
+
+
+@dataclass
+class Served:
+    """The studio served on the cluster; shutdown() undeploys it (and stops the Ray that
+    serve_studio started)."""
+
+    shutdown: object
+    board: object = None  # held so that the board lives as long as the studio
+
+
+def serve_studio(options: ClusterOptions, args, host: str, users, setup, outputs_dir) -> Served:
+    """Deploy the diffusion replicas and the studio's ingress (ingress.py) as one Serve
+    application, served by Serve's HTTP proxy on the head node at host:args.port."""
+    from ray import serve
+
+    from .ingress import StudioIngress
+
+    models_dir = Path(args.models_dir).expanduser().resolve()
+    args.models_dir = str(models_dir)
+    started = _init_ray(options.address, options.object_store_mb)
+    try:
+        from ..engine.core import Engine
+
+        model = Engine(models_dir=models_dir, outputs_dir=outputs_dir, model=args.model or "",
+                       compile="off").model
+        bound, board, board_name, hi = _diffusion(options, models_dir, model,
+                                           args.queue_size, None,
+                                           getattr(args, "compile", "auto"), None)
+        ingress = serve.deployment(
+            StudioIngress, name="studio", num_replicas=1,
+            # On the head node, where the outputs and presets folders are; no CPU reserved
+            # (it waits on the replicas) and room for every open page's connections.
+            ray_actor_options={"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}},
+            max_ongoing_requests=1000, graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S)
+        app = ingress.bind(bound, board_name, hi, args, users, setup, str(outputs_dir))
+        serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": args.port})
+        serve.run(app, name=APP_NAME, route_prefix="/")
+    except Exception as exc:  # noqa: BLE001 - Ray's and the studio's reasons, said once
+        _stopper(started)()
+        raise ClusterError(f"the studio could not be deployed on the cluster ({exc})") from None
+    return Served(_stopper(started), board)

@@ -451,6 +451,8 @@ class Studio(RequestBuilder, PngInfoHandlers):
         p = result.params
         head = (f"seed {result.seed} · {result.width}×{result.height} · effective steps "
                 f"{result.effective_steps} ({p.steps} × {p.strength:g}) · {result.elapsed:.1f} s")
+        if result.worker:  # a cluster replica ran it
+            head += f" · {result.worker}"
         if result.interrupted:
             where = f" at step {last.step}/{last.total}" if last.stage == "sampling" else ""
             text = (f"**Interrupted**{where}: {n} partly finished image{'s' * (n != 1)} shown, "

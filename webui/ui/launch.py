@@ -352,29 +352,22 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"--outputs-dir: {outputs_dir} could not be created ({exc})")
     if getattr(args, "cluster", None):
-        try:
-            engine = _cluster_engine(args, outputs_dir)
-        except LaunchError as exc:
-            return _fail(str(exc))
-    else:
-        engine = Engine(models_dir=args.models_dir, outputs_dir=outputs_dir,
-                        model=args.model or "", queue_size=args.queue_size,
-                        compile=getattr(args, "compile", "auto"))
+        return _serve_on_cluster(args, host, users, setup, outputs_dir)
+    engine = Engine(models_dir=args.models_dir, outputs_dir=outputs_dir, model=args.model or "",
+                    queue_size=args.queue_size, compile=getattr(args, "compile", "auto"))
     try:
         engine.check_model()
     except ModelError as exc:
-        _stop(engine)
         return _fail(f"--model: {exc}")
     # One record of failed logins for the page and the API: guesses cannot alternate.
     throttle = Throttle()
-    if hasattr(engine, "warm_compile"):  # replicas compile their own UNets
-        _start_compiling(engine)
+    _start_compiling(engine)
     if setup.alone:
         try:
             return _serve_api_alone(api_app(engine, store, setup, args, throttle), host,
                                     args.port)
         finally:
-            _stop(engine)
+            engine.cancel_all()
 
     from . import handlers, presets_panel
     from .app import build
@@ -383,13 +376,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {handlers.tiny_notice(engine)}", file=sys.stderr, flush=True)
     startup = presets_panel.Startup(preset, preset_params) if preset is not None else None
     demo = build(handlers.Studio(engine), initial=startup, presets=store)
-    # The waiting jobs plus the running ones (one per replica on a cluster).
-    demo.queue(max_size=args.queue_size + getattr(engine, "replicas", 1) - 1)
+    demo.queue(max_size=args.queue_size)
     try:
         demo.launch(server_name=host, server_port=args.port, share=args.share,
                     **launch_options(users, throttle))
     except OSError as exc:
-        _stop(engine)
         return _fail(f"could not serve on {host}:{args.port} ({exc}); pick another --port",
                      EXIT_FAILED)
     if setup.enabled:
@@ -407,39 +398,103 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        _stop(engine)
+        engine.cancel_all()
     return 0
 
 
-def _cluster_engine(args: argparse.Namespace, outputs_dir: Path):
-    """A RayEngine over replicas deployed as --cluster, --replicas ... ask (LaunchError naming
-    the option when they cannot be)."""
+def front_door(engine, args: argparse.Namespace, users: list[tuple[str, str]],
+               setup: ApiSetup):
+    """The studio page and (with --api) the REST API as one ASGI app, for a server other than
+    the page's own launch(): the cluster's ingress deployment serves it. The same page, login,
+    login throttle, served files, upload limit and API as run() serves; no --share tunnel."""
+    import gradio as gr
+    from fastapi import FastAPI
+
+    from ..api import ApiDispatch
+    from . import handlers, presets_panel
+    from .app import build
+    from .logins import Throttle
+
+    store, preset, preset_params = preset_setup(args)
+    throttle = Throttle()
+    if setup.alone:
+        return api_app(engine, store, setup, args, throttle)
+    startup = presets_panel.Startup(preset, preset_params) if preset is not None else None
+    demo = build(handlers.Studio(engine), initial=startup, presets=store)
+    # The waiting jobs plus the running ones (one per replica).
+    demo.queue(max_size=args.queue_size + getattr(engine, "replicas", 1) - 1)
+    options = launch_options(users, throttle)
+    options.pop("prevent_thread_lock")
+    page = gr.mount_gradio_app(FastAPI(), demo, path="", **options)
+    if setup.enabled:
+        return ApiDispatch(api_app(engine, store, setup, args, throttle), page)
+    return page
+
+
+def cluster_options(args: argparse.Namespace):
+    """The --cluster options, checked (LaunchError naming the option), as ClusterOptions."""
     try:
-        from ..cluster.deploy import ClusterError, ClusterOptions, connect
+        from ..cluster.deploy import ClusterError, ClusterOptions
     except ImportError:
         raise LaunchError("--cluster needs the cluster extra: pip install "
                           "'img2img-webui[cluster]' (Ray Serve)") from None
-    options = ClusterOptions(address=args.cluster, replicas=args.replicas,
-                             min_replicas=args.min_replicas, max_replicas=args.max_replicas,
-                             gpus=args.replica_gpus)
+    if args.share:
+        raise LaunchError("--share is not available with --cluster (the cluster's HTTP proxy "
+                          "serves the studio): use --listen with --auth, behind your own "
+                          "tunnel or reverse proxy")
     if args.replicas < 1:
         raise LaunchError(f"--replicas must be at least 1 (got {args.replicas})")
     if args.replica_gpus is not None and args.replica_gpus < 0:
         raise LaunchError(f"--replica-gpus must be 0 or more (got {args.replica_gpus:g})")
+    options = ClusterOptions(address=args.cluster, replicas=args.replicas,
+                             min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                             gpus=args.replica_gpus)
     try:
         options.bounds()
-        print(f"starting {options.replicas} diffusion replica(s) on the Ray cluster "
-              f"({args.cluster}) ...", file=sys.stderr, flush=True)
-        return connect(options, args.models_dir, outputs_dir, model=args.model or "",
-                       queue_size=args.queue_size, compile=getattr(args, "compile", "auto"))
     except ClusterError as exc:
         raise LaunchError(str(exc)) from None
+    return options
 
 
-def _stop(engine) -> None:
-    """Cancel what runs; a cluster engine also undeploys its replicas (and stops the Ray it
-    started). A replica lets its running job end first, up to its graceful-shutdown time."""
-    engine.cancel_all()
-    shutdown = getattr(engine, "shutdown", None)
-    if shutdown is not None:
-        shutdown()
+def _serve_on_cluster(args: argparse.Namespace, host: str, users: list[tuple[str, str]],
+                      setup: ApiSetup, outputs_dir: Path) -> int:
+    """--cluster: the diffusion replicas and the studio's ingress deployment on Ray Serve,
+    served by Serve's HTTP proxy on --host and --port, until Ctrl+C or SIGTERM (a replica then
+    lets its running job finish, up to its graceful-shutdown time)."""
+    import signal
+    import threading
+
+    from ..engine import Engine, ModelError
+
+    try:
+        options = cluster_options(args)
+        preset_setup(args)  # refused here, before anything starts
+    except LaunchError as exc:
+        return _fail(str(exc))
+    try:
+        Engine(models_dir=args.models_dir, outputs_dir=outputs_dir, model=args.model or "",
+               compile="off").check_model()
+    except ModelError as exc:
+        return _fail(f"--model: {exc}")
+    from ..cluster.deploy import ClusterError, serve_studio
+
+    print(f"starting {options.bounds()[0]} diffusion replica(s) and the studio on the Ray "
+          f"cluster ({args.cluster}) ...", file=sys.stderr, flush=True)
+    try:
+        served = serve_studio(options, args, host, users, setup, outputs_dir)
+    except ClusterError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    what = "REST API" if setup.alone else "studio"
+    print(f"{what} on http://{host}:{args.port}/ (jobs on the cluster's replicas)",
+          file=sys.stderr, flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping the studio and its replicas ...", file=sys.stderr, flush=True)
+        served.shutdown()
+    return 0
