@@ -81,3 +81,29 @@ def test_the_studio_and_api_on_a_local_cluster_then_ctrl_c(tmp_path):
             out, _ = process.communicate()
             pytest.fail(f"Ctrl+C did not stop the studio:\n{out}")
     assert "starting 1 diffusion replica(s) and the studio" in out
+
+
+def test_the_cluster_benchmark_measures_each_replica_count(tmp_path):
+    """`python -m webui.bench --cluster local` as the README runs it, small: one JSON line per
+    replica count with its throughput and scaling (the figures themselves are read, not
+    judged, here)."""
+    import json
+
+    out = tmp_path / "bench.jsonl"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
+           "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-m", "webui.bench", "--cluster", "local",
+                           "--replicas", "2", "--steps", "10", "--burst", "1", "--size", "64x64",
+                           "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    counts = [line for line in lines if "cluster" in line]
+    assert [line["replicas"] for line in counts] == [1, 2]
+    for line in counts:
+        # One job per replica at once, each long enough to overlap: every replica took one.
+        assert line["jobs"] == line["replicas"] and line["replicas_used"] == line["replicas"]
+        assert line["images_per_min"] > 0 and line["seconds"] > 0
+        assert abs(line["efficiency"] - line["scaling"] / line["replicas"]) < 0.002
+    assert counts[0]["scaling"] == 1.0
