@@ -5,8 +5,11 @@ placement is exercised though the replicas run tiny-random on the CPU.
 Shown: two replicas on two "GPUs" on two nodes; two jobs at the same time on different
 replicas; model affinity; progress and previews arrive; Interrupt stops a remote job within a
 few steps; killing a replica's process mid-job fails that job clearly, nothing is written for
-it, and the next job succeeds; a full queue answers busy; the engine-interface tests pass
-against RayEngine as against the in-process engine; files are written by the front door.
+it, and the next job succeeds; a full queue answers busy; the engine suite's interface tests
+(tests/test_engine.py and tests/test_engine_interface.py, through their `api` and `fresh_api`
+fixtures) pass against RayEngine as against the in-process engine; files are written by the
+front door; the REST API and the studio's handlers on the cluster give the in-process
+engine's pictures.
 
 Needs the cluster extra (pip install ".[cluster]"); the README's test command installs it.
 """
@@ -35,6 +38,17 @@ from tests.test_engine_interface import (  # noqa: E402
     test_latents_travel_as_bytes, test_listings_and_queue_status,
     test_names_outside_the_models_folder_are_refused,
     test_the_in_process_engine_implements_the_protocol)
+
+import inspect  # noqa: E402
+
+from tests import test_engine as engine_tests  # noqa: E402
+
+# The engine suite's tests written against the interface alone (their `api` and `fresh_api`
+# fixtures), collected here too so that they run against RayEngine.
+ENGINE_SUITE = {name: test for name, test in vars(engine_tests).items()
+                if name.startswith("test_") and callable(test)
+                and {"api", "fresh_api"} & set(inspect.signature(test).parameters)}
+globals().update(ENGINE_SUITE)
 
 REUSED = (test_a_refused_request_leaves_no_file,
           test_a_request_is_plain_data_and_runs_after_a_round_trip, test_latents_travel_as_bytes,
@@ -78,6 +92,22 @@ def api(cluster, tmp_path) -> EngineAPI:
     cluster.outputs_dir = tmp_path / "outputs"
     yield cluster
     settle(cluster)
+
+
+@pytest.fixture
+def fresh_api(cluster, tmp_path) -> EngineAPI:
+    """As `api`, for an engine that has loaded no model yet: a second RayEngine over the same
+    replicas (which may hold models from earlier tests; what it loads is what it reports)."""
+    from webui.cluster.engine import RayEngine
+    from webui.engine.core import Engine
+
+    settle(cluster)
+    local = Engine(models_dir=cluster.models_dir, outputs_dir=tmp_path / "outputs",
+                   compile="off", device="cpu")
+    engine = RayEngine(cluster.handle, cluster.board, local, replicas=cluster.replicas,
+                       queue_size=cluster.queue_size)
+    yield engine
+    settle(engine)
 
 
 def settle(engine, timeout: float = 60) -> None:

@@ -107,12 +107,13 @@ class DiffusionReplica:
     # -- models -------------------------------------------------------------------------------
     @serve.multiplexed(max_num_models_per_replica=1)
     async def _model(self, model_id: str) -> str:
-        # The engine keeps its previous model when this one fails to load.
-        return await asyncio.to_thread(self.engine.load_model, model_id)
+        # The engine keeps its previous model when this one fails to load. Any name a job may
+        # use: the front door applied the path policy before the job left it.
+        return await asyncio.to_thread(self.engine.load_model, model_id, False)
 
     async def load(self) -> str:
         """Load the request's model now (the studio's model switch); its location."""
-        location = await self._model(serve.get_multiplexed_model_id())
+        location = await self._model(serve.get_multiplexed_model_id() or self.engine.model)
         self.post()
         return location
 
@@ -128,8 +129,11 @@ class DiffusionReplica:
         job = None
         try:
             try:
-                await self._model(serve.get_multiplexed_model_id() or self.engine.model)
-                yield ("loaded", self.engine.loaded_model() or "")
+                if request.task == "txt2img" or request.params.effective_steps >= 1:
+                    # A job with nothing to denoise returns its init image and loads nothing,
+                    # as in the in-process engine.
+                    await self._model(serve.get_multiplexed_model_id() or self.engine.model)
+                    yield ("loaded", self.engine.loaded_model() or "")
                 job = self.engine.submit(request)
             except Exception as exc:  # noqa: BLE001 - reported to the front door; keep serving
                 yield error_parts(exc)

@@ -342,12 +342,14 @@ class Engine:
             out.write(latents)
         return Path(name)
 
-    def load_model(self, name: str = "") -> str:
+    def load_model(self, name: str = "", listed_only: bool = True) -> str:
         """Load `name` (a listed model; default: the studio's model) now, between jobs, so the
         next job starts at once; the resolved model's location. ModelError when it cannot be
-        loaded (the resident model stays), InputError for a name that is not listed."""
+        loaded (the resident model stays), InputError for a name that is not listed.
+        listed_only=False: any name a job may use (a cluster replica loads a job's model
+        before the job; its front door has already applied the path policy)."""
         name = (name or "").strip()
-        if name and name not in self.models() and name != self.model:
+        if listed_only and name and name not in self.models() and name != self.model:
             raise InputError("model", f"{name!r} is not one of this studio's models")
         with self._device_lock:  # between jobs, never beside one
             self.pipeline(name)
