@@ -173,11 +173,12 @@ def _missing_file(args: argparse.Namespace) -> str | None:
 
 
 def _engine(args: argparse.Namespace, params: P.GenerationParams):
-    from .engine import Engine
+    from .engine import Engine, Limits
 
+    # The machine's own user, not sharing the GPU: only the settings' own ranges apply.
     engine = Engine(models_dir=args.models_dir, outputs_dir=args.outputs_dir,
                     model=params.model, device=args.device,
-                    compile=getattr(args, "compile", "auto"))
+                    compile=getattr(args, "compile", "auto"), limits=Limits.unlimited())
     if engine.is_tiny(params.model):
         print("note: using the built-in tiny-random model, which only makes noise. Put a "
               ".safetensors checkpoint in models/Stable-diffusion/ or pass --model.",

@@ -21,6 +21,11 @@ class Cancelled(RuntimeError):
     """The job was interrupted before it produced anything."""
 
 
+class TimedOut(Cancelled):
+    """The job ran out of its time budget (--job-timeout) before its first image; the message
+    says so. A Cancelled: it was stopped as an Interrupt stops a job."""
+
+
 class OutOfMemory(RuntimeError):
     """The GPU ran out of memory during a job; the message says what to change. Its own kind of
     error: no single setting is at fault, and the engine has given the memory back."""

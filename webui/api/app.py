@@ -111,12 +111,56 @@ def handle(exc: Exception, redact: Callable[[str], str] = str) -> JSONResponse:
                   "are in its log")
 
 
+class BodyLimit:
+    """Refuses a request body over `limit` bytes with a 413 in the clients' error shape: at
+    once when its Content-Length says so, else as soon as the body read so far passes the
+    limit (a chunked body), so no body fills the memory. A body within the limit is read here
+    and handed on whole (the routes read every body whole anyway)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    def _too_large(self, size: str) -> JSONResponse:
+        return _error(413, "PayloadTooLarge", f"the request body is {size} bytes; this server "
+                      f"takes at most {self.limit:,} (--max-upload-mb)")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await self._too_large(f"{int(length):,}")(scope, receive, send)
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client went away mid-body: nobody to answer
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await self._too_large(f"more than {self.limit:,}")(scope, receive, send)
+        whole = {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        async def replay():
+            nonlocal whole
+            if whole is not None:
+                message, whole = whole, None
+                return message
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
 def create_app(service: ApiService, access: Access | None = None,
-               cors_origins: list[str] | None = None, cors_regex: str | None = None) -> FastAPI:
+               cors_origins: list[str] | None = None, cors_regex: str | None = None,
+               max_body: int | None = None) -> FastAPI:
     """The API application for `service`. access: who may call it (default: anyone);
-    cors_origins / cors_regex: browser origins allowed to call it (default: none)."""
+    cors_origins / cors_regex: browser origins allowed to call it (default: none); max_body:
+    the largest request body in bytes (default: no limit)."""
     access = access or Access()
     app = FastAPI(title=TITLE, version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    if max_body:
+        app.add_middleware(BodyLimit, limit=max_body)
     # Access and body errors arise before a route runs; a route's own errors are answered by
     # `guard` inside it, so that none reaches the server-error path (which logs a traceback).
     for kind in (Denied, RequestValidationError, HTTPException, Exception):

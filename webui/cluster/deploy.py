@@ -40,6 +40,10 @@ class ClusterOptions:
     gpus: float | None = None
     cpus: float = 1.0
     object_store_mb: int = 256
+    # Autoscaling: seconds of queued jobs before a replica is added, and of idleness before
+    # one is taken away (a GPU worker is slow to start: add soon, remove late).
+    upscale_delay_s: float = 5.0
+    downscale_delay_s: float = 300.0
 
     def bounds(self) -> tuple[int, int]:
         lo = self.min_replicas if self.min_replicas is not None else self.replicas
@@ -74,7 +78,7 @@ def _init_ray(address: str, object_store_mb: int) -> bool:
 
 
 def _diffusion(options: ClusterOptions, models_dir: Path, model: str, queue_size: int,
-               device: str | None, compile: str, max_pixels: int | None):
+               device: str | None, compile: str, max_pixels: int | None, limits=None):
     """(the diffusion deployment bound to its arguments, the board actor, its name, the most
     replicas) on a connected Ray. Keep the board's handle: the board lives while one does."""
     import ray
@@ -93,7 +97,13 @@ def _diffusion(options: ClusterOptions, models_dir: Path, model: str, queue_size
     scaling = ({"num_replicas": lo} if lo == hi else
                {"autoscaling_config": {"min_replicas": lo, "max_replicas": hi,
                                        "initial_replicas": max(lo, 1),
-                                       "target_ongoing_requests": 1}})
+                                       "target_ongoing_requests": 1,
+                                       "upscale_delay_s": options.upscale_delay_s,
+                                       "downscale_delay_s": options.downscale_delay_s,
+                                       # Jobs last seconds to minutes: judge the load on the
+                                       # last few seconds, not Serve's half-minute default.
+                                       "metrics_interval_s": 1.0,
+                                       "look_back_period_s": 5.0}})
     deployment = serve.deployment(
         DiffusionReplica, name=DEPLOYMENT_NAME,
         ray_actor_options={"num_gpus": gpus, "num_cpus": options.cpus},
@@ -104,7 +114,8 @@ def _diffusion(options: ClusterOptions, models_dir: Path, model: str, queue_size
         health_check_period_s=10.0, health_check_timeout_s=60.0,
         graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S, graceful_shutdown_wait_loop_s=1.0,
         **scaling)
-    bound = deployment.bind(str(models_dir), model, board_name, device, compile, max_pixels)
+    bound = deployment.bind(str(models_dir), model, board_name, device, compile, max_pixels,
+                            limits)
     return bound, board, board_name, hi
 
 
@@ -124,10 +135,10 @@ def _stopper(started: bool):
 
 def connect(options: ClusterOptions, models_dir, outputs_dir, model: str = "",
             queue_size: int = 16, device: str | None = None, compile: str = "auto",
-            max_pixels: int | None = None):
+            max_pixels: int | None = None, limits=None):
     """Deploy the replicas and return a RayEngine over them in this process (tests, the
     benchmark, code of your own; its `shutdown()` undeploys and, when this call started Ray,
-    stops it)."""
+    stops it). limits: the engine's Limits (default Limits())."""
     import ray
     from ray import serve
 
@@ -136,10 +147,11 @@ def connect(options: ClusterOptions, models_dir, outputs_dir, model: str = "",
 
     models_dir = Path(models_dir).expanduser().resolve()
     local = Engine(models_dir=models_dir, outputs_dir=outputs_dir, model=model,
-                   queue_size=queue_size, compile="off", device="cpu")
+                   queue_size=queue_size, compile="off", device="cpu", max_pixels=max_pixels,
+                   limits=limits)
     started = _init_ray(options.address, options.object_store_mb)
     bound, board, _, hi = _diffusion(options, models_dir, local.model, queue_size, device,
-                                     compile, max_pixels)
+                                     compile, max_pixels, local.limits)
     try:
         serve.start(proxy_location="Disabled")
         handle = serve.run(bound, name=APP_NAME, route_prefix=None)
@@ -182,9 +194,12 @@ def serve_studio(options: ClusterOptions, args, host: str, users, setup, outputs
 
         model = Engine(models_dir=models_dir, outputs_dir=outputs_dir, model=args.model or "",
                        compile="off").model
+        from ..ui.launch import check_limits
+
         bound, board, board_name, hi = _diffusion(options, models_dir, model,
-                                           args.queue_size, None,
-                                           getattr(args, "compile", "auto"), None)
+                                                  args.queue_size, None,
+                                                  getattr(args, "compile", "auto"), None,
+                                                  check_limits(args))
         ingress = serve.deployment(
             StudioIngress, name="studio", num_replicas=1,
             # On the head node, where the outputs and presets folders are; no CPU reserved

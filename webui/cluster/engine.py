@@ -29,7 +29,7 @@ from typing import Iterator
 
 from ..engine.interface import JobRequest, Progress, QueueFull, QueueStatus, Result
 from ..params import GenerationParams
-from ..errors import Cancelled, InputError, ModelError, OutOfMemory, WorkerLost
+from ..errors import Cancelled, InputError, ModelError, OutOfMemory, TimedOut, WorkerLost
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def rebuild_error(kind: str, field: str, message: str) -> BaseException:
         return {"InputError": InputError, "AdapterError": AdapterError,
                 "ParamsError": ParamsError}[kind](field, message)
     known = {"ModelError": ModelError, "OutOfMemory": OutOfMemory, "Cancelled": Cancelled,
-             "QueueFull": QueueFull, "WorkerLost": WorkerLost}
+             "TimedOut": TimedOut, "QueueFull": QueueFull, "WorkerLost": WorkerLost}
     if kind in known:
         return known[kind](message)
     return RuntimeError(f"{kind}: {message}")
@@ -168,6 +168,9 @@ class RayJob:
         except Exception as exc:  # noqa: BLE001 - a job's failure must reach its front door
             log.exception("job %s failed on the cluster", self.id)
             error = exc
+        # The job's controls are done with (a job cancelled before a replica took it never
+        # had them cleared there).
+        self._engine.board.forget.remote(self.key)
         self._result, self._error = result, error
         self.state = "error" if error else ("cancelled" if result.interrupted else "done")
         if isinstance(error, Cancelled):
@@ -246,6 +249,9 @@ class RayEngine:
         remote = dataclasses.replace(request, latents=latents, save=False)
         job = RayJob(self, remote, save=request.save)
         with self._lock:
+            refusal = self.local.limits.user_refusal(request.owner, self._jobs)
+            if refusal:
+                raise QueueFull(refusal)
             if len(self._jobs) >= self.replicas + self.queue_size:
                 waiting = len(self._jobs) - self.replicas
                 raise QueueFull(f"the studio is busy: {max(waiting, 0)} jobs are waiting; "

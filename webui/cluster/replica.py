@@ -40,14 +40,17 @@ def error_parts(exc: BaseException) -> tuple:
 
 class DiffusionReplica:
     """One GPU, one Engine. models_dir: this machine's models folder (the same layout on every
-    node); model: the default checkpoint; board: the board actor's name; device, compile and
-    max_pixels: as for the Engine."""
+    node); model: the default checkpoint; board: the board actor's name; device, compile,
+    max_pixels and limits: as for the Engine."""
 
     def __init__(self, models_dir: str, model: str, board: str, device: str | None = None,
-                 compile: str = "auto", max_pixels: int | None = None):
+                 compile: str = "auto", max_pixels: int | None = None, limits=None):
         from ..engine.core import Engine
 
         extra = {} if max_pixels is None else {"max_pixels": max_pixels}
+        # The front door checks a job against the limits before it leaves; here they give
+        # each job its time budget.
+        extra["limits"] = limits
         # Results go back to the front door, which writes them: nothing is saved here (the
         # folder only satisfies the Engine's constructor).
         self.engine = Engine(models_dir=models_dir, outputs_dir=tempfile.mkdtemp(

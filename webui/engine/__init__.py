@@ -19,13 +19,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import Cancelled, InputError, ModelError, OutOfMemory, WorkerLost
+from ..errors import (Cancelled, InputError, ModelError, OutOfMemory, TimedOut,
+                      WorkerLost)
 from .adapter_inputs import AdapterError, mask_to_l, parse_prompt_loras
 from .detectors import DETECTOR_SUBDIR
 from .hub import (SUGGESTIONS, DownloadProgress, check_repo_id, download, is_offline,
                   offline_message)
 from .interface import (TASKS, TXT2IMG_DEFAULT_SIZE, EngineAPI, ImageResult, Inputs, JobHandle,
                         JobRequest, ModelInfo, Progress, QueueFull, QueueStatus, Result)
+from .limits import Limits
 from .models import (CHECKPOINTS_SUBDIR, CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, LORA_SUBDIR,
                      is_hub_id)
 from .outputs import day_folder, png_bytes, read_infotext, write_numbered
@@ -54,7 +56,7 @@ __all__ = [
     "DownloadProgress", "Engine", "EngineAPI", "IP_ADAPTER_SUBDIR", "ImageResult", "InputError",
     "Inputs", "Job", "JobHandle", "JobRequest", "LORA_SUBDIR", "ModelError", "ModelInfo",
     "OutOfMemory", "Progress", "QueueFull", "QueueStatus", "Result", "SUGGESTIONS", "TASKS",
-    "TXT2IMG_DEFAULT_SIZE", "WorkerLost",
+    "TXT2IMG_DEFAULT_SIZE", "Limits", "TimedOut", "WorkerLost",
     "check_repo_id", "day_folder", "download", "is_hub_id", "is_offline", "mask_to_l",
     "offline_message", "parse_prompt_loras", "png_bytes", "read_infotext", "write_numbered",
 ]

@@ -8,6 +8,7 @@ reuses it, and changing sampler swaps only the scheduler.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import os
@@ -28,7 +29,7 @@ from PIL import Image
 
 from .. import images as imaging
 from .. import infotext, prompts, schedulers
-from ..errors import Cancelled, InputError, ModelError, OutOfMemory
+from ..errors import Cancelled, InputError, ModelError, OutOfMemory, TimedOut
 from ..params import MAX_SEED, GenerationParams
 from . import compiled, hub, memory, outputs, previews
 from .adapters import Adapters, JobAdapters
@@ -37,6 +38,7 @@ from .controlnet import ControlNetSpec, control_image
 from .inpaint import overlay_original
 from .ip_adapter import IPAdapterSpec
 from .latents import latents_bytes, load_latents
+from .limits import Limits
 from .detectors import (DETECTOR_SUBDIR, KINDS as DETECTOR_KINDS, Detectors, find_detector,
                         list_detectors)
 from .interface import (TASKS, TXT2IMG_DEFAULT_SIZE, ImageResult, Inputs, JobRequest,
@@ -88,6 +90,7 @@ class Job:
         self.last_preview = None
         self.state = "queued"
         self.cancel_requested = threading.Event()
+        self.timed_out = False  # its time budget (Limits.job_timeout) ran out
         # Ends the batch being sampled; cleared when the next batch starts, so that a second
         # click on the same batch does not skip the one after it too.
         self.skip_requested = threading.Event()
@@ -106,6 +109,10 @@ class Job:
         """Stop this job: at once if queued, within one sampling step if running."""
         self.cancel_requested.set()
         self.engine._drop_queued(self)
+
+    def _time_out(self) -> None:
+        self.timed_out = True
+        self.cancel()
 
     def skip(self) -> None:
         """End the batch being sampled within one step and go on with the next (see
@@ -174,16 +181,19 @@ class Engine:
     model: the model used when a job names none (else $IMG2IMG_MODEL, else the registry's
         default: a checkpoint in models/Stable-diffusion, else tiny-random).
     device: 'cuda', 'cpu', ... (default: CUDA when available, else the CPU).
-    max_pixels: largest output (width x height); larger init images are scaled down.
+    limits: what one job may ask for (limits.Limits: size, steps, images, jobs per user, time
+        budget); default Limits().
+    max_pixels: largest output (width x height), overriding limits.max_pixels; larger init
+        images are scaled down, larger explicit sizes refused.
     queue_size: jobs that may wait; one more gets QueueFull.
     compile: the compiled UNet (compiled.py): 'auto' (on for CUDA), 'on' or 'off'.
     cache_dir: its on-disk cache (default: cache/compile beside the models folder).
     """
 
     def __init__(self, models_dir="models", outputs_dir="outputs", model: str = "",
-                 device: str | None = None, max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
+                 device: str | None = None, max_pixels: int | None = None,
                  queue_size: int = 16, hub_ids: tuple[str, ...] = (), compile: str = "auto",
-                 cache_dir=None):
+                 cache_dir=None, limits: Limits | None = None):
         self.registry = ModelRegistry(models_dir, hub_ids)
         compiled.resolve(compile, "cpu")  # refuses an unknown mode now, not at the first load
         self.compile_mode = compile
@@ -194,7 +204,9 @@ class Engine:
         # The configured model: the argument, else the environment, else the registry's choice.
         self.model = model or os.environ.get("IMG2IMG_MODEL", "") or self.registry.default_name()
         self._device = device
-        self.max_pixels = max_pixels
+        self.limits = limits or Limits()
+        if max_pixels is not None:
+            self.limits = dataclasses.replace(self.limits, max_pixels=max_pixels)
         self.queue_size = queue_size
         self._queue: "queue.Queue[Job]" = queue.Queue()
         self._waiting: list[Job] = []
@@ -215,6 +227,10 @@ class Engine:
         self._device_lock = threading.Lock()
 
     # -- information -------------------------------------------------------------------------
+    @property
+    def max_pixels(self) -> int:
+        return self.limits.max_pixels
+
     @property
     def device(self) -> str:
         if self._device is None:
@@ -295,11 +311,15 @@ class Engine:
         if isinstance(request, JobRequest) and isinstance(request.latents, (bytes, bytearray)):
             job._temporary.append(inputs.latents)
         with self._lock:
-            if len(self._waiting) >= self.queue_size:
+            mine = [j for j in self._waiting + [self.current] if j is not None]
+            refusal = (self.limits.user_refusal(owner, mine)
+                       or (f"the studio is busy: {len(self._waiting)} jobs are waiting; try "
+                           "again in a moment" if len(self._waiting) >= self.queue_size
+                           else None))
+            if refusal:
                 for path in job._temporary:
                     path.unlink(missing_ok=True)
-                raise QueueFull(f"the studio is busy: {len(self._waiting)} jobs are waiting; "
-                                "try again in a moment")
+                raise QueueFull(refusal)
             self._waiting.append(job)
             self._queue.put(job)
             if self._worker is None or not self._worker.is_alive():
@@ -312,8 +332,10 @@ class Engine:
         """The checks submit makes before queueing: the task (InputError naming the field when
         it is unknown or carries what it cannot use) and, unless request.allow_paths, the path
         policy on every model, adapter and detector name. The request's task. Another engine
-        that serves this engine's models folder (the cluster's) makes the same checks here."""
+        that serves this engine's models folder (the cluster's) makes the same checks here.
+        Also the limits (limits.Limits.check: InputError naming the field and the limit)."""
         task = _check_task(request)
+        self.limits.check(request.params)
         if not request.allow_paths:
             self.registry.confine(request.params, self.model,
                                   list_detectors(self.detectors_dir))
@@ -460,9 +482,25 @@ class Engine:
                 if job.cancel_requested.is_set():
                     raise Cancelled("cancelled while waiting in the queue")
                 job.state = "running"
-                with self._device_lock:
-                    result = self._run(job)
+                budget = None
+                if self.limits.job_timeout:
+                    # The time budget: stopped as an Interrupt stops it (within a step).
+                    budget = threading.Timer(self.limits.job_timeout, job._time_out)
+                    budget.daemon = True
+                    budget.start()
+                try:
+                    with self._device_lock:
+                        result = self._run(job)
+                finally:
+                    if budget is not None:
+                        budget.cancel()
+                if job.timed_out and result.interrupted:
+                    result.notice = "; ".join(filter(None, [self.limits.timeout_notice(),
+                                                            result.notice]))
             except BaseException as exc:  # noqa: BLE001 - the worker must survive any job
+                if job.timed_out and isinstance(exc, Cancelled):
+                    exc = TimedOut(self.limits.timeout_notice().replace(
+                        "; the images finished by then are kept", " before its first image"))
                 job._finish(None, self._explain_failure(exc))
             else:
                 job._finish(result, None)

@@ -29,7 +29,7 @@ from .. import params as P
 from .. import xyplot
 from ..engine import (CHECKPOINTS_SUBDIR, CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, AdapterError,
                       Cancelled, ImageResult, InputError, Inputs, JobRequest, ModelError,
-                      OutOfMemory, Progress, QueueFull, Result, WorkerLost)
+                      OutOfMemory, Progress, QueueFull, Result, TimedOut, WorkerLost)
 from ..params import MODES
 from . import loopback as loopback_loop
 from . import xy
@@ -269,6 +269,9 @@ class Studio(RequestBuilder, PngInfoHandlers):
         become toasts, with the server's own folders named as the page names them."""
         try:
             return job.result()
+        except TimedOut as exc:
+            text = str(exc)
+            raise _error(text[:1].upper() + text[1:], title="Time limit") from None
         except Cancelled:
             return None
         except (InputError, P.ParamsError, AdapterError) as exc:

@@ -15,14 +15,17 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..engine import Limits
+
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_QUEUE_SIZE = 16
 DEFAULT_USER_PRESETS = "user-presets"
-# Big enough for any photo an artist uploads, small enough that uploads cannot fill the disk.
-MAX_UPLOAD = "64mb"
+# Big enough for any photo an artist uploads, small enough that uploads cannot fill the disk
+# (--max-upload-mb; the REST API's bodies carry pictures as base64, a third larger).
+DEFAULT_UPLOAD_MB = 64.0
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 
 
@@ -58,6 +61,29 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
                        "eager: auto is on for CUDA, off on the CPU (default auto)")
     group.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE,
                        help=f"jobs that may wait for the GPU (default {DEFAULT_QUEUE_SIZE})")
+    limits = parser.add_argument_group(
+        "limits", "what one job or one user may ask for, so that nobody holds the GPU for long "
+        "(a job over a limit is refused with the limit named)")
+    defaults = Limits()
+    limits.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
+                        help="largest output, width x height (default "
+                        f"{defaults.max_pixels:,} = 2048x2048; a larger init image is scaled "
+                        "down to it)")
+    limits.add_argument("--max-steps", type=int, default=defaults.max_steps,
+                        help=f"most sampling steps per job (default {defaults.max_steps})")
+    limits.add_argument("--max-batch", type=int, default=defaults.max_batch,
+                        help="most images per job, batch size x batch count (default "
+                        f"{defaults.max_batch})")
+    limits.add_argument("--max-queued-per-user", type=int,
+                        default=defaults.max_queued_per_user,
+                        help="jobs one logged-in user may have waiting or running (default "
+                        f"{defaults.max_queued_per_user}; 0: no limit)")
+    limits.add_argument("--job-timeout", type=float, default=defaults.job_timeout,
+                        help="seconds a job may run before it is stopped like an Interrupt "
+                        f"(default {defaults.job_timeout:g}; 0: no limit)")
+    limits.add_argument("--max-upload-mb", type=float, default=DEFAULT_UPLOAD_MB,
+                        help="largest file a client may upload, and largest REST API request "
+                        f"(default {DEFAULT_UPLOAD_MB:g})")
     group.add_argument("--preset", metavar="NAME", default=None,
                        help="start the page with this preset's settings (shipped or from "
                        "--user-presets)")
@@ -134,6 +160,25 @@ def parse_auth(auth: str | None, auth_file: str | None, flag: str = "--auth"
         if not found:
             raise LaunchError(f"{flag}-file: {path} has no user:pass lines")
     return users
+
+
+def check_limits(args: argparse.Namespace) -> Limits:
+    """The limits flags as Limits; LaunchError naming the flag when one is unusable."""
+    defaults = Limits()
+    values = {name: getattr(args, name, getattr(defaults, name)) for name in
+              ("max_pixels", "max_steps", "max_batch", "max_queued_per_user", "job_timeout")}
+    for name in ("max_pixels", "max_steps", "max_batch"):
+        if values[name] < 1:
+            raise LaunchError(f"--{name.replace('_', '-')} must be at least 1 (got "
+                              f"{values[name]})")
+    for name in ("max_queued_per_user", "job_timeout"):
+        if not values[name] >= 0 or values[name] == float("inf"):
+            raise LaunchError(f"--{name.replace('_', '-')} must be 0 (no limit) or more (got "
+                              f"{values[name]:g})")
+    upload = getattr(args, "max_upload_mb", DEFAULT_UPLOAD_MB)
+    if not 0 < upload < float("inf"):
+        raise LaunchError(f"--max-upload-mb must be more than 0 (got {upload:g})")
+    return Limits(**values)
 
 
 def _is_loopback(host: str) -> bool:
@@ -258,10 +303,15 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     return code
 
 
-def launch_options(users: list[tuple[str, str]], throttle=None) -> dict:
+def upload_bytes(megabytes: float) -> int:
+    return int(megabytes * 2 ** 20)
+
+
+def launch_options(users: list[tuple[str, str]], throttle=None,
+                   max_upload_mb: float = DEFAULT_UPLOAD_MB) -> dict:
     """The keyword arguments of Blocks.launch() that make the studio safe to share (all but
-    where it serves): the login, throttled (see logins.py), and which files are served.
-    throttle: a logins.Throttle (default: a new one with the default policy)."""
+    where it serves): the login, throttled (see logins.py), which files are served, and the
+    largest upload. throttle: a logins.Throttle (default: a new one with the default policy)."""
     from starlette.middleware import Middleware
 
     from .app import CSS, KEYS_JS
@@ -273,7 +323,7 @@ def launch_options(users: list[tuple[str, str]], throttle=None) -> dict:
         # page through gradio's cache, under names made from a hash of their content; the
         # outputs folder itself is never served, since it holds every user's results.
         allowed_paths=[str(ASSETS_DIR)],
-        max_file_size=MAX_UPLOAD, show_error=False, ssr_mode=False, pwa=False,
+        max_file_size=upload_bytes(max_upload_mb), show_error=False, ssr_mode=False, pwa=False,
         mcp_server=False, enable_monitoring=False, footer_links=["api"], css=CSS, js=KEYS_JS,
         prevent_thread_lock=True,
         app_kwargs={"middleware": [Middleware(LoginThrottle, throttle=throttle)]},
@@ -287,7 +337,10 @@ def api_app(engine, store, setup: ApiSetup, args: argparse.Namespace, throttle=N
 
     service = ApiService(engine, store, per_user_styles=bool(setup.users), flags=vars(args))
     access = Access(setup.users, setup.admins, throttle or Throttle())
-    return create_app(service, access, setup.cors_origins, setup.cors_regex)
+    # Pictures travel as base64 in JSON: a third larger than the files themselves.
+    upload_mb = getattr(args, "max_upload_mb", DEFAULT_UPLOAD_MB)
+    return create_app(service, access, setup.cors_origins, setup.cors_regex,
+                      max_body=upload_bytes(upload_mb * 4 / 3) + 2 ** 20)
 
 
 def _serve_api_alone(app, host: str, port: int) -> int:
@@ -335,6 +388,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     try:
         store, preset, preset_params = preset_setup(args)
+        limits = check_limits(args)
     except LaunchError as exc:
         return _fail(str(exc))
     exposed = args.share or not _is_loopback(host)
@@ -354,7 +408,8 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "cluster", None):
         return _serve_on_cluster(args, host, users, setup, outputs_dir)
     engine = Engine(models_dir=args.models_dir, outputs_dir=outputs_dir, model=args.model or "",
-                    queue_size=args.queue_size, compile=getattr(args, "compile", "auto"))
+                    queue_size=args.queue_size, compile=getattr(args, "compile", "auto"),
+                    limits=limits)
     try:
         engine.check_model()
     except ModelError as exc:
@@ -379,7 +434,7 @@ def run(args: argparse.Namespace) -> int:
     demo.queue(max_size=args.queue_size)
     try:
         demo.launch(server_name=host, server_port=args.port, share=args.share,
-                    **launch_options(users, throttle))
+                    **launch_options(users, throttle, args.max_upload_mb))
     except OSError as exc:
         return _fail(f"could not serve on {host}:{args.port} ({exc}); pick another --port",
                      EXIT_FAILED)
@@ -423,7 +478,7 @@ def front_door(engine, args: argparse.Namespace, users: list[tuple[str, str]],
     demo = build(handlers.Studio(engine), initial=startup, presets=store)
     # The waiting jobs plus the running ones (one per replica).
     demo.queue(max_size=args.queue_size + getattr(engine, "replicas", 1) - 1)
-    options = launch_options(users, throttle)
+    options = launch_options(users, throttle, getattr(args, "max_upload_mb", DEFAULT_UPLOAD_MB))
     options.pop("prevent_thread_lock")
     page = gr.mount_gradio_app(FastAPI(), demo, path="", **options)
     if setup.enabled:
