@@ -81,6 +81,7 @@ def test_the_studio_and_api_on_a_local_cluster_then_ctrl_c(tmp_path):
             out, _ = process.communicate()
             pytest.fail(f"Ctrl+C did not stop the studio:\n{out}")
     assert "starting 1 diffusion replica(s) and the studio" in out
+    assert process.returncode == 0 and "Traceback" not in out, out
 
 
 def test_the_cluster_benchmark_measures_each_replica_count(tmp_path):

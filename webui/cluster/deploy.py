@@ -209,6 +209,9 @@ def serve_studio(options: ClusterOptions, args, host: str, users, setup, outputs
         app = ingress.bind(bound, board_name, hi, args, users, setup, str(outputs_dir))
         serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": args.port})
         serve.run(app, name=APP_NAME, route_prefix="/")
+    except KeyboardInterrupt:
+        _stopper(started)()  # stopped while it started: nothing is left deployed
+        raise
     except Exception as exc:  # noqa: BLE001 - Ray's and the studio's reasons, said once
         _stopper(started)()
         raise ClusterError(f"the studio could not be deployed on the cluster ({exc})") from None

@@ -130,7 +130,7 @@ class RayJob:
             self.last_preview = progress.preview
         self._events.put(progress)
 
-    def _follow(self, handle) -> None:
+    def _follow(self) -> None:
         from ray.exceptions import ActorUnavailableError, RayActorError
         from ray.serve.exceptions import BackPressureError, RequestCancelledError
 
@@ -138,8 +138,7 @@ class RayJob:
         started = time.monotonic()
         try:
             model = self._request.params.model or self._engine.model
-            self._response = handle.options(stream=True, multiplexed_model_id=model).run.remote(
-                self.key, self._request)
+            self._response = self._engine._streaming(model).run.remote(self.key, self._request)
             for item in self._response:
                 kind = item[0]
                 if kind == "started":
@@ -198,7 +197,18 @@ class RayEngine:
         self._jobs: list[RayJob] = []  # not yet ended, in submit order
         self._lock = threading.Lock()
         self._loaded: str | None = None
+        self._per_model: dict[str, object] = {}
         self.shutdown = None  # set by deploy.connect: stops what it started
+
+    def _streaming(self, model: str):
+        """The handle that streams jobs for `model`, made once per model: handles made by
+        .options() in many threads at once are routed, but their queued requests are not
+        counted for autoscaling."""
+        with self._lock:
+            if model not in self._per_model:
+                self._per_model[model] = self.handle.options(stream=True,
+                                                             multiplexed_model_id=model)
+            return self._per_model[model]
 
     # -- the local engine's settings ----------------------------------------------------------
     @property
@@ -257,8 +267,7 @@ class RayEngine:
                 raise QueueFull(f"the studio is busy: {max(waiting, 0)} jobs are waiting; "
                                 "try again in a moment")
             self._jobs.append(job)
-        threading.Thread(target=job._follow, args=(self.handle,), name=f"ray-job-{job.id}",
-                         daemon=True).start()
+        threading.Thread(target=job._follow, name=f"ray-job-{job.id}", daemon=True).start()
         return job
 
     def generate(self, request: JobRequest) -> Result:

@@ -517,7 +517,7 @@ def _serve_on_cluster(args: argparse.Namespace, host: str, users: list[tuple[str
     served by Serve's HTTP proxy on --host and --port, until Ctrl+C or SIGTERM (a replica then
     lets its running job finish, up to its graceful-shutdown time)."""
     import signal
-    import threading
+    import time
 
     from ..engine import Engine, ModelError
 
@@ -535,21 +535,27 @@ def _serve_on_cluster(args: argparse.Namespace, host: str, users: list[tuple[str
 
     print(f"starting {options.bounds()[0]} diffusion replica(s) and the studio on the Ray "
           f"cluster ({args.cluster}) ...", file=sys.stderr, flush=True)
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    # SIGTERM stops it as Ctrl+C does, during start-up too (serve_studio then undeploys what
+    # it had deployed before it gives up).
+    signal.signal(signal.SIGTERM, stop)
+    served = None
     try:
         served = serve_studio(options, args, host, users, setup, outputs_dir)
-    except ClusterError as exc:
-        return _fail(str(exc), EXIT_FAILED)
-    what = "REST API" if setup.alone else "studio"
-    print(f"{what} on http://{host}:{args.port}/ (jobs on the cluster's replicas)",
-          file=sys.stderr, flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(1.0):
-            pass
+        what = "REST API" if setup.alone else "studio"
+        print(f"{what} on http://{host}:{args.port}/ (jobs on the cluster's replicas)",
+              file=sys.stderr, flush=True)
+        while True:
+            time.sleep(1.0)
     except KeyboardInterrupt:
         pass
+    except ClusterError as exc:
+        return _fail(str(exc), EXIT_FAILED)
     finally:
-        print("stopping the studio and its replicas ...", file=sys.stderr, flush=True)
-        served.shutdown()
+        if served is not None:
+            print("stopping the studio and its replicas ...", file=sys.stderr, flush=True)
+            served.shutdown()
     return 0
