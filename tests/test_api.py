@@ -732,21 +732,10 @@ def test_a_client_that_disconnects_mid_job_cancels_its_job(engine, tmp_path, ini
     samples; the job is cancelled within a few steps and the engine serves the next one."""
     import socket
 
-    import uvicorn
-
-    from tests.serving import free_port
+    from tests.serving import served_api
 
     service = ApiService(engine, presets.PresetStore(tmp_path / "presets"))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port,
-                                           log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "the API server did not start"
-        time.sleep(0.05)
-    try:
+    with served_api(create_app(service)) as port:
         body = json.dumps(scripting_img2img(init, steps=150, denoising_strength=1.0,
                                             width=192, height=192)).encode()
         client = socket.create_connection(("127.0.0.1", port))
@@ -766,7 +755,4 @@ def test_a_client_that_disconnects_mid_job_cancels_its_job(engine, tmp_path, ini
             pass
         assert job.state == "cancelled"
         assert job.last_progress.step < 100  # stopped, not run to its 150th step
-    finally:
-        server.should_exit = True
-        thread.join(15)
     assert engine.generate(JobRequest(GenerationParams(steps=2), init, save=False)).images

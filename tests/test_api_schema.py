@@ -8,14 +8,12 @@ the run takes seconds on the CPU whatever hypothesis draws."""
 
 from __future__ import annotations
 
-import threading
-import time
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.serving import free_port
+from tests.serving import served_api
 from webui import presets
 from webui.api import ApiService, create_app
 from webui.engine import Engine, InputError, JobRequest
@@ -38,24 +36,12 @@ class BudgetEngine(Engine):
 
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory):
-    import uvicorn
-
     root = tmp_path_factory.mktemp("schema")
     engine = BudgetEngine(models_dir=root / "models", outputs_dir=root / "outputs", device="cpu",
                           model="tiny-random", max_pixels=64 * 64)
     service = ApiService(engine, presets.PresetStore(root / "presets"))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port,
-                                           log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the API server did not start"
-    yield schemathesis.openapi.from_url(f"http://127.0.0.1:{port}/openapi.json")
-    server.should_exit = True
-    thread.join(15)
+    with served_api(create_app(service)) as port:
+        yield schemathesis.openapi.from_url(f"http://127.0.0.1:{port}/openapi.json")
     engine.cancel_all()
     engine.unload()
 

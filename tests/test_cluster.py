@@ -327,3 +327,22 @@ def test_a_replica_whose_model_fails_to_load_reports_it_and_keeps_serving(api):
         assert api.generate(request()).images
     finally:
         broken.unlink()
+
+
+def test_load_model_loads_on_a_replica_and_says_why_not(api):
+    from webui.engine import InputError, ModelError
+
+    assert api.load_model("tiny-random-xl") == api.loaded_model() == "tiny-random-xl"
+    with pytest.raises(InputError) as caught:
+        api.load_model("/etc/passwd")
+    assert caught.value.field == "model"
+    broken = api.models_dir / "Stable-diffusion" / "broken.safetensors"
+    broken.parent.mkdir(parents=True, exist_ok=True)
+    broken.write_bytes(b"not a checkpoint")
+    try:
+        with pytest.raises(ModelError) as failed:
+            api.load_model("broken.safetensors")
+        assert "Traceback" not in str(failed.value)  # the engine's message, not Ray's
+    finally:
+        broken.unlink()
+    assert api.generate(request()).images

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from PIL import Image
@@ -19,7 +18,7 @@ from PIL import Image
 pytest.importorskip("ray", reason="the cluster extra is not installed (pip install '.[cluster]')")
 requests = pytest.importorskip("requests")
 
-from tests.serving import free_port  # noqa: E402
+from tests.serving import free_port, wait_for_ping  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,16 +52,7 @@ def test_the_studio_and_api_on_a_local_cluster_then_ctrl_c(tmp_path):
                      str(port))
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                if requests.get(f"{base}/internal/ping", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:  # the proxy is up before the studio is
-                pass
-            assert time.monotonic() < deadline, "the studio did not start"
-            time.sleep(0.5)
+        wait_for_ping(process, base)
         assert requests.get(base + "/", timeout=10).status_code == 200  # the page
         buffer = io.BytesIO()
         Image.new("RGB", (64, 64), (200, 60, 30)).save(buffer, format="PNG")

@@ -23,7 +23,7 @@ requests = pytest.importorskip("requests")
 from webui.engine import JobRequest  # noqa: E402
 from webui.params import make  # noqa: E402
 
-from tests.serving import free_port  # noqa: E402
+from tests.serving import free_port, wait_for_ping  # noqa: E402
 from tests.test_cluster import NODE  # noqa: E402
 
 pytestmark = pytest.mark.cluster
@@ -54,16 +54,7 @@ def test_joining_a_running_cluster_serves_and_leaves_it_running(address, tmp_pat
         stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                if requests.get(f"{base}/internal/ping", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:  # the proxy is up before the API is
-                pass
-            assert time.monotonic() < deadline, "the API did not start"
-            time.sleep(0.5)
+        wait_for_ping(process, base)
         buffer = io.BytesIO()
         Image.new("RGB", (64, 64), (20, 90, 200)).save(buffer, format="PNG")
         body = {"init_images": [base64.b64encode(buffer.getvalue()).decode()], "steps": 2}

@@ -20,13 +20,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import queue
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
 
+from ..engine.handles import JobEvents
 from ..engine.interface import JobRequest, Progress, QueueFull, QueueStatus, Result
 from ..params import GenerationParams
 from ..errors import Cancelled, InputError, ModelError, OutOfMemory, TimedOut, WorkerLost
@@ -51,34 +50,24 @@ def rebuild_error(kind: str, field: str, message: str) -> BaseException:
     return RuntimeError(f"{kind}: {message}")
 
 
-class RayJob:
-    """A job on the cluster (interface.JobHandle)."""
+class RayJob(JobEvents):
+    """A job on the cluster (interface.JobHandle; its progress and outcome: handles.JobEvents).
+    `state` is 'queued' until a replica starts it."""
 
     _ids = itertools.count(1)
 
     def __init__(self, engine: "RayEngine", request: JobRequest, save: bool):
+        JobEvents.__init__(self)
         self.id = next(self._ids)
         self.key = uuid.uuid4().hex
         self.owner = request.owner
         self.params = request.params
         self.created = time.time()
-        self.last_progress: Progress | None = None
-        self.last_preview = None
-        self.state = "queued"
         self.worker = ""  # the replica it runs on, once started
         self._engine = engine
         self._request = request
         self._save = save
         self._response = None
-        self._events: "queue.Queue[Progress | None]" = queue.Queue()
-        self._done = threading.Event()
-        self._result: Result | None = None
-        self._error: BaseException | None = None
-
-    # -- the handle's interface ---------------------------------------------------------------
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
 
     @property
     def started(self) -> bool:
@@ -97,39 +86,7 @@ class RayJob:
     def position(self) -> int:
         return self._engine._position(self)
 
-    def updates(self, timeout: float | None = None) -> Iterator[Progress]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
-            try:
-                event = self._events.get(timeout=wait)
-            except queue.Empty:
-                if self._done.is_set():
-                    return
-                if deadline is not None and time.monotonic() >= deadline:
-                    return
-                if not self.started:
-                    yield Progress("queued", position=self.position())
-                continue
-            if event is None:
-                return
-            yield event
-
-    def result(self, timeout: float | None = None) -> Result:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"job {self.id} still running")
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
-
     # -- following the request ----------------------------------------------------------------
-    def _emit(self, progress: Progress) -> None:
-        self.last_progress = progress
-        if progress.preview is not None:
-            self.last_preview = progress.preview
-        self._events.put(progress)
-
     def _follow(self) -> None:
         from ray.exceptions import ActorUnavailableError, RayActorError
         from ray.serve.exceptions import BackPressureError, RequestCancelledError
@@ -170,12 +127,7 @@ class RayJob:
         # The job's controls are done with (a job cancelled before a replica took it never
         # had them cleared there).
         self._engine.board.forget.remote(self.key)
-        self._result, self._error = result, error
-        self.state = "error" if error else ("cancelled" if result.interrupted else "done")
-        if isinstance(error, Cancelled):
-            self.state = "cancelled"
-        self._done.set()
-        self._events.put(None)
+        self._end(result, error)
         self._engine._ended(self)
 
 
@@ -318,10 +270,6 @@ class RayEngine:
         with self._lock:
             return next((job for job in self._jobs if job.started), None)
 
-    def running_jobs(self) -> list[RayJob]:
-        with self._lock:
-            return [job for job in self._jobs if job.started]
-
     def memory_status(self) -> dict:
         """The front door's machine (each replica's own memory is in cluster_status())."""
         return self.local.memory_status()
@@ -376,13 +324,12 @@ class RayEngine:
         name = (name or "").strip()
         if name and name not in self.models() and name != self.model:
             raise InputError("model", f"{name!r} is not one of this studio's models")
-        try:
-            location = self.handle.options(multiplexed_model_id=name or self.model) \
-                .load.remote().result()
-        except Exception as exc:  # noqa: BLE001 - the replica's error, as the engine's
-            raise ModelError(str(exc)) from None
-        self._loaded = location
-        return location
+        answer = self.handle.options(multiplexed_model_id=name or self.model) \
+            .load.remote().result()
+        if answer[0] == "error":
+            raise rebuild_error(*answer[1:])
+        self._loaded = answer[1]
+        return answer[1]
 
     def unload(self) -> None:
         """Forget the loaded model here; replicas keep theirs until a job needs another (each

@@ -114,11 +114,16 @@ class DiffusionReplica:
         # use: the front door applied the path policy before the job left it.
         return await asyncio.to_thread(self.engine.load_model, model_id, False)
 
-    async def load(self) -> str:
-        """Load the request's model now (the studio's model switch); its location."""
-        location = await self._model(serve.get_multiplexed_model_id() or self.engine.model)
-        self.post()
-        return location
+    async def load(self):
+        """Load the request's model now (the studio's model switch): ("loaded", location), or
+        error_parts when it cannot be loaded (the resident model stays)."""
+        try:
+            location = await self._model(serve.get_multiplexed_model_id() or self.engine.model)
+        except Exception as exc:  # noqa: BLE001 - reported to the front door
+            return error_parts(exc)
+        finally:
+            self.post()
+        return ("loaded", location)
 
     # -- jobs ---------------------------------------------------------------------------------
     async def run(self, key: str, request: JobRequest):

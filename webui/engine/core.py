@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -39,6 +39,7 @@ from .inpaint import overlay_original
 from .ip_adapter import IPAdapterSpec
 from .latents import latents_bytes, load_latents
 from .limits import Limits
+from .handles import JobEvents
 from .detectors import (DETECTOR_SUBDIR, KINDS as DETECTOR_KINDS, Detectors, find_detector,
                         list_detectors)
 from .interface import (TASKS, TXT2IMG_DEFAULT_SIZE, ImageResult, Inputs, JobRequest,
@@ -67,8 +68,9 @@ class _StepClock:
     stopped: bool = False  # a cancel arrived; the library stops before the next step
 
 
-class Job:
-    """A submitted job: iterate `updates()` for progress, call `result()` for the outcome.
+class Job(JobEvents):
+    """A submitted job: iterate `updates()` for progress, call `result()` for the outcome
+    (handles.JobEvents).
 
     created, last_progress, last_preview: see interface.JobHandle (what a front door shows of
     whatever job runs)."""
@@ -77,6 +79,7 @@ class Job:
 
     def __init__(self, engine: "Engine", params: GenerationParams, init_image, save: bool,
                  inputs: "Inputs", owner: str | None = None, task: str = "img2img"):
+        JobEvents.__init__(self)
         self.id = next(self._ids)
         self.owner = owner
         self.engine = engine
@@ -86,24 +89,12 @@ class Job:
         self.save = save
         self.task = task
         self.created = time.time()
-        self.last_progress: Progress | None = None
-        self.last_preview = None
-        self.state = "queued"
         self.cancel_requested = threading.Event()
         self.timed_out = False  # its time budget (Limits.job_timeout) ran out
         # Ends the batch being sampled; cleared when the next batch starts, so that a second
         # click on the same batch does not skip the one after it too.
         self.skip_requested = threading.Event()
-        self._done = threading.Event()
-        self._events: "queue.Queue[Progress | None]" = queue.Queue()
-        self._result: Result | None = None
-        self._error: BaseException | None = None
         self._temporary: list[Path] = []  # files made for this job alone, removed when it ends
-
-    @property
-    def done(self) -> bool:
-        """True once the job has a result or an error."""
-        return self._done.is_set()
 
     def cancel(self) -> None:
         """Stop this job: at once if queued, within one sampling step if running."""
@@ -123,48 +114,10 @@ class Job:
         """How many jobs run or wait before this one (0 when running or finished)."""
         return self.engine._position(self)
 
-    def updates(self, timeout: float | None = None) -> Iterator[Progress]:
-        """Progress until the job ends; then call result(). A queued job reports its position."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
-            try:
-                event = self._events.get(timeout=wait)
-            except queue.Empty:
-                if self._done.is_set():
-                    return
-                if deadline is not None and time.monotonic() >= deadline:
-                    return
-                if self.state == "queued":
-                    yield Progress("queued", position=self.position())
-                continue
-            if event is None:
-                return
-            yield event
-
-    def result(self, timeout: float | None = None) -> Result:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"job {self.id} still running")
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
-
-    def _emit(self, progress: Progress) -> None:
-        self.last_progress = progress
-        if progress.preview is not None:
-            self.last_preview = progress.preview
-        self._events.put(progress)
-
     def _finish(self, result: Result | None, error: BaseException | None) -> None:
         for path in self._temporary:
             path.unlink(missing_ok=True)
-        self._result, self._error = result, error
-        self.state = "error" if error else ("cancelled" if result and result.interrupted else "done")
-        if isinstance(error, Cancelled):
-            self.state = "cancelled"
-        self._done.set()
-        self._events.put(None)
+        self._end(result, error)
 
 
 INPAINT_NOTICE = ("Inpainted: only the painted area was repainted; outside it every pixel is "
