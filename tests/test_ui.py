@@ -387,6 +387,18 @@ def test_auth_parsing(tmp_path):
         launch.parse_auth(None, str(empty))
 
 
+def test_logins_from_the_environment_stay_out_of_the_process_list(monkeypatch):
+    monkeypatch.setenv("IMG2IMG_AUTH", "ann:pw1,bob:pw2")
+    monkeypatch.setenv("IMG2IMG_API_AUTH", "bot:token")
+    assert launch.parse_auth(None, None) == [("ann", "pw1"), ("bob", "pw2")]
+    assert launch.parse_auth(None, None, "--api-auth") == [("bot", "token")]
+    assert launch.check(_args("--listen"))[1] == [("ann", "pw1"), ("bob", "pw2")]
+    assert launch.parse_auth("cy:pw3", None) == [("cy", "pw3")]  # the flag wins
+    monkeypatch.setenv("IMG2IMG_AUTH", "nocolon")
+    with pytest.raises(launch.LaunchError, match=r"\$IMG2IMG_AUTH: expected user:pass"):
+        launch.parse_auth(None, None)
+
+
 def test_other_bad_options():
     with pytest.raises(launch.LaunchError, match="--port"):
         launch.check(_args("--port", "70000"))

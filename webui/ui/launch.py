@@ -44,7 +44,8 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--share", action="store_true",
                        help="also make a public link through a tunnel (needs --auth)")
     group.add_argument("--auth", metavar="USER:PASS[,USER2:PASS2]",
-                       help="require a login; several users separated by commas")
+                       help="require a login; several users separated by commas (shown in the "
+                       "process list: prefer --auth-file or $IMG2IMG_AUTH)")
     group.add_argument("--auth-file", metavar="FILE",
                        help="require a login; one user:pass per line (# comments allowed)")
     group.add_argument("--insecure", action="store_true",
@@ -132,16 +133,27 @@ def _pair(text: str, where: str, exact_password: bool = False) -> tuple[str, str
     return user.strip(), password
 
 
+# Logins from the environment instead of --auth / --api-auth: unlike a flag, an environment
+# variable is not shown in the machine's process list.
+AUTH_ENV = {"--auth": "IMG2IMG_AUTH", "--api-auth": "IMG2IMG_API_AUTH"}
+
+
 def parse_auth(auth: str | None, auth_file: str | None, flag: str = "--auth"
                ) -> list[tuple[str, str]]:
     """The (user, password) pairs of --auth and --auth-file (or --api-auth and
-    --api-auth-file with flag="--api-auth"); LaunchError on bad syntax."""
+    --api-auth-file with flag="--api-auth"); without the flag, its environment variable
+    (AUTH_ENV) in the flag's form. LaunchError on bad syntax."""
+    import os
+
     users: list[tuple[str, str]] = []
+    where = flag
+    if auth is None and os.environ.get(AUTH_ENV[flag], "").strip():
+        auth, where = os.environ[AUTH_ENV[flag]], f"${AUTH_ENV[flag]}"
     if auth is not None:
         entries = [entry for entry in auth.split(",") if entry.strip()]
         if not entries:
-            raise LaunchError(f"{flag}: expected user:pass[,user2:pass2], got nothing")
-        users += [_pair(entry, flag) for entry in entries]
+            raise LaunchError(f"{where}: expected user:pass[,user2:pass2], got nothing")
+        users += [_pair(entry, where) for entry in entries]
     if auth_file is not None:
         path = Path(auth_file).expanduser()
         try:
