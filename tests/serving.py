@@ -20,7 +20,7 @@ def served(studio, users=(("user", "pass"),), throttle=None, queue_size: int = 4
     from webui.ui.app import build
 
     demo = build(studio)
-    demo.queue(max_size=queue_size)
+    launch.queue_studio(demo, queue_size)
     port = free_port()
     options = launch.launch_options(list(users), throttle)
     demo.launch(server_name="127.0.0.1", server_port=port, quiet=True, **options)

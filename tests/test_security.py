@@ -301,3 +301,35 @@ def test_every_event_that_takes_a_picture_opens_it_itself(studio):
     assert {"img2img", "xy_plot", "png_info", "mask_background", "controlnet1_preview"} <= {
         fn.api_name for fn in taking}
     assert [fn.api_name for fn in taking if fn.preprocess] == []
+
+
+def test_a_click_beyond_the_queue_gets_the_studios_busy_answer(root, tmp_path):
+    """With the engine's queue full, one more Generate is answered with the studio's "busy"
+    message at once (not Gradio's "Queue is full!", not a silent wait)."""
+    import time
+
+    from gradio_client import handle_file
+
+    photo = tmp_path / "big.png"
+    Image.new("RGB", (192, 192), (200, 60, 30)).save(photo)
+    engine = Engine(models_dir=root / "models", outputs_dir=tmp_path / "outputs", device="cpu",
+                    model="tiny-random", queue_size=1)
+    long = dict(steps=150, strength=1.0, pag_scale=0.0)
+    try:
+        with served(Studio(engine), USERS, queue_size=1) as address:
+            first, second, third = (client(address, user) for user in (*USERS, USERS[0]))
+            jobs = [each.submit(handle_file(str(photo)), **long, api_name="/img2img")
+                    for each in (first, second)]
+            deadline = time.monotonic() + 60
+            while engine.queue_status().waiting < 1 or engine.running_job() is None:
+                assert time.monotonic() < deadline, "the first two jobs did not reach the engine"
+                time.sleep(0.05)
+            answer = _answer(lambda: third.predict(handle_file(str(photo)), **long,
+                                                   api_name="/img2img"))
+            assert "busy" in answer and "Queue is full" not in answer, answer
+            engine.cancel_all()
+            for job in jobs:
+                _answer(job.result)
+    finally:
+        engine.cancel_all()
+        engine.unload()

@@ -100,11 +100,12 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
 
     gpu_concurrency: how many GPU events Gradio hands to the engine at once. The engine runs one
     job at a time (a cluster one per replica) and reports queue positions itself, so this is its
-    queue plus the running jobs.
+    queue plus the running jobs, plus one that the engine answers "busy" (launch.queue_studio).
     """
     engine = studio.engine
-    # A cluster runs one job per replica at once; the in-process engine one.
-    gpu = gpu_concurrency or engine.queue_size + getattr(engine, "replicas", 1)
+    # A cluster runs one job per replica at once, the in-process engine one; one handler more
+    # than the engine holds answers a click beyond its queue with the studio's "busy".
+    gpu = gpu_concurrency or engine.queue_size + getattr(engine, "replicas", 1) + 1
     seed_lo, seed_hi = P.field_range("seed")
     _, size_hi = P.field_range("width")
 

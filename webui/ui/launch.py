@@ -315,6 +315,14 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     return code
 
 
+def queue_studio(demo, queue_size: int, places: int = 1) -> None:
+    """Gradio's queue in front of the engine's. The page's GPU events may run one handler more
+    than the engine holds (app.build), so a click beyond the engine's queue reaches a handler
+    at once and gets the studio's "busy" answer; Gradio's own queue holds a burst of such
+    clicks (twice the engine's room), so its "Queue is full!" comes only under a flood."""
+    demo.queue(max_size=2 * (queue_size + places) + 1)
+
+
 def upload_bytes(megabytes: float) -> int:
     return int(megabytes * 2 ** 20)
 
@@ -443,7 +451,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {handlers.tiny_notice(engine)}", file=sys.stderr, flush=True)
     startup = presets_panel.Startup(preset, preset_params) if preset is not None else None
     demo = build(handlers.Studio(engine), initial=startup, presets=store)
-    demo.queue(max_size=args.queue_size)
+    queue_studio(demo, args.queue_size)
     try:
         demo.launch(server_name=host, server_port=args.port, share=args.share,
                     **launch_options(users, throttle, args.max_upload_mb))
@@ -488,8 +496,7 @@ def front_door(engine, args: argparse.Namespace, users: list[tuple[str, str]],
         return api_app(engine, store, setup, args, throttle)
     startup = presets_panel.Startup(preset, preset_params) if preset is not None else None
     demo = build(handlers.Studio(engine), initial=startup, presets=store)
-    # The waiting jobs plus the running ones (one per replica).
-    demo.queue(max_size=args.queue_size + getattr(engine, "replicas", 1) - 1)
+    queue_studio(demo, args.queue_size, getattr(engine, "replicas", 1))
     options = launch_options(users, throttle, getattr(args, "max_upload_mb", DEFAULT_UPLOAD_MB))
     options.pop("prevent_thread_lock")
     page = gr.mount_gradio_app(FastAPI(), demo, path="", **options)
