@@ -71,6 +71,14 @@ def test_ui_never_imports_torch(tmp_path):
     assert out.stdout.strip().endswith("ok")
 
 
+def test_the_upload_cache_is_cleaned(studio):
+    from webui.ui.app import CACHE_CLEANING, build
+
+    demo = build(studio)
+    every, older_than = CACHE_CLEANING
+    assert demo.delete_cache == (every, older_than) and 0 < every <= older_than <= 86400
+
+
 # -- img2img -------------------------------------------------------------------------------------
 def test_generate_yields_previews_then_results(studio, init):
     session = Session()

@@ -91,6 +91,12 @@ def _slider(name: str, label: str, step: float, elem_id: str, minimum: float | N
                      elem_id=elem_id, **kwargs)
 
 
+# Gradio's copies of uploads and of results shown on the page: every hour, those older than a
+# day are deleted (and all of them when the studio restarts), so the cache cannot grow without
+# end. The outputs folder is not touched.
+CACHE_CLEANING = (3600, 24 * 3600)
+
+
 def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
           presets=None) -> gr.Blocks:
     """The studio page for `studio`'s engine.
@@ -109,7 +115,8 @@ def build(studio: Studio, gpu_concurrency: int | None = None, initial=None,
     seed_lo, seed_hi = P.field_range("seed")
     _, size_hi = P.field_range("width")
 
-    with gr.Blocks(title="img2img studio", analytics_enabled=False) as demo:
+    with gr.Blocks(title="img2img studio", analytics_enabled=False,
+                   delete_cache=CACHE_CLEANING) as demo:
         session = gr.State(Session, delete_callback=lambda s: s.cancel())
         # The workspace rule: on a 1280×720 screen the prompt, Generate, the init image and the
         # latest result are all in view after a generation. So the header is one row, the prompt
