@@ -509,6 +509,26 @@ def test_styles_csv_becomes_presets(store):
     assert again.imported == [] and "already exists" in dict(again.skipped)["Oil"]
 
 
+@pytest.mark.parametrize("on_conflict", ["skip", "rename", "overwrite"])
+def test_importing_many_styles_reads_the_presets_once(store, monkeypatch, on_conflict):
+    """An import of n styles read every preset file again for each style (n² reads: 1000
+    rows took minutes); now it lists the store once, whatever the conflicts."""
+    rows = "name,prompt,negative_prompt\n" + "".join(f"Style {k},look {k},\n" for k in range(60))
+    presets.import_styles(rows.encode(), store)  # half of them exist on the second run
+    scans = []
+    real = presets.PresetStore._scan
+    monkeypatch.setattr(presets.PresetStore, "_scan",
+                        lambda self, *a, **k: scans.append(1) or real(self, *a, **k))
+    more = rows + "".join(f"New {k},fresh {k},\n" for k in range(60))
+    report = presets.import_styles(more.encode(), store, on_conflict=on_conflict)
+    assert len(scans) <= 2  # one listing: the shipped folder and the user's
+    new = [p.name for p in report.imported if p.name.startswith("New")]
+    assert len(new) == 60
+    expected = {"skip": 120, "rename": 180, "overwrite": 120}[on_conflict]
+    monkeypatch.undo()
+    assert len([n for n in store.names() if n.startswith(("Style", "New"))]) == expected
+
+
 def test_styles_csv_without_a_name_column_is_an_error():
     with pytest.raises(PresetError, match="'name' column") as caught:
         presets.styles_to_presets("title,prompt\nx,y\n", "mine.csv")

@@ -474,11 +474,13 @@ class PresetStore:
         raise PresetNotFound(None, "name", f"no preset named {name!r} (available: {known})")
 
     # writing
-    def save(self, preset: Preset, overwrite: bool = False) -> Preset:
+    def save(self, preset: Preset, overwrite: bool = False,
+             listing: Listing | None = None) -> Preset:
         """Write a user preset; refuses a shipped preset's name, and an existing user preset's
-        name unless `overwrite`."""
+        name unless `overwrite`. listing: this store's list(), kept up to date with what is
+        saved, for a caller saving many (each save would read every preset file again)."""
         name = check_name(preset.name)
-        listing = self.list()
+        listing = listing if listing is not None else self.list()
         existing = listing.find(name)
         shipped_stems = {b.path.stem for b in listing.broken if b.shipped}
         if (existing is not None and existing.shipped) or slugify(name) in shipped_stems:
@@ -495,6 +497,9 @@ class PresetStore:
         except FileExistsError:
             raise PresetExists(None, "name", f"a preset named “{name}” already exists; choose "
                                "overwrite to replace it") from None
+        if existing is not None:
+            listing.presets.remove(existing)
+        listing.presets.append(saved)
         return saved
 
     def save_params(self, name: str, params: P.GenerationParams, *, overwrite: bool = False,
@@ -534,19 +539,22 @@ class PresetStore:
         preset = parse(data, Path(filename).name or "upload.json")
         return self._save_new(replace(preset, shipped=False, path=None), on_conflict)
 
-    def _save_new(self, preset: Preset, on_conflict: OnConflict) -> Preset | None:
-        existing = self.list().find(preset.name)
+    def _save_new(self, preset: Preset, on_conflict: OnConflict,
+                  listing: Listing | None = None) -> Preset | None:
+        listing = listing if listing is not None else self.list()
+        existing = listing.find(preset.name)
         if existing is None or on_conflict == "error":
-            return self.save(preset)
+            return self.save(preset, listing=listing)
         if on_conflict == "skip":
             return None
         if on_conflict == "overwrite":
-            return self.save(preset, overwrite=True)
-        return self.save(replace(preset, name=self.free_name(preset.name)))
+            return self.save(preset, overwrite=True, listing=listing)
+        return self.save(replace(preset, name=self.free_name(preset.name, listing)),
+                         listing=listing)
 
-    def free_name(self, name: str) -> str:
+    def free_name(self, name: str, listing: Listing | None = None) -> str:
         """`name`, or 'name (2)', 'name (3)', ... whichever is not taken."""
-        listing = self.list()
+        listing = listing if listing is not None else self.list()
         taken = {p.slug for p in listing.presets} | {b.path.stem for b in listing.broken}
         base = re.sub(r" \(\d+\)$", "", name)
         candidate, n = name, 1
@@ -641,9 +649,12 @@ def import_styles(data: bytes | str, store: PresetStore, file: str = "styles.csv
     `on_conflict` (default 'skip', so importing the same file twice adds nothing)."""
     presets, skipped = styles_to_presets(data, file)
     report = StylesImport(skipped=list(skipped))
+    # One listing for the whole file, updated as each style is saved: reading every preset
+    # again for each style made an import of n styles take n² file reads.
+    listing = store.list()
     for preset in presets:
         try:
-            saved = store._save_new(preset, on_conflict)
+            saved = store._save_new(preset, on_conflict, listing)
         except PresetError as exc:
             report.skipped.append((preset.name, exc.message))
             continue
