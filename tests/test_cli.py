@@ -69,6 +69,13 @@ def gen(tmp_path, monkeypatch, init_png, capsys):
     return call
 
 
+def test_an_outputs_folder_that_cannot_be_written_fails_and_says_why(gen, tmp_path):
+    (tmp_path / "outputs").write_text("a file where the folder should be")
+    code, out, err = gen("--steps", "2", "--strength", "0.5")
+    assert code == 1
+    assert out.startswith("(not saved)\n") and "note: not saved" in err
+
+
 # -- subprocess ----------------------------------------------------------------------------------
 def test_subprocess_success_prints_path_and_infotext(tmp_path, init_png):
     proc = run_cli(tmp_path, "--init", "in.png", "--steps", "2", "--strength", "0.5", "--seed", "5",

@@ -444,6 +444,37 @@ def test_tiny_tokenizers_know_their_vocabulary(engine, model, tmp_path):
     engine.unload()
 
 
+def test_outputs_that_cannot_be_written_still_give_the_images(api, make_image, tmp_path,
+                                                              monkeypatch):
+    """A read-only, missing or full outputs folder: the job still returns its pictures, says
+    they were not saved and why (no server path in the message), and writes no half file."""
+    import errno
+
+    from webui.engine import outputs
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the outputs folder should be")
+    api.outputs_dir = blocker
+    result = api.generate(JobRequest(make(steps=2, seed=4), make_image(64, 48)))
+    assert result.images[0].image.size == (64, 48) and result.images[0].path is None
+    assert "not saved" in result.notice and str(tmp_path) not in result.notice
+    # A disk that fills up half-way through a batch: the first image is saved, the rest shown.
+    api.outputs_dir = tmp_path / "outputs"
+    real, calls = outputs.write_numbered, []
+
+    def fills_up(data, folder, seed, suffix=".png"):
+        calls.append(seed)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(data, folder, seed, suffix)
+
+    monkeypatch.setattr(outputs, "write_numbered", fills_up)
+    result = api.generate(JobRequest(make(steps=2, seed=4, batch_size=2), make_image()))
+    assert [item.path is not None for item in result.images] == [True, False]
+    assert "No space left on device" in result.notice and "1 of 2" in result.notice
+    assert len(list((tmp_path / "outputs").rglob("*"))) == 3  # img2img/, the day, one PNG
+
+
 # -- errors ---------------------------------------------------------------------------------------
 def test_unknown_model_name(api, make_image):
     # As the command line asks (allow_paths): the studio refuses an unlisted name before the

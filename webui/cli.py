@@ -265,14 +265,17 @@ def run_generate(args: argparse.Namespace, base: dict | None = None) -> int:
             else:
                 out.mkdir(parents=True, exist_ok=True)
                 path = write_numbered(data, out, item.seed)
-        print(path)
+        print(path if path is not None else "(not saved)")
         print(item.infotext)
         print()
     if result.notice:
         print(f"note: {result.notice}", file=sys.stderr)
     print(f"effective steps: {result.effective_steps} (steps x strength), "
           f"seed: {result.seed}, {result.elapsed:.1f} s", file=sys.stderr)
-    return 0
+    # Asked for files and got none (a full disk, an unwritable outputs folder): a failure.
+    unsaved = out is None and not result.interrupted and any(
+        item.path is None for item in result.images)
+    return 1 if unsaved else 0
 
 
 def run_import_styles(args: argparse.Namespace) -> int:

@@ -244,13 +244,8 @@ class RayEngine:
         from ..engine import outputs
         from ..engine.core import Engine
 
-        folder = outputs.day_folder(self.outputs_dir, owner=owner)
-        for item in result.images:
-            if item.latents is not None:
-                item.path = Engine.write_latents(item, folder)
-            else:
-                item.path = outputs.write_numbered(outputs.png_bytes(item.image, item.infotext),
-                                                   folder, item.seed)
+        unsaved = outputs.save_all(result.images, self.outputs_dir, owner, Engine.write_latents)
+        result.notice = "; ".join(filter(None, [result.notice, unsaved]))
 
     def cancel_all(self) -> None:
         with self._lock:

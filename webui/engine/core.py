@@ -683,13 +683,8 @@ class Engine:
         notice = "; ".join(filter(None, [notice, *notices]))
         if job.save and not interrupted:
             job._emit(Progress("saving", elapsed=time.monotonic() - started))
-            folder = outputs.day_folder(self.outputs_dir, owner=job.owner)
-            for item in results:
-                if item.latents is not None:
-                    item.path = self.write_latents(item, folder)
-                else:
-                    item.path = outputs.write_numbered(outputs.png_bytes(item.image, item.infotext),
-                                                  folder, item.seed)
+            unsaved = outputs.save_all(results, self.outputs_dir, job.owner, self.write_latents)
+            notice = "; ".join(filter(None, [notice, unsaved]))
         return Result(images=results, params=params, seed=seed, width=width, height=height,
                       effective_steps=params.effective_steps, model=source.name,
                       elapsed=time.monotonic() - started, interrupted=interrupted, notice=notice,

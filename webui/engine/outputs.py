@@ -81,3 +81,24 @@ def write_numbered(data: bytes, folder: Path, seed: int, suffix: str = ".png") -
                 return target
             except FileExistsError:
                 number += 1
+
+
+def save_all(items, outputs_dir, owner: str | None, write_latents) -> str:
+    """Write each result (an ImageResult: a PNG with its infotext, or latents through
+    `write_latents(item, folder)`) into the day folder, setting its path. A full disk or an
+    outputs folder that cannot be written does not lose the job: the images come back unsaved
+    and the returned notice says so (with the system's reason, never the server's paths);
+    "" when all were saved."""
+    try:
+        folder = day_folder(outputs_dir, owner=owner)
+        for item in items:
+            if item.latents is not None:
+                item.path = write_latents(item, folder)
+            else:
+                item.path = write_numbered(png_bytes(item.image, item.infotext), folder,
+                                           item.seed)
+    except OSError as exc:
+        saved = sum(item.path is not None for item in items)
+        return (f"not saved: the outputs folder could not be written ({exc.strerror or exc}); "
+                f"{saved} of {len(items)} images were saved, the others are only shown here")
+    return ""

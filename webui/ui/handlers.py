@@ -476,7 +476,7 @@ class Studio(RequestBuilder, PngInfoHandlers):
         if item is None:
             return None, "", ""
         compare = (session.before, item.image) if session.before is not None else None
-        path = _saved_as(item.path) if item.path else "(not saved: the job was interrupted)"
+        path = _saved_as(item.path) if item.path else "(not saved: the status line says why)"
         return compare, item.infotext, path
 
     def select_result(self, session: Session, evt: gr.SelectData) -> tuple:
