@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import re
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -442,7 +443,7 @@ def run(args: argparse.Namespace) -> int:
             return _serve_api_alone(api_app(engine, store, setup, args, throttle), host,
                                     args.port)
         finally:
-            engine.cancel_all()
+            _stop_engine(engine)
 
     from . import handlers, presets_panel
     from .app import build
@@ -468,13 +469,31 @@ def run(args: argparse.Namespace) -> int:
         # No tunnel (offline, or the tunnel helper is missing): keep serving locally.
         print("note: no public link could be made; the studio is served on "
               f"{demo.local_url} only.", file=sys.stderr, flush=True)
+    # SIGTERM (a service manager's stop) ends the studio as Ctrl+C does, not mid-write.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         demo.block_thread()
     except KeyboardInterrupt:
         pass
     finally:
-        engine.cancel_all()
+        _stop_engine(engine)
     return 0
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def _stop_engine(engine, timeout: float = 60.0) -> None:
+    """Cancel every job and wait (up to `timeout` s) until the running one has stopped, which
+    it does within a step: the process then exits with nothing half-written (an interrupted
+    job saves nothing)."""
+    import time
+
+    engine.cancel_all()
+    deadline = time.monotonic() + timeout
+    while engine.running_job() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def front_door(engine, args: argparse.Namespace, users: list[tuple[str, str]],
@@ -533,9 +552,8 @@ def cluster_options(args: argparse.Namespace):
 def _serve_on_cluster(args: argparse.Namespace, host: str, users: list[tuple[str, str]],
                       setup: ApiSetup, outputs_dir: Path) -> int:
     """--cluster: the diffusion replicas and the studio's ingress deployment on Ray Serve,
-    served by Serve's HTTP proxy on --host and --port, until Ctrl+C or SIGTERM (a replica then
-    lets its running job finish, up to its graceful-shutdown time)."""
-    import signal
+    served by Serve's HTTP proxy on --host and --port, until Ctrl+C or SIGTERM (the running
+    jobs are then cancelled, each stopping within a step, and everything is undeployed)."""
     import time
 
     from ..engine import Engine, ModelError
@@ -555,12 +573,9 @@ def _serve_on_cluster(args: argparse.Namespace, host: str, users: list[tuple[str
     print(f"starting {options.bounds()[0]} diffusion replica(s) and the studio on the Ray "
           f"cluster ({args.cluster}) ...", file=sys.stderr, flush=True)
 
-    def stop(*_):
-        raise KeyboardInterrupt
-
     # SIGTERM stops it as Ctrl+C does, during start-up too (serve_studio then undeploys what
     # it had deployed before it gives up).
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, _interrupt)
     served = None
     try:
         served = serve_studio(options, args, host, users, setup, outputs_dir)
