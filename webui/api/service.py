@@ -355,7 +355,6 @@ def _placeholder(request: JobRequest) -> Result:
                   effective_steps=0, model=params.model, elapsed=0.0)
 
 
-
 class ClientWatch:
     """The jobs one API request started, so that a client that goes away (closed its
     connection) cancels them: the route watches the connection and calls leave(); a job the
