@@ -16,6 +16,7 @@ Needs the cluster extra (pip install ".[cluster]"); the README's test command in
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -333,6 +334,11 @@ def test_load_model_loads_on_a_replica_and_says_why_not(api):
     from webui.engine import InputError, ModelError
 
     assert api.load_model("tiny-random-xl") == api.loaded_model() == "tiny-random-xl"
+
+    async def inside_an_event_loop():  # as a caller in async code (or a browser driver's)
+        return api.load_model("tiny-random")
+
+    assert asyncio.run(inside_an_event_loop()) == "tiny-random"
     with pytest.raises(InputError) as caught:
         api.load_model("/etc/passwd")
     assert caught.value.field == "model"

@@ -401,6 +401,9 @@ def test_logins_from_the_environment_stay_out_of_the_process_list(monkeypatch):
     assert launch.parse_auth(None, None) == [("ann", "pw1"), ("bob", "pw2")]
     assert launch.parse_auth(None, None, "--api-auth") == [("bot", "token")]
     assert launch.check(_args("--listen"))[1] == [("ann", "pw1"), ("bob", "pw2")]
+    # The API's variable counts only when the API is served (it may be set for every launch).
+    assert launch.check_api(_args(), exposed=False).users == []
+    assert launch.check_api(_args("--api"), exposed=False).users == [("bot", "token")]
     assert launch.parse_auth("cy:pw3", None) == [("cy", "pw3")]  # the flag wins
     monkeypatch.setenv("IMG2IMG_AUTH", "nocolon")
     with pytest.raises(launch.LaunchError, match=r"\$IMG2IMG_AUTH: expected user:pass"):

@@ -17,6 +17,7 @@ engine gives.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import itertools
 import logging
@@ -319,8 +320,11 @@ class RayEngine:
         name = (name or "").strip()
         if name and name not in self.models() and name != self.model:
             raise InputError("model", f"{name!r} is not one of this studio's models")
-        answer = self.handle.options(multiplexed_model_id=name or self.model) \
-            .load.remote().result()
+        call = self.handle.options(multiplexed_model_id=name or self.model).load.remote
+        # Waited for in a thread of its own: Serve refuses a blocking wait in a thread that
+        # runs an event loop (a caller inside async code, or a sync browser driver's thread).
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(lambda: call().result()).result()
         if answer[0] == "error":
             raise rebuild_error(*answer[1:])
         self._loaded = answer[1]

@@ -139,16 +139,16 @@ def _pair(text: str, where: str, exact_password: bool = False) -> tuple[str, str
 AUTH_ENV = {"--auth": "IMG2IMG_AUTH", "--api-auth": "IMG2IMG_API_AUTH"}
 
 
-def parse_auth(auth: str | None, auth_file: str | None, flag: str = "--auth"
-               ) -> list[tuple[str, str]]:
+def parse_auth(auth: str | None, auth_file: str | None, flag: str = "--auth",
+               use_env: bool = True) -> list[tuple[str, str]]:
     """The (user, password) pairs of --auth and --auth-file (or --api-auth and
-    --api-auth-file with flag="--api-auth"); without the flag, its environment variable
-    (AUTH_ENV) in the flag's form. LaunchError on bad syntax."""
+    --api-auth-file with flag="--api-auth"); without the flag (and with use_env), its
+    environment variable (AUTH_ENV) in the flag's form. LaunchError on bad syntax."""
     import os
 
     users: list[tuple[str, str]] = []
     where = flag
-    if auth is None and os.environ.get(AUTH_ENV[flag], "").strip():
+    if use_env and auth is None and os.environ.get(AUTH_ENV[flag], "").strip():
         auth, where = os.environ[AUTH_ENV[flag]], f"${AUTH_ENV[flag]}"
     if auth is not None:
         entries = [entry for entry in auth.split(",") if entry.strip()]
@@ -247,8 +247,9 @@ def check_api(args: argparse.Namespace, exposed: bool) -> ApiSetup:
     login, as the page does)."""
     alone = bool(getattr(args, "nowebui", False))
     enabled = alone or bool(getattr(args, "api", False))
+    # $IMG2IMG_API_AUTH counts only when the API is served (it may be set for every launch).
     users = parse_auth(getattr(args, "api_auth", None), getattr(args, "api_auth_file", None),
-                       "--api-auth")
+                       "--api-auth", use_env=enabled)
     admins = frozenset(name.strip() for name in (getattr(args, "api_admin", None) or "")
                        .split(",") if name.strip())
     unknown = sorted(admins - {user for user, _ in users})
