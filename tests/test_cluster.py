@@ -17,6 +17,7 @@ Needs the cluster extra (pip install ".[cluster]"); the README's test command in
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import threading
@@ -338,7 +339,10 @@ def test_load_model_loads_on_a_replica_and_says_why_not(api):
     async def inside_an_event_loop():  # as a caller in async code (or a browser driver's)
         return api.load_model("tiny-random")
 
-    assert asyncio.run(inside_an_event_loop()) == "tiny-random"
+    # In a thread of its own, so that the loop is this test's even when the session already
+    # runs one in the main thread (the browser tests' driver does).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert pool.submit(asyncio.run, inside_an_event_loop()).result() == "tiny-random"
     with pytest.raises(InputError) as caught:
         api.load_model("/etc/passwd")
     assert caught.value.field == "model"
