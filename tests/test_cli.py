@@ -50,7 +50,7 @@ def png_text(path: Path) -> str:
 @pytest.fixture
 def init_png(tmp_path, make_image) -> Path:
     path = tmp_path / "in.png"
-    make_image(32, 32, seed=5).save(path)
+    make_image(64, 64, seed=5).save(path)
     return path
 
 

@@ -66,7 +66,7 @@ def long_job(engine, make_image, **extra):
 @pytest.mark.parametrize("class_name", list(schedulers.CLASS_NAMES))
 def test_every_scheduler_class_runs(engine, make_image, class_name, strength):
     # The in-process engine itself: it reads the resident pipeline's scheduler.
-    init = make_image(32, 32, seed=1)
+    init = make_image(64, 64, seed=1)
     params = make(steps=4, strength=strength, seed=11, scheduler=class_name)
     assert params.scheduler == schedulers.CLASS_NAMES[class_name]
     result = engine.generate(JobRequest(params, init, save=False))
@@ -75,7 +75,7 @@ def test_every_scheduler_class_runs(engine, make_image, class_name, strength):
     assert [img.seed for img in result.images] == [11]
     out = result.images[0].image
     assert isinstance(out, Image.Image)
-    assert out.size == (32, 32) and (result.width, result.height) == (32, 32)
+    assert out.size == (64, 64) and (result.width, result.height) == (64, 64)
     assert out.tobytes() != init.tobytes()  # the pipeline really ran
     assert type(engine._pipe.scheduler).__name__ == class_name
     assert f"Denoising strength: {strength:g}" in result.images[0].infotext
@@ -83,11 +83,11 @@ def test_every_scheduler_class_runs(engine, make_image, class_name, strength):
 
 # -- strength 0 and below one step -------------------------------------------------------------------
 def test_strength_zero_returns_the_original_without_loading(fresh_api, make_image):
-    init = make_image(48, 40, seed=2)
+    init = make_image(80, 64, seed=2)
     result = fresh_api.generate(JobRequest(make(strength=0.0, seed=5), init, save=True))
     assert fresh_api.loaded_model() is None
     assert result.images[0].image.tobytes() == init.tobytes()
-    assert result.images[0].image.size == (48, 40)
+    assert result.images[0].image.size == (80, 64)
     assert result.effective_steps == 0
     assert "original" in result.notice
     # The saved file holds the same pixels.
@@ -107,7 +107,7 @@ def test_strength_zero_returns_the_resized_original(fresh_api, make_image):
 
 
 def test_below_one_step_returns_the_original_with_a_notice(fresh_api, make_image):
-    init = make_image(32, 32, seed=4)
+    init = make_image(64, 64, seed=4)
     params = make(steps=3, strength=0.3, seed=8)  # int(0.9) == 0 steps
     result = fresh_api.generate(JobRequest(params, init, save=False))
     assert result.images[0].image.tobytes() == init.tobytes()
@@ -293,10 +293,10 @@ def test_cancel_a_running_job(engine, make_image):
     assert job.state == "cancelled"
     assert max([first.step, *steps]) < 150  # stopped early (the exact step is a race)
     # The engine carries on normally.
-    after = engine.generate(JobRequest(make(steps=4, strength=0.5, seed=1), make_image(32, 32),
+    after = engine.generate(JobRequest(make(steps=4, strength=0.5, seed=1), make_image(96, 64),
                                        save=False))
     assert not after.interrupted and len(after.images) == 1
-    assert after.images[0].image.size == (32, 32)
+    assert after.images[0].image.size == (96, 64)
 
 
 def test_cancel_stops_within_one_step(engine, make_image, monkeypatch):
@@ -455,8 +455,8 @@ def test_outputs_that_cannot_be_written_still_give_the_images(api, make_image, t
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the outputs folder should be")
     api.outputs_dir = blocker
-    result = api.generate(JobRequest(make(steps=2, seed=4), make_image(64, 48)))
-    assert result.images[0].image.size == (64, 48) and result.images[0].path is None
+    result = api.generate(JobRequest(make(steps=2, seed=4), make_image(96, 64)))
+    assert result.images[0].image.size == (96, 64) and result.images[0].path is None
     assert "not saved" in result.notice and str(tmp_path) not in result.notice
     # A disk that fills up half-way through a batch: the first image is saved, the rest shown.
     api.outputs_dir = tmp_path / "outputs"

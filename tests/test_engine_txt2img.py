@@ -175,7 +175,7 @@ def test_an_inpainting_model_refuses_txt2img_and_keeps_serving(tmp_path):
 # -- skip ----------------------------------------------------------------------------------------
 def test_skip_ends_the_batch_being_sampled_and_the_job_goes_on(api, make_image):
     job = api.submit(JobRequest(make(steps=40, strength=1.0, seed=3, batch_count=2),
-                                make_image(64, 48), save=False))
+                                make_image(96, 64), save=False))
     sampling = []
     for progress in job.updates(timeout=120):
         if progress.stage != "sampling":
@@ -190,7 +190,7 @@ def test_skip_ends_the_batch_being_sampled_and_the_job_goes_on(api, make_image):
     assert second == list(range(1, 41))  # ... and the second ran every step
     assert not result.interrupted
     assert [i.seed for i in result.images] == [3, 4]
-    assert all(i.image.size == (64, 48) for i in result.images)
+    assert all(i.image.size == (96, 64) for i in result.images)
 
 
 # -- what a front door reads of the running job --------------------------------------------------

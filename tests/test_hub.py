@@ -120,8 +120,8 @@ def test_download_reports_progress_and_the_model_then_generates(server, hub_root
     go_offline(monkeypatch)
     requests = len(server.requests)
     result = engine.generate(make(model=TINY_REPO, steps=2, strength=0.5, seed=1),
-                             make_image(32, 32), save=False)
-    assert result.images[0].image.size == (32, 32) and result.model == TINY_REPO
+                             make_image(96, 64), save=False)
+    assert result.images[0].image.size == (96, 64) and result.model == TINY_REPO
     assert len(server.requests) == requests
     engine.unload()
 
@@ -134,8 +134,8 @@ def test_an_fp16_download_loads_offline_with_its_variant(server, hub_root, engin
     assert not (folder / UNET).exists(), "the plain weights came too"
     go_offline(monkeypatch)
     result = engine.generate(make(model=TINY_REPO, steps=2, strength=0.5, seed=1),
-                             make_image(48, 32), save=False)
-    assert result.images[0].image.size == (48, 32) and result.model == TINY_REPO
+                             make_image(96, 64), save=False)
+    assert result.images[0].image.size == (96, 64) and result.model == TINY_REPO
     engine.unload()
 
 

@@ -234,8 +234,8 @@ def test_target_size_one_side_keeps_aspect():
 
 
 def test_target_size_none_keeps_init_size():
-    assert imaging.target_size(Image.new("RGB", (64, 48)), None, None) == (64, 48)
-    assert imaging.target_size(Image.new("RGB", (70, 53)), None, None) == (64, 48)
+    assert imaging.target_size(Image.new("RGB", (96, 64)), None, None) == (96, 64)
+    assert imaging.target_size(Image.new("RGB", (100, 70)), None, None) == (96, 64)
 
 
 @pytest.mark.parametrize("size", [(200, 200), (300, 150), (1000, 999), (150, 300), (800, 100)])
@@ -245,8 +245,12 @@ def test_target_size_scales_down_inherited_sizes(size, max_pixels):
     w, h = imaging.target_size(init, None, None, max_pixels=max_pixels)
     assert w % 8 == 0 and h % 8 == 0
     assert w * h <= max_pixels
-    # Scaled, not cropped to a square: the aspect ratio survives (within the 8 px grid).
-    assert abs(w / h - size[0] / size[1]) <= 8 / min(w, h) * (size[0] / size[1]) + 0.01
+    if min(w, h) > imaging.MIN_SIDE:
+        # Scaled, not cropped to a square: the aspect ratio survives (within the 8 px grid).
+        assert abs(w / h - size[0] / size[1]) <= 8 / min(w, h) * (size[0] / size[1]) + 0.01
+    else:
+        # A picture too long to keep its aspect in so few pixels keeps the smallest side instead.
+        assert min(w, h) == imaging.MIN_SIDE and (w >= h) == (size[0] >= size[1])
     # and not needlessly small: one more grid step on both sides would not fit.
     assert (w + 8) * (h + 8) > max_pixels
 
@@ -333,3 +337,42 @@ def test_fit_unknown_mode():
         imaging.fit(_stripes(), 64, 64, "stretch")
     assert info.value.field == "resize_mode"
     assert "crop and resize" in str(info.value)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 2), (10, 40), (63, 63)])
+def test_target_size_inherited_from_a_tiny_picture_is_at_least_64(size):
+    # A 1x1 upload gave an 8x8 job, below the smallest size the settings accept (64).
+    w, h = imaging.target_size(Image.new("1", size), None, None)
+    assert min(w, h) == imaging.MIN_SIDE and w % 8 == 0 and h % 8 == 0
+    assert abs(w / h - size[0] / size[1]) <= 8 / min(w, h) * max(1, size[0] / size[1]) + 0.01
+
+
+def test_target_size_one_side_given_keeps_the_other_at_least_64():
+    assert imaging.target_size(Image.new("1", (400, 10)), 400, None) == (400, imaging.MIN_SIDE)
+    assert imaging.target_size(Image.new("1", (10, 400)), None, 400) == (imaging.MIN_SIDE, 400)
+
+
+@pytest.mark.parametrize("size", [(4000, 1), (1, 4000), (20000, 3)])
+def test_target_size_of_a_sliver_stays_within_both_sides_and_the_limit(size):
+    w, h = imaging.target_size(Image.new("1", size), None, None, max_pixels=512 * 512)
+    assert imaging.MIN_SIDE <= min(w, h) and max(w, h) <= imaging.MAX_SIDE
+    assert w * h <= 512 * 512
+    assert (w > h) == (size[0] > size[1])
+
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_an_animated_picture_gives_its_first_frame_and_says_so(fmt):
+    frames = [Image.new("RGB", (64, 48), colour) for colour in ((200, 0, 0), (0, 200, 0),
+                                                                 (0, 0, 200))]
+    data = io.BytesIO()
+    frames[0].save(data, fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    image = imaging.load_image(data.getvalue())
+    assert image.size == (64, 48)
+    r, g, b = image.getpixel((10, 10))
+    assert r > 150 and g < 60 and b < 60  # the first frame's red
+    assert imaging.frames_notice(image) == ("init image: animated (3 frames), only its first "
+                                            "frame is used")
+    # The note survives what the engine does next; a still picture has none.
+    assert imaging.frames_notice(imaging.load_image(image)) != ""
+    assert imaging.frames_notice(imaging.load_image(encode(frames[0]))) == ""

@@ -20,6 +20,12 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 # Refuse to even decode absurd files (decompression bombs) well before they fill the memory.
 DECODE_LIMIT_PIXELS = 20_000 * 20_000
 DEFAULT_BACKGROUND = (255, 255, 255)
+# Where load_image notes, in the picture's info, that the file was animated (its frame count):
+# the job uses the first frame and says so (frames_notice).
+FRAMES_INFO = "img2img-frames"
+# The sides a size may have, as the width and height settings allow: an inherited size (from a
+# 1x1 upload, or the other side of a sliver) is kept within them too.
+MIN_SIDE, MAX_SIDE = 64, 4096
 
 
 def load_image(source, field: str = "init_image", background=DEFAULT_BACKGROUND,
@@ -35,13 +41,25 @@ def load_image(source, field: str = "init_image", background=DEFAULT_BACKGROUND,
         image = source
     else:
         image = open_image(source, field)
+    frames = getattr(image, "n_frames", 1)
     try:
         image = ImageOps.exif_transpose(image)
         if keep_alpha and ("A" in image.mode or "transparency" in image.info):
-            return image.convert("RGBA")
-        return _to_rgb(image, background)
+            image = image.convert("RGBA")
+        else:
+            image = _to_rgb(image, background)
     except (OSError, ValueError) as exc:
         raise InputError(field, f"{field}: the image could not be read ({exc})") from None
+    if isinstance(frames, int) and frames > 1:
+        image.info[FRAMES_INFO] = frames
+    return image
+
+
+def frames_notice(image: Image.Image, what: str = "init image") -> str:
+    """'init image: animated (12 frames), only its first frame is used' for a picture
+    load_image read from an animated file; "" otherwise."""
+    frames = image.info.get(FRAMES_INFO)
+    return f"{what}: animated ({frames} frames), only its first frame is used" if frames else ""
 
 
 def open_image(source, field: str = "image", load: bool = True) -> Image.Image:
@@ -126,12 +144,18 @@ def target_size(image: Image.Image, width: int | None, height: int | None,
         w, h = height * image.width / image.height, height
     else:
         w, h = image.width, image.height
+    if min(w, h) < MIN_SIDE:
+        # A tiny picture is scaled up (aspect kept) until its shorter side is MIN_SIDE.
+        scale = MIN_SIDE / min(w, h)
+        w, h = (w * scale, h * scale) if not (width or height) else (
+            (w, max(h, MIN_SIDE)) if width else (max(w, MIN_SIDE), h))
     if w * h > max_pixels:
         scale = math.sqrt(max_pixels / (w * h))
         w, h = w * scale, h * scale
-    w, h = snap8(round(w)), snap8(round(h))
+    # A sliver cannot keep its aspect within the sides: it is clamped to them.
+    w, h = (min(MAX_SIDE, max(MIN_SIDE, snap8(round(side)))) for side in (w, h))
     # Rounding up can land the product just above the limit: take 8 px off the longer side.
-    while w * h > max_pixels and max(w, h) > 8:
+    while w * h > max_pixels and max(w, h) > MIN_SIDE:
         w, h = (w - 8, h) if w >= h else (w, h - 8)
     return w, h
 

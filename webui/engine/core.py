@@ -598,6 +598,7 @@ class Engine:
         latents = self._latent_input(inputs.latents)
         init = None
         text_job = job.task == "txt2img"
+        first_frame = ""  # an animated init image: only its first frame is used
         if text_job:
             # Nothing is denoised part-way: every step runs, and the infotext says strength 1.
             params = params.replace(strength=1.0)
@@ -610,6 +611,7 @@ class Engine:
                                    params.resize_mode)
         else:
             init = imaging.load_image(job.init_image, "init_image")
+            first_frame = imaging.frames_notice(init)
             width, height = imaging.target_size(init, params.width, params.height,
                                                 self.max_pixels)
             init = imaging.fit(init, width, height, params.resize_mode)
@@ -631,7 +633,7 @@ class Engine:
                                    inpaint=mask is not None, extra=inputs.infotext_extra)
 
         results: list[ImageResult] = []
-        notices: dict[str, None] = {}  # ordered, without repeats across batches
+        notices: dict[str, None] = dict.fromkeys(filter(None, [first_frame]))  # ordered, once
         notice = ""
         interrupted = False
         if params.effective_steps < 1:
