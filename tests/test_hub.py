@@ -321,3 +321,46 @@ def test_the_page_offers_the_panel_and_licences_in_the_picker(engine, tmp_path, 
     download = next(f for f in demo.fns.values() if f.api_name == "download_model")
     # Its own queue, one at a time: a download never waits behind, or holds up, the GPU jobs.
     assert download.concurrency_id == "model-download" and download.concurrency_limit == 1
+
+
+# -- a shared studio downloads nothing for its visitors (--allow-downloads) ---------------------
+def test_a_studio_without_downloads_refuses_the_panel_and_says_how_to_allow_it(server, tmp_path):
+    from webui.engine import Engine
+    from webui.ui import app
+    from webui.ui.handlers import Studio
+    from webui.ui.model_download import download_model
+
+    studio = Studio(Engine(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs",
+                           allow_downloads=False))
+    views = list(download_model(studio, None, TINY_REPO))
+    assert "Not downloaded:" in views[-1][0] and "--allow-downloads" in views[-1][0]
+    assert all(is_skip(v[1]) for v in views)
+    assert not hub.is_cached(TINY_REPO), "nothing was fetched"
+    blocks = {getattr(b, "elem_id", None): b for b in app.build(studio).blocks.values()}
+    assert blocks["get-model-download"].interactive is False
+    assert "--allow-downloads" in blocks["get-model-status"].value
+
+
+def test_without_downloads_only_a_cached_hub_id_may_be_named(server, tmp_path):
+    registry = ModelRegistry(tmp_path / "models", allow_downloads=False)
+    with pytest.raises(InputError) as info:
+        registry.confine_adapter("ip_adapter", "h94/IP-Adapter", "ip_adapter", hub=True)
+    assert info.value.field == "ip_adapter" and "--allow-downloads" in str(info.value)
+    hub.download(TINY_REPO, fp16=False)
+    assert hub.is_cached(TINY_REPO)
+    assert registry.confine_adapter("ip_adapter", TINY_REPO, "ip_adapter", hub=True) == TINY_REPO
+    # With downloads allowed (this machine's own studio) any hub id may be named.
+    allowed = ModelRegistry(tmp_path / "models")
+    assert allowed.confine_adapter("ip_adapter", "h94/IP-Adapter", "ip_adapter",
+                                   hub=True) == "h94/IP-Adapter"
+
+
+@pytest.mark.parametrize("flags, allowed", [
+    ([], True), (["--listen"], False), (["--share"], False), (["--host", "192.168.1.5"], False),
+    (["--listen", "--allow-downloads"], True), (["--host", "::1"], True),
+])
+def test_downloads_are_on_only_for_a_studio_this_machine_alone_reaches(flags, allowed):
+    from webui.__main__ import build_parser
+    from webui.ui.launch import downloads_allowed
+
+    assert downloads_allowed(build_parser().parse_args(flags)) is allowed

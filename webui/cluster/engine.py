@@ -185,6 +185,10 @@ class RayEngine:
         return self.local.models_dir
 
     @property
+    def allow_downloads(self) -> bool:
+        return self.local.allow_downloads
+
+    @property
     def device(self) -> str:
         """The replicas' device ('cuda' when any replica has a GPU, else theirs; 'cpu' before
         any has posted)."""

@@ -29,7 +29,8 @@ class StudioIngress:
 
         local = Engine(models_dir=args.models_dir, outputs_dir=outputs_dir,
                        model=args.model or "", queue_size=args.queue_size, compile="off",
-                       device="cpu", limits=launch.check_limits(args))
+                       device="cpu", limits=launch.check_limits(args),
+                       allow_downloads=launch.downloads_allowed(args))
         self.engine = RayEngine(diffusion, ray.get_actor(board, namespace=NAMESPACE), local,
                                 replicas=replicas, queue_size=args.queue_size)
         self._app = launch.front_door(self.engine, args, users, setup)

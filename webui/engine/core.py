@@ -141,13 +141,15 @@ class Engine:
     queue_size: jobs that may wait; one more gets QueueFull.
     compile: the compiled UNet (compiled.py): 'auto' (on for CUDA), 'on' or 'off'.
     cache_dir: its on-disk cache (default: cache/compile beside the models folder).
+    allow_downloads: whether a job may name a hub id (an IP-Adapter) that is not in the hub
+        cache yet, and the studio's "Get a model" panel may download; off for a shared studio.
     """
 
     def __init__(self, models_dir="models", outputs_dir="outputs", model: str = "",
                  device: str | None = None, max_pixels: int | None = None,
                  queue_size: int = 16, hub_ids: tuple[str, ...] = (), compile: str = "auto",
-                 cache_dir=None, limits: Limits | None = None):
-        self.registry = ModelRegistry(models_dir, hub_ids)
+                 cache_dir=None, limits: Limits | None = None, allow_downloads: bool = True):
+        self.registry = ModelRegistry(models_dir, hub_ids, allow_downloads)
         compiled.resolve(compile, "cpu")  # refuses an unknown mode now, not at the first load
         self.compile_mode = compile
         self.cache_dir = Path(cache_dir) if cache_dir else \
@@ -378,6 +380,11 @@ class Engine:
         """Where `name` (default: the studio's model) would load from; ModelError when it is
         not a model this engine can load (checked at start-up, before any job)."""
         return self.registry.resolve(name or self.model).location
+
+    @property
+    def allow_downloads(self) -> bool:
+        """See the class's allow_downloads."""
+        return self.registry.allow_downloads
 
     def check_adapter(self, kind: str, name: str, field: str, hub: bool = False) -> str:
         """The name a job may use for the adapter `name` of `kind` (IP_ADAPTER_SUBDIR or

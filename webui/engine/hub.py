@@ -306,6 +306,17 @@ def _loadable_snapshot(model_index: Path) -> bool:
     return bool(needed) and all(any((folder / name).glob("*.safetensors")) for name in needed)
 
 
+def is_cached(repo_id: str) -> bool:
+    """True when the hub cache holds a snapshot of `repo_id` (any files of it): a job may use
+    it without downloading."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    snapshots = folder / "snapshots"
+    return snapshots.is_dir() and any(snapshots.iterdir())
+
+
 def cached_models() -> list[str]:
     """Hub ids of the diffusers models in the hub cache whose weights are all there (sorted)."""
     from huggingface_hub import constants, try_to_load_from_cache

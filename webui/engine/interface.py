@@ -207,6 +207,8 @@ class EngineAPI(Protocol):
     queue_size: int
     outputs_dir: Path  # where results are saved (front doors save grids there too)
     device: str  # 'cuda', 'cpu', ... of the engine's pipeline
+    # Whether a client may have the server download from the hub (off for a shared studio).
+    allow_downloads: bool
 
     @property
     def models_dir(self) -> Path:

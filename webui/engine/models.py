@@ -80,9 +80,13 @@ class ModelRegistry:
     folders) in `models/Stable-diffusion/`, LoRAs in `models/Lora/`.
     """
 
-    def __init__(self, models_dir: str | os.PathLike = "models", hub_ids: tuple[str, ...] = ()):
+    def __init__(self, models_dir: str | os.PathLike = "models", hub_ids: tuple[str, ...] = (),
+                 allow_downloads: bool = True):
         self.models_dir = Path(models_dir)
         self.hub_ids = tuple(hub_ids)
+        # False on a shared studio: a hub id a client names must already be in the hub cache,
+        # so that a visitor cannot fill the server's disk or make it fetch what they choose.
+        self.allow_downloads = allow_downloads
         self._hashes: dict[tuple[str, float, int], str] = {}
         self._families: dict[tuple[str, float, int], str | None] = {}
         self._hash_lock = threading.Lock()
@@ -223,7 +227,13 @@ class ModelRegistry:
         if path.is_absolute() and path.exists() and folder in path.resolve().parents:
             return self.adapter_name(subdir, str(path))
         if hub and is_hub_id(value):
-            return value
+            from .hub import is_cached  # hub.py builds on this module
+
+            if self.allow_downloads or is_cached(value):
+                return value
+            raise InputError(field, f"{value!r} is not downloaded on this server, and this "
+                                    f"studio does not download from the hub for its visitors "
+                                    f"(its owner can allow it with --allow-downloads)")
         shown = ", ".join(listed) or "none yet"
         extra = " (or give a hub id, owner/name)" if hub else ""
         raise InputError(field, f"{value!r} is not one of this studio's {subdir} models "

@@ -51,6 +51,11 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
                        help="require a login; one user:pass per line (# comments allowed)")
     group.add_argument("--insecure", action="store_true",
                        help="allow --share/--listen without a login (anyone can use the GPU)")
+    group.add_argument("--allow-downloads", action="store_true",
+                       help="let the studio's visitors download models from the hub (the Get a "
+                       "model panel, hub IP-Adapter ids); on by default only when the studio is "
+                       "served on this machine alone (not with --listen, --share or another "
+                       "--host)")
     group.add_argument("--model", default=None,
                        help="model to start with: a name from the models folder, a .safetensors "
                        "file, a diffusers folder or a hub id (default: the first one found)")
@@ -208,6 +213,14 @@ def check(args: argparse.Namespace) -> tuple[str, list[tuple[str, str]]]:
     REST API's options included)."""
     host, users, _ = check_all(args)
     return host, users
+
+
+def downloads_allowed(args: argparse.Namespace) -> bool:
+    """Whether visitors may have the server download from the hub: --allow-downloads, or a
+    studio that only this machine can reach."""
+    host = "0.0.0.0" if args.listen else args.host
+    return bool(getattr(args, "allow_downloads", False)) or not (
+        args.share or not _is_loopback(host))
 
 
 def check_all(args: argparse.Namespace) -> tuple[str, list[tuple[str, str]], "ApiSetup"]:
@@ -431,7 +444,7 @@ def run(args: argparse.Namespace) -> int:
         return _serve_on_cluster(args, host, users, setup, outputs_dir)
     engine = Engine(models_dir=args.models_dir, outputs_dir=outputs_dir, model=args.model or "",
                     queue_size=args.queue_size, compile=getattr(args, "compile", "auto"),
-                    limits=limits)
+                    limits=limits, allow_downloads=downloads_allowed(args))
     try:
         engine.check_model()
     except ModelError as exc:

@@ -52,6 +52,7 @@ def build(studio: Studio) -> Panel:
     and the workspace below stays in view; while the built-in tiny models are all the picker
     has, the tiny-model notice beside it points here."""
     offline = E.is_offline()
+    refused = refusal(studio)
     with gr.Accordion("Get a model", open=False, elem_id="get-model") as accordion:
         suggestion = gr.Dropdown([(s.label, s.repo_id) for s in E.SUGGESTIONS],
                                  value=E.SUGGESTIONS[0].repo_id, label="Well-known checkpoints",
@@ -59,18 +60,30 @@ def build(studio: Studio) -> Panel:
                                  elem_id="get-model-choice")
         repo_id = gr.Textbox(label="Or any hub id", placeholder="owner/name (diffusers format)",
                              max_lines=1, elem_id="get-model-id")
-        download = gr.Button("Download", variant="secondary", interactive=not offline,
-                             elem_id="get-model-download")
-        status = gr.Markdown(E.offline_message() if offline else
-                             "Downloads go to the hub cache; only safetensors weights are "
-                             "fetched.", elem_id="get-model-status")
+        download = gr.Button("Download", variant="secondary",
+                             interactive=not (offline or refused), elem_id="get-model-download")
+        status = gr.Markdown(refused or (E.offline_message() if offline else
+                                         "Downloads go to the hub cache; only safetensors "
+                                         "weights are fetched."), elem_id="get-model-status")
     return Panel(accordion, suggestion, repo_id, download, status)
+
+
+def refusal(studio: Studio) -> str:
+    """Why this studio downloads nothing for its visitors ("" when it does)."""
+    if studio.engine.allow_downloads:
+        return ""
+    return ("This shared studio does not download models for its visitors; its owner can "
+            "allow it with --allow-downloads, or put checkpoints in the models folder.")
 
 
 def download_model(studio: Studio, suggestion: str | None, typed: str | None,
                    progress=gr.Progress()) -> Iterator[tuple]:
     """The Download event: yields (status, picker, tiny notice) while the download runs, and
     at the end lists and selects the new model. A typed id wins over the list's choice."""
+    # Refused here too, not only by the disabled button: the event is callable by its API name.
+    if refused := refusal(studio):
+        yield f"**Not downloaded:** {refused}", gr.skip(), gr.skip()
+        return
     try:
         repo_id = E.check_repo_id((typed or "").strip() or suggestion or "")
     except InputError as exc:
