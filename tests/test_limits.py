@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import time
 
@@ -178,3 +179,60 @@ def test_the_command_line_has_only_the_settings_own_ranges():
     assert unlimited.max_pixels == 4096 * 4096
     assert unlimited.job_timeout == 0 and unlimited.max_queued_per_user == 0
     unlimited.check(make(steps=150, width=4096, height=4096, batch_count=100, batch_size=8))
+
+
+# -- the disk that uploads take ------------------------------------------------------------------
+def _upload_app(folder, clock, max_bytes):
+    """A stand-in for Gradio's upload route (each POST body becomes a file in `folder`),
+    behind UploadSpace."""
+    import itertools
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from webui.ui.upload_space import UploadSpace
+
+    names = itertools.count()
+
+    async def upload(request):
+        path = folder / f"upload-{next(names)}"
+        path.write_bytes(await request.body())
+        os.utime(path, (clock.now, clock.now))
+        return JSONResponse([str(path)])
+
+    app = Starlette(routes=[Route("/gradio_api/upload", upload, methods=["POST"])])
+    return UploadSpace(app, max_bytes=max_bytes, folder=folder, keep_seconds=600, clock=clock)
+
+
+class _Clock:
+    now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_uploads_stay_within_their_disk_and_the_oldest_make_room(tmp_path):
+    clock = _Clock()
+    http = TestClient(_upload_app(tmp_path, clock, max_bytes=3000))
+    for _ in range(3):
+        assert http.post("/gradio_api/upload", content=b"x" * 1000).status_code == 200
+    # Full, and every file is recent (a queued job may still need it): refused, nothing lost.
+    refused = http.post("/gradio_api/upload", content=b"x" * 1000)
+    assert refused.status_code == 507 and "space for uploads is full" in refused.json()["detail"]
+    assert len(list(tmp_path.iterdir())) == 3
+    # Later the oldest go first, as few as make room.
+    clock.now += 601
+    assert http.post("/gradio_api/upload", content=b"y" * 1500).status_code == 200
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["upload-2", "upload-3"], left
+    assert sum(p.stat().st_size for p in tmp_path.iterdir()) <= 3000
+
+
+def test_the_upload_disk_flag_reaches_the_page():
+    options = launch.launch_options([], None, 2, 5)
+    [space] = [m for m in options["app_kwargs"]["middleware"] if m.cls.__name__ == "UploadSpace"]
+    assert space.kwargs["max_bytes"] == 5 * 2 ** 20
+    assert launch.check_limits(_args("--max-upload-cache-mb", "5"))
+    with pytest.raises(launch.LaunchError, match="--max-upload-cache-mb must be more than 0"):
+        launch.check_limits(_args("--max-upload-cache-mb", "0"))

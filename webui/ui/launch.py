@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..engine import Limits
+from .upload_space import DEFAULT_CACHE_MB
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -91,6 +92,9 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--max-upload-mb", type=float, default=DEFAULT_UPLOAD_MB,
                         help="largest file a client may upload, and largest REST API request "
                         f"(default {DEFAULT_UPLOAD_MB:g})")
+    limits.add_argument("--max-upload-cache-mb", type=float, default=DEFAULT_CACHE_MB,
+                        help="disk the page's uploads may take together; the oldest are "
+                        f"deleted to make room (default {DEFAULT_CACHE_MB:g})")
     group.add_argument("--preset", metavar="NAME", default=None,
                        help="start the page with this preset's settings (shipped or from "
                        "--user-presets)")
@@ -193,9 +197,11 @@ def check_limits(args: argparse.Namespace) -> Limits:
         if not values[name] >= 0 or values[name] == float("inf"):
             raise LaunchError(f"--{name.replace('_', '-')} must be 0 (no limit) or more (got "
                               f"{values[name]:g})")
-    upload = getattr(args, "max_upload_mb", DEFAULT_UPLOAD_MB)
-    if not 0 < upload < float("inf"):
-        raise LaunchError(f"--max-upload-mb must be more than 0 (got {upload:g})")
+    for name, default in (("max_upload_mb", DEFAULT_UPLOAD_MB),
+                          ("max_upload_cache_mb", DEFAULT_CACHE_MB)):
+        value = getattr(args, name, default)
+        if not 0 < value < float("inf"):
+            raise LaunchError(f"--{name.replace('_', '-')} must be more than 0 (got {value:g})")
     return Limits(**values)
 
 
@@ -343,14 +349,17 @@ def upload_bytes(megabytes: float) -> int:
 
 
 def launch_options(users: list[tuple[str, str]], throttle=None,
-                   max_upload_mb: float = DEFAULT_UPLOAD_MB) -> dict:
+                   max_upload_mb: float = DEFAULT_UPLOAD_MB,
+                   upload_cache_mb: float = DEFAULT_CACHE_MB) -> dict:
     """The keyword arguments of Blocks.launch() that make the studio safe to share (all but
-    where it serves): the login, throttled (see logins.py), which files are served, and the
-    largest upload. throttle: a logins.Throttle (default: a new one with the default policy)."""
+    where it serves): the login, throttled (see logins.py), which files are served, the
+    largest upload and the disk all uploads may take (upload_space.py). throttle: a
+    logins.Throttle (default: a new one with the default policy)."""
     from starlette.middleware import Middleware
 
     from .app import CSS, KEYS_JS
     from .logins import LoginThrottle
+    from .upload_space import UploadSpace
 
     return dict(
         auth=users or None, auth_message="img2img studio: log in to continue.",
@@ -361,7 +370,9 @@ def launch_options(users: list[tuple[str, str]], throttle=None,
         max_file_size=upload_bytes(max_upload_mb), show_error=False, ssr_mode=False, pwa=False,
         mcp_server=False, enable_monitoring=False, footer_links=["api"], css=CSS, js=KEYS_JS,
         prevent_thread_lock=True,
-        app_kwargs={"middleware": [Middleware(LoginThrottle, throttle=throttle)]},
+        app_kwargs={"middleware": [
+            Middleware(LoginThrottle, throttle=throttle),
+            Middleware(UploadSpace, max_bytes=upload_bytes(upload_cache_mb))]},
     )
 
 
@@ -469,7 +480,8 @@ def run(args: argparse.Namespace) -> int:
     queue_studio(demo, args.queue_size)
     try:
         demo.launch(server_name=host, server_port=args.port, share=args.share,
-                    **launch_options(users, throttle, args.max_upload_mb))
+                    **launch_options(users, throttle, args.max_upload_mb,
+                                     args.max_upload_cache_mb))
     except OSError as exc:
         return _fail(f"could not serve on {host}:{args.port} ({exc}); pick another --port",
                      EXIT_FAILED)
@@ -530,7 +542,8 @@ def front_door(engine, args: argparse.Namespace, users: list[tuple[str, str]],
     startup = presets_panel.Startup(preset, preset_params) if preset is not None else None
     demo = build(handlers.Studio(engine), initial=startup, presets=store)
     queue_studio(demo, args.queue_size, getattr(engine, "replicas", 1))
-    options = launch_options(users, throttle, getattr(args, "max_upload_mb", DEFAULT_UPLOAD_MB))
+    options = launch_options(users, throttle, getattr(args, "max_upload_mb", DEFAULT_UPLOAD_MB),
+                             getattr(args, "max_upload_cache_mb", DEFAULT_CACHE_MB))
     options.pop("prevent_thread_lock")
     page = gr.mount_gradio_app(FastAPI(), demo, path="", **options)
     if setup.enabled:
