@@ -591,3 +591,23 @@ def test_the_preset_module_needs_neither_torch_nor_gradio():
             "print(sorted(m for m in ('torch', 'gradio', 'diffusers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_user_keeps_a_bounded_number_of_presets(tmp_path):
+    # A visitor of a shared studio could otherwise save presets until the disk is full.
+    alice = PresetStore(tmp_path / "users", user="alice", max_presets=3)
+    for n in range(3):
+        alice.save_params(f"look {n}", P.GenerationParams())
+    with pytest.raises(PresetError) as info:
+        alice.save_params("one more", P.GenerationParams())
+    assert info.value.field == "name" and "(3)" in str(info.value)
+    assert "one more" not in alice.names()
+    # Replacing one of them is not a new one; another user has a quota of their own.
+    alice.save_params("look 0", P.GenerationParams(steps=12), overwrite=True)
+    assert alice.get("look 0").settings["steps"] == 12
+    alice.for_user("bob").save_params("bob's", P.GenerationParams())
+    report = presets.import_styles("name,prompt,negative_prompt\nx,a,b\ny,c,d\n", alice)
+    assert not report.imported and all("delete some" in why for _, why in report.skipped)
+    alice.delete("look 1")
+    alice.save_params("one more", P.GenerationParams())
+    assert "one more" in alice.names()

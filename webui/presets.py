@@ -52,6 +52,9 @@ STANDARD_NEGATIVE_PLACEHOLDER = "{standard_negative}"
 MAX_NAME_LENGTH = 80
 MAX_DESCRIPTION_LENGTH = 2000
 MAX_FILE_BYTES = 1_000_000
+# Presets one user may keep: enough for any artist's styles.csv, few enough that a visitor of a
+# shared studio cannot fill its disk (1 MB each at most).
+MAX_USER_PRESETS = 1000
 
 META_KEYS = ("schema_version", "name", "description", "band", "prompt_template")
 # The prompt is the artist's own text; a preset shapes it through prompt_template instead.
@@ -412,15 +415,17 @@ class PresetStore:
     """
 
     def __init__(self, user_dir: str | os.PathLike = DEFAULT_USER_DIR,
-                 shipped_dir: str | os.PathLike | None = SHIPPED_DIR, user: str | None = None):
+                 shipped_dir: str | os.PathLike | None = SHIPPED_DIR, user: str | None = None,
+                 max_presets: int = MAX_USER_PRESETS):
         self.root = Path(user_dir)
         self.shipped_dir = Path(shipped_dir) if shipped_dir is not None else None
         self.user = user
         self.user_dir = self.root / safe_user_dir_name(user) if user is not None else self.root
+        self.max_presets = max_presets  # user presets (broken files too) a new one may join
 
     def for_user(self, user: str | None) -> "PresetStore":
         """The same folders seen by `user` (None: the shared folder, for auth off)."""
-        return PresetStore(self.root, self.shipped_dir, user)
+        return PresetStore(self.root, self.shipped_dir, user, self.max_presets)
 
     # reading
     def _scan(self, folder: Path | None, shipped: bool) -> tuple[list[Preset], list[Broken]]:
@@ -489,6 +494,13 @@ class PresetStore:
         if existing is not None and not overwrite:
             raise PresetExists(None, "name", f"a preset named “{existing.name}” already exists; "
                                "choose overwrite to replace it")
+        if existing is None:
+            held = sum(not p.shipped for p in listing.presets) + sum(
+                not b.shipped for b in listing.broken)
+            if held >= self.max_presets:
+                raise PresetError(None, "name", f"you have {held} presets, the most this "
+                                  f"studio keeps for one user ({self.max_presets}); delete some "
+                                  "to save new ones")
         path = existing.path if existing is not None and existing.path else (
             self.user_dir / f"{slugify(name)}.json")
         saved = replace(preset, name=name, shipped=False, path=path)
