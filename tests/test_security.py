@@ -4,6 +4,7 @@ guessing passwords."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import uuid
@@ -261,6 +262,27 @@ def test_login_guesses_are_slowed_then_refused_and_the_password_works_after_the_
         assert login("alice-pw").status_code == 200
         # A success clears the record.
         assert throttle.check("127.0.0.1") == (0.0, 0.0)
+
+
+def test_a_login_name_must_be_the_users_exact_name(studio):
+    # The login form trimmed the name, so " alice" with alice's password was alice's session.
+    lenient = Throttle(Policy(slow_after=100, lock_after=100))
+    with served(studio, USERS, throttle=lenient) as address, \
+            httpx.Client(base_url=address) as http:
+        for name, encoding in itertools.product([" alice", "alice ", "\talice", "ALICE"],
+                                                ("form", "multipart")):
+            # (the login page itself sends multipart)
+            http.cookies.clear()
+            fields = {"username": name, "password": "alice-pw"}
+            response = (http.post("/login", data=fields) if encoding == "form" else
+                        http.post("/login", files={k: (None, v) for k, v in fields.items()}))
+            assert response.status_code == 400, (name, encoding)
+            assert not any(c.startswith("access-token") for c in http.cookies), (name, encoding)
+        assert len(lenient._records["127.0.0.1"].failures) == 8  # each counts as a wrong guess
+        http.cookies.clear()
+        # The exact name still logs in, by either encoding.
+        assert http.post("/login", files={"username": (None, "alice"),
+                                          "password": (None, "alice-pw")}).status_code == 200
 
 
 def test_throttle_counts_each_address_apart_and_forgets():

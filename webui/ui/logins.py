@@ -11,6 +11,9 @@ The address is the connection's peer. Behind a proxy on this machine (the tunnel
 connects from loopback) the peer is always the loopback address, so there the last entry of
 X-Forwarded-For, the one the proxy itself added, is used when present; from any other peer the
 header is ignored, because a client can write anything in it.
+
+The login form trims the name it is sent, so " alice" with alice's password would open alice's
+session: here a name must be exactly a user's name, and any other is a wrong login.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 LOGIN_PATHS = ("/login", "/login/")
+# A login form is a name and a password: anything longer is not read (and is refused).
+MAX_LOGIN_BODY = 64 * 1024
 
 
 @dataclass
@@ -127,6 +132,21 @@ class LoginThrottle:
             return
         if delay:
             await asyncio.sleep(delay)
+        body = await _read_body(receive)
+        name = await _login_name(scope, body)
+        if body is None or name is None or name != name.strip():
+            # Answered as the form answers a wrong password, and counted as one.
+            self.throttle.failed(address)
+            await _answer(send, 400, {"detail": "Incorrect credentials."})
+            return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
         async def watch(message):
             if message["type"] == "http.response.start":
@@ -138,15 +158,51 @@ class LoginThrottle:
                     self.throttle.failed(address)
             await send(message)
 
-        await self.app(scope, receive, watch)
+        await self.app(scope, replay, watch)
+
+
+async def _read_body(receive) -> bytes | None:
+    """The request's body, or None when it is longer than MAX_LOGIN_BODY."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None  # the client went away
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > MAX_LOGIN_BODY:
+            return None
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _login_name(scope, body: bytes | None) -> str | None:
+    """The form's username (url-encoded or multipart, as the form route reads either), or
+    None when there is none."""
+    if body is None:
+        return None
+    from starlette.requests import Request
+
+    async def once():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(scope, once).form()
+    except Exception:  # noqa: BLE001 - a malformed form is a failed login, not a server error
+        return None
+    name = form.get("username")
+    return name if isinstance(name, str) else None
 
 
 async def _refuse(send, seconds: float) -> None:
     wait = max(1, int(seconds + 0.999))
-    body = json.dumps({"detail": f"Too many failed logins from this address; try again in "
-                                 f"{wait} s."}).encode()
-    await send({"type": "http.response.start", "status": 429,
+    await _answer(send, 429, {"detail": f"Too many failed logins from this address; try again "
+                                        f"in {wait} s."}, [(b"retry-after", str(wait).encode())])
+
+
+async def _answer(send, status: int, payload: dict, headers=()) -> None:
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"retry-after", str(wait).encode()),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
