@@ -246,6 +246,12 @@ def run_generate(args: argparse.Namespace, base: dict | None = None) -> int:
                          save=out is None, allow_paths=True)
     engine = _engine(args, params)
     try:
+        # A name that is no model is bad input (2), said before the job, naming the flag; a
+        # model that is found but fails to load stays a failure (1).
+        engine.check_model(params.model or "")
+    except ModelError as exc:
+        return _fail(f"--model: {exc}")
+    try:
         result = engine.generate(request)
     except (InputError, P.ParamsError, ModelError, OutOfMemory) as exc:
         return _job_failure(exc)
