@@ -15,7 +15,8 @@ under a minute). `--cold` also times a fresh process to its first image, with an
 with a warm compile cache. `--compile on|off|auto` picks the engine's compiled UNet (auto: on
 for CUDA); with it on, the warm-up includes each size's compile. The text parsers are timed on 1 MB of adversarial text each
 (`--parsers-only` for those alone). `--cluster local --replicas N` measures the cluster
-engine's throughput instead (cluster.py).
+engine's throughput instead (cluster.py), and `--load --clients N --requests K` serves the
+studio on loopback to N concurrent clients, page and REST API together (load.py).
 """
 
 from __future__ import annotations
@@ -257,7 +258,9 @@ def arguments(argv: list[str] | None):
                         help="sampler (repeatable; default: both)")
     parser.add_argument("--pag", action="append", type=float, metavar="SCALE",
                         help="the engine's PAG scale (repeatable; default: 0 and 3)")
-    parser.add_argument("--steps", type=_positive, default=DEFAULTS["steps"])
+    parser.add_argument("--steps", type=_positive, default=None,
+                        help=f"sampling steps (default {DEFAULTS['steps']}; 2 with --load, "
+                        "which measures the serving, not the sampling)")
     parser.add_argument("--strength", type=float, default=DEFAULTS["strength"])
     parser.add_argument("--cfg", type=float, default=DEFAULTS["cfg"])
     parser.add_argument("--runs", type=_positive, default=5,
@@ -281,6 +284,13 @@ def arguments(argv: list[str] | None):
                         "images per minute for 1, 2 and 4 replicas up to --replicas")
     parser.add_argument("--replicas", type=_positive, default=2,
                         help="with --cluster: the largest replica count (default 2)")
+    parser.add_argument("--load", action="store_true",
+                        help="run the load test instead (load.py): many clients at once on a "
+                        "loopback studio, page and REST API together")
+    parser.add_argument("--clients", type=_positive, default=20,
+                        help="with --load: concurrent clients (default 20)")
+    parser.add_argument("--requests", type=_positive, default=3,
+                        help="with --load: jobs each client sends (default 3)")
     parser.add_argument("--burst", type=_positive, default=4,
                         help="with --cluster: jobs submitted at once per replica (default 4)")
     return parser.parse_args(argv)
@@ -301,6 +311,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.parsers_only:
             return _write(lines, args.out)
 
+    if args.load:
+        from . import load
+
+        load.run(args.clients, args.requests, steps=args.steps or 2, emit=emit)
+        return _write(lines, args.out)
+
+    args.steps = args.steps or DEFAULTS["steps"]
     if args.cluster:
         from . import cluster
 
