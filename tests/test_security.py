@@ -355,3 +355,79 @@ def test_a_click_beyond_the_queue_gets_the_studios_busy_answer(root, tmp_path):
     finally:
         engine.cancel_all()
         engine.unload()
+
+
+def test_fifty_wrong_passwords_are_slowed_then_refused_and_never_logged(studio, caplog, capfd):
+    import logging
+    import time
+
+    caplog.set_level(logging.DEBUG)
+    guesses = [f"guess-{n:02d}-zq" for n in range(50)]
+    answers, seconds = [], []
+    # The launcher's own throttle policy (a new Throttle per launch, as run() makes).
+    with served(studio, USERS) as address, httpx.Client(base_url=address, timeout=30) as http:
+        for guess in guesses:
+            http.cookies.clear()
+            t0 = time.monotonic()
+            answers.append(http.post("/login", data={"username": "alice",
+                                                     "password": guess}).status_code)
+            seconds.append(time.monotonic() - t0)
+        http.cookies.clear()
+        locked_out = http.post("/login", data={"username": "alice", "password": "alice-pw"})
+    policy = Policy()
+    assert answers[:policy.lock_after] == [400] * policy.lock_after
+    assert answers[policy.lock_after:] == [429] * (50 - policy.lock_after)
+    # Slowed after the first few, then refused at once without looking at the password.
+    assert all(s < policy.delay / 2 for s in seconds[:policy.slow_after])
+    assert all(s >= policy.delay * 0.9 for s in seconds[policy.slow_after:policy.lock_after])
+    assert all(s < policy.delay / 2 for s in seconds[policy.lock_after:])
+    assert locked_out.status_code == 429, "the right password waits for the lock to end"
+    out, err = capfd.readouterr()
+    logged = caplog.text + out + err
+    assert not [g for g in guesses + ["alice-pw", "bob-pw"] if g in logged]
+
+
+def test_no_file_route_reads_another_users_result_or_presets(url, studio, photo, root):
+    """Bob's result and a preset file of his, asked for by a logged-in alice through Gradio's
+    file routes: absolute paths, '..' forms, URL-encoded forms, and links placed in the outputs
+    folder (by anyone who can write there) pointing at them."""
+    from urllib.parse import quote
+
+    from gradio_client import handle_file
+
+    bob = client(url, USERS[1])
+    assert bob.predict(handle_file(photo), seed=31, **FAST,
+                       api_name="/img2img")[0].startswith("**Done**")
+    outputs = studio.engine.outputs_dir
+    [result] = [p for p in outputs.rglob("*-31.png") if p.parent.parent.name.startswith("bob-")]
+    preset = root / "user-presets" / "bob" / "secret-look.json"
+    preset.parent.mkdir(parents=True, exist_ok=True)
+    preset.write_text('{"name": "secret look", "settings": {"steps": 9}}')
+    link = outputs / "link-to-bob.png"
+    link.symlink_to(result)
+    (outputs / "link-to-presets").symlink_to(preset.parent, target_is_directory=True)
+    cwd = Path.cwd()
+    forms = set()
+    for target in (result, preset, link, outputs / "link-to-presets" / preset.name):
+        relative = os.path.relpath(target, cwd)
+        dotted = str(outputs / ".." / target.relative_to(outputs.parent)) \
+            if outputs.parent in target.parents else str(target)
+        forms |= {str(target), relative, dotted, quote(str(target), safe=""),
+                  quote(quote(str(target), safe=""), safe=""), "//" + str(target).lstrip("/"),
+                  str(target).replace("/", "\\"), "../" * 12 + str(target).lstrip("/")}
+    with httpx.Client(base_url=url) as http:
+        assert http.post("/login", data={"username": "alice", "password": "alice-pw"}
+                         ).status_code == 200
+        for form in sorted(forms):
+            for route in ("/gradio_api/file=", "/file=", "/gradio_api/file/", "/file/"):
+                response = http.get(route + form)
+                assert response.status_code in (400, 403, 404, 405), (route, form,
+                                                                     response.status_code)
+                assert b"secret look" not in response.content
+                assert response.content[:8] != b"\x89PNG\r\n\x1a\n", (route, form)
+        # The control: the same routes do serve what is meant to be served (assets/).
+        from webui.ui.launch import ASSETS_DIR
+
+        served_asset = http.get("/gradio_api/file=" + str(ASSETS_DIR / "example-init.png"))
+        assert served_asset.status_code == 200
+        assert served_asset.content[:8] == b"\x89PNG\r\n\x1a\n"
