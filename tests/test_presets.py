@@ -611,3 +611,25 @@ def test_a_user_keeps_a_bounded_number_of_presets(tmp_path):
     alice.delete("look 1")
     alice.save_params("one more", P.GenerationParams())
     assert "one more" in alice.names()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_atomic_write_syncs_the_file_then_its_folder(tmp_path, monkeypatch, overwrite):
+    import os
+    import stat
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd):
+        mode = os.fstat(fd).st_mode
+        synced.append("folder" if stat.S_ISDIR(mode) else "file")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    target = tmp_path / "presets" / "look.json"
+    files.write_atomic(target, b'{"name": "look"}', overwrite=overwrite)
+    assert target.read_bytes() == b'{"name": "look"}'
+    # The data reaches the disk before the name does, and then the name itself.
+    assert synced == ["file", "folder"]
+    assert [p.name for p in target.parent.iterdir()] == ["look.json"]  # no temp file left

@@ -3,8 +3,9 @@
 A top-level module, not part of the engine, because every layer writes files: the engine its
 pictures, the preset store its presets, the CLI its outputs.
 
-Files are written under a temporary name and renamed or linked into place, so a crash never
-leaves a half-written file under a real name and two writers never overwrite each other's file.
+Files are written under a temporary name, synced, and renamed or linked into place, then the
+folder is synced, so a crash never leaves a half-written file under a real name (nor loses a
+finished one's name) and two writers never overwrite each other's file.
 """
 
 from __future__ import annotations
@@ -46,6 +47,23 @@ def staged(folder: Path, data: bytes, suffix: str = ".tmp"):
         yield tmp
     finally:
         tmp.unlink(missing_ok=True)
+    # Reached only when the caller put the file in place: the folder's new entry is synced
+    # too, or a power cut could lose the name while the data survived.
+    sync_folder(folder)
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder (its entries); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the rename itself is still atomic
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes, overwrite: bool) -> None:
