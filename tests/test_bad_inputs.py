@@ -189,9 +189,10 @@ SETTINGS = [  # (field, value): refused by every door, naming the field
     ("denoising_strength", float("nan")), ("cfg_scale", float("inf")),
     ("cfg_scale", float("-inf")), ("seed", 2 ** 40), ("batch_size", 1000), ("n_iter", 1000),
     ("width", 100000), ("prompt", "x" * 25000), ("prompt", "lone \ud800 surrogate"),
+    ("prompt", "nul \x00 inside"), ("negative_prompt", "escape \x1b[31m"),
     ("sampler_name", "Warp drive"),
 ]
-WRONG_TYPES = [[1, 2], {"a": 1}, "lots"]
+WRONG_TYPES = [[1, 2], {"a": 1}, "lots", True]
 TYPED_FIELDS = ["prompt", "negative_prompt", "steps", "cfg_scale", "seed", "denoising_strength",
                 "width", "height", "batch_size", "n_iter", "sampler_name", "resize_mode",
                 "mask_blur", "styles", "override_settings", "alwayson_scripts"]
@@ -213,6 +214,7 @@ def test_rest_refuses_a_bad_setting_naming_it(api, field, value):
                         headers={"content-type": "application/json"})
     named, detail = _refusal(response)
     assert named.split(".")[0].split("[")[0] == field, (named, detail)
+    assert "Value error" not in detail, detail
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "C:\\\\Windows\\\\x",
@@ -277,6 +279,7 @@ def test_cli_makes_an_unusual_picture_usable(corpus, tmp_path, capsys, name):
     ("--strength", "1.5"), ("--strength", "-0.1"), ("--strength", "nan"), ("--cfg", "inf"),
     ("--seed", str(2 ** 40)), ("--batch-size", "1000"), ("--batch-count", "1000"),
     ("--width", "100000"), ("--prompt", "x" * 25000), ("--scheduler", "Warp drive"),
+    ("--prompt", "bell \x07 inside"), ("--negative-prompt", "nul \x00"),
     ("--model", "../../etc/passwd.safetensors"), ("--lora", "no-such-lora"),
 ])
 def test_cli_refuses_a_bad_setting_naming_the_flag(corpus, tmp_path, capsys, flag, value):
@@ -308,6 +311,7 @@ def _run(studio, init, **settings):
     (dict(batch_size=1000), "Batch size"), (dict(batch_count=1000), "Batch count"),
     (dict(width=100000), "Width"), (dict(prompt="x" * 25000), "Prompt"),
     (dict(prompt="lone \ud800"), "Prompt"), (dict(scheduler="Warp drive"), "Sampler"),
+    (dict(prompt="nul \x00"), "Prompt"), (dict(negative_prompt="\x1b[2J"), "Negative prompt"),
     (dict(scheduler=["Euler a"]), "Sampler"), (dict(steps={"n": 4}), "Sampling steps"),
     (dict(strength=True), "Denoising strength"), (dict(seed="lots"), "Seed"),
     (dict(model="../../etc/passwd"), "Model"), (dict(model=["tiny-random"]), "Model"),
@@ -363,6 +367,7 @@ def test_the_page_makes_an_unusual_picture_usable(page, corpus, engine, name):
     (dict(steps=10 ** 6), "Sampling steps"), (dict(strength=1.5), "Denoising strength"),
     (dict(prompt=123), "Prompt"), (dict(prompt=["a", "b"]), "Prompt"),
     (dict(negative_prompt={"x": 1}), "Negative prompt"), (dict(seed=2 ** 40), "Seed"),
+    (dict(prompt="nul \x00 inside"), "Prompt"), (dict(steps=True), "Sampling steps"),
     (dict(width=100000), "Width"), (dict(scheduler="Warp drive"), "Sampler"),
     (dict(model="/etc/passwd"), "Model"), (dict(batch_size=1000), "Batch size"),
 ])

@@ -257,3 +257,11 @@ def test_fields_lists_the_texts_settings_as_written():
     assert (fields["Size"], fields["Size-1"], fields["Size-2"]) == ("96x64", "96", "64")
     assert infotext.fields("just a prompt") == {"Prompt": "just a prompt", "Negative prompt": ""}
     assert infotext.fields("x" * (infotext.MAX_CHARS + 1)) == {}
+
+
+def test_control_characters_another_tool_left_in_a_prompt_are_dropped_not_the_prompt():
+    text = ("a c\x00at\x1b\nNegative prompt: ug\x07ly\n"
+            "Steps: 3, Sampler: Euler a, CFG scale: 7, Seed: 4, Size: 64x64")
+    parsed = infotext.parse(text)
+    assert (parsed.params.prompt, parsed.params.negative_prompt) == ("a cat", "ugly")
+    assert parsed.params.steps == 3 and not parsed.warnings

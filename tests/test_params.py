@@ -227,3 +227,22 @@ def test_nested_settings_name_their_path_and_their_own_fields():
         P.make(loras=[{"name": "film", "weight": 9}])
     assert info.value.field == "loras[0].weight"
     assert "from -4 to 4" in str(info.value)
+
+
+@pytest.mark.parametrize("field", ["prompt", "negative_prompt"])
+@pytest.mark.parametrize("text, code", [("a\x00b", "0000"), ("red\x1b[31m", "001B"),
+                                        ("bell\x07", "0007"), ("x\x7fy", "007F")])
+def test_a_prompt_with_a_control_character_is_refused_naming_it(field, text, code):
+    with pytest.raises(P.ParamsError) as info:
+        P.make(**{field: text})
+    assert info.value.field == field
+    assert f"control character (U+{code})" in str(info.value)
+
+
+def test_tabs_and_line_breaks_are_prompt_text_and_a_lone_surrogate_is_named():
+    assert P.make(prompt="a\tcat\r\non a mat").prompt == "a\tcat\r\non a mat"
+    with pytest.raises(P.ParamsError) as info:
+        P.make(negative_prompt="bad \ud800 text")
+    assert info.value.field == "negative_prompt"
+    assert str(info.value) == ("negative_prompt is not valid Unicode text (a lone surrogate "
+                               "character)")

@@ -29,6 +29,9 @@ _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 _SIZE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
 
 
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 def _quote(value: Any) -> str:
     text = _number(value) if isinstance(value, float) else str(value)
     if any(c in text for c in ',:"\n'):
@@ -207,9 +210,11 @@ def parse(text: str, base: GenerationParams | None = None) -> Parsed:
             "read, so nothing was used"])
     prompt, negative, settings = _split(text)
     result = Parsed(params=make(**values))
-    proposed: dict[str, Any] = {"prompt": prompt}
+    # Control characters another tool left in a prompt are dropped, not the whole prompt
+    # (the settings refuse them: see GenerationParams).
+    proposed: dict[str, Any] = {"prompt": _CONTROL.sub("", prompt)}
     if negative is not None:
-        proposed["negative_prompt"] = negative
+        proposed["negative_prompt"] = _CONTROL.sub("", negative)
     simple = {"Steps": "steps", "CFG scale": "guidance_scale", "Seed": "seed",
               "Denoising strength": "strength", "Model": "model", "Batch size": "batch_size",
               "Dtype": "dtype", "IP-Adapter": "ip_adapter", "IP-Adapter scale": "ip_adapter_scale",

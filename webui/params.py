@@ -224,6 +224,17 @@ class GenerationParams(BaseModel):
             raise ValueError("must be a number, not true/false")
         return value
 
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _no_control_characters(cls, value: str) -> str:
+        # A NUL or an escape code in a prompt is a paste gone wrong (or a probe), never words;
+        # tabs and line breaks are text.
+        for position, char in enumerate(value, 1):
+            if (ord(char) < 32 and char not in "\t\n\r") or 127 <= ord(char) < 160:
+                raise ValueError(f"holds a control character (U+{ord(char):04X}) at position "
+                                 f"{position}; remove it")
+        return value
+
     @field_validator("scheduler")
     @classmethod
     def _known_scheduler(cls, value: str) -> str:
@@ -329,6 +340,8 @@ def explain(error: dict) -> tuple[str, str]:
         return field, f"{field} must not be empty"
     if kind == "too_long":
         return field, f"{field}: at most {error['ctx']['max_length']} entries"
+    if kind == "string_unicode":
+        return field, f"{field} is not valid Unicode text (a lone surrogate character)"
     if kind == "string_type":
         return field, f"{field} must be text (got {type(got).__name__})"
     if kind == "list_type":

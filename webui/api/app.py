@@ -69,7 +69,10 @@ def _validation(exc: RequestValidationError) -> JSONResponse:
     elif kind == "missing":
         detail = f"{field} is required"
     else:
-        detail = f"{field}: {first.get('msg', 'is invalid')}"
+        message = str(first.get("msg", "is invalid"))
+        # A validator's own sentence, without the framework's "Value error, " before it.
+        message = message[len("Value error, "):] if message.startswith("Value error, ") else message
+        detail = f"{field}: {message}"
         if "input" in first and kind not in ("model_attributes_type", "dict_type"):
             detail += f" (got {_short(first['input'])})"
     return _error(422, "ValidationError", detail, field)
