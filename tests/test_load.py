@@ -1,7 +1,7 @@
 """The load test (webui/bench/load.py) at a bounded size: 20 concurrent clients, page
 (gradio_client) and REST API mixed, on a loopback studio with tiny-random. Every request is
 answered once — a result that is its own (seed, prompt, one saved file each) or the studio's
-clear "busy" — and the server's memory comes back near where it started."""
+clear "busy" — each API client sees its own presets only, and the server's memory comes back near where it started."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def test_twenty_clients_on_page_and_api_get_their_own_results_or_busy():
     assert summary["requests"] == 40 == len(report.outcomes)
     assert summary["lost"] == 0 and summary["errors"] == 0, summary["error_details"]
     assert summary["answered"] == summary["completed"] + summary["refused_busy"] == 40
-    assert summary["mixups"] == 0
+    assert summary["mixups"] == 0 and summary["preset_mixups"] == 0
     # Each finished job wrote exactly one file: none ran twice, none was dropped unsaved.
     assert summary["saved_files"] == summary["completed"] > 0
     # Both doors were served under the load, and the queue really was full at times.

@@ -11,6 +11,8 @@ done, busy (the studio's clear refusal when its queue is full) or an error. Then
 - mixups: results whose seed or prompt is not the request's (0) — a result, its infotext and
   the saved file must all be the job's own;
 - saved: PNG files written, which must equal the images done (a job run twice would write two);
+- presets: each artist has a preset of their own; each API client lists the styles it may use
+  while the jobs run, and must see its own and nobody else's (preset_mixups);
 - latency p50/p95 over the done requests, and the process's resident memory: at the baseline
   (after one warm-up job), at its peak during the run, and after it.
 
@@ -50,6 +52,7 @@ class LoadReport:
     requests: int
     outcomes: list[Outcome] = field(default_factory=list)
     saved: int = 0
+    preset_mixups: int = 0
     wall_s: float = 0.0
     rss_baseline: int = 0
     rss_peak: int = 0
@@ -77,6 +80,7 @@ class LoadReport:
             "busy_answers_retried": sum(o.busy_answers for o in self.outcomes),
             "errors": self.count("error"), "lost": self.count("lost"),
             "mixups": sum(o.mixup for o in self.outcomes), "saved_files": self.saved,
+            "preset_mixups": self.preset_mixups,
             "by_door": {door: {state: sum(o.door == door and o.state == state
                                           for o in self.outcomes)
                                for state in ("done", "busy", "error")}
@@ -199,6 +203,11 @@ def run(clients: int = 20, requests: int = 3, steps: int = 2, queue_size: int = 
         # The page and the API on one port, as the launcher serves them (each login is right,
         # so the login throttle, which counts failures only, never slows the clients).
         app = launch.front_door(engine, args, users, setup)
+        from ..presets import PresetStore
+
+        store = PresetStore(args.user_presets)
+        for i, (user, _) in enumerate(users):
+            store.for_user(user).save_params(f"look of artist {i}", make(steps=3 + i % 5))
         # Each artist their own picture (as on a shared link): Gradio names uploads by their
         # content, so one file sent by many clients at once is a different test.
         init_paths, init_b64 = [], []
@@ -229,6 +238,8 @@ def run(clients: int = 20, requests: int = 3, steps: int = 2, queue_size: int = 
                                    f"client {i} request {k}")
                            for i in range(clients) for k in range(requests)]
 
+        lock = threading.Lock()
+
         def patiently(job, outcome: Outcome) -> None:
             for attempt in range(retries + 1):
                 t0 = time.perf_counter()
@@ -257,6 +268,11 @@ def run(clients: int = 20, requests: int = 3, steps: int = 2, queue_size: int = 
             with httpx.Client(auth=users[i], timeout=300) as http:
                 for outcome in mine:
                     patiently(api, outcome)
+                    styles = http.get(f"{url}/sdapi/v1/prompt-styles")
+                    looks = {s["name"] for s in styles.json() if s["name"].startswith("look of")}
+                    if styles.status_code != 200 or looks != {f"look of artist {i}"}:
+                        with lock:
+                            report.preset_mixups += 1
 
         t0 = time.perf_counter()
         workers = [threading.Thread(target=client_thread, args=(i,), name=f"load-client-{i}")
