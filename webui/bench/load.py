@@ -13,6 +13,10 @@ done, busy (the studio's clear refusal when its queue is full) or an error. Then
 - saved: PNG files written, which must equal the images done (a job run twice would write two);
 - presets: each artist has a preset of their own; each API client lists the styles it may use
   while the jobs run, and must see its own and nobody else's (preset_mixups);
+- previews: every live preview a page client was sent is compared, after the run, with the
+  preview of its own job run again alone (the same settings, read from its infotext, and the
+  same picture): it must match that one and be nearer to it than to any other client's
+  (preview_mixups; previews_checked counts the previews compared);
 - latency p50/p95 over the done requests, and the process's resident memory: at the baseline
   (after one warm-up job), at its peak during the run, and after it.
 
@@ -44,6 +48,8 @@ class Outcome:
     detail: str = ""
     mixup: bool = False
     busy_answers: int = 0  # "busy" answers before the last one (each was retried)
+    infotext: str = ""  # the page's infotext of the result
+    previews: list = field(default_factory=list)  # (step, RGB picture) as the page was sent them
 
 
 @dataclass
@@ -53,6 +59,8 @@ class LoadReport:
     outcomes: list[Outcome] = field(default_factory=list)
     saved: int = 0
     preset_mixups: int = 0
+    previews_checked: int = 0
+    preview_mixups: int = 0
     wall_s: float = 0.0
     rss_baseline: int = 0
     rss_peak: int = 0
@@ -80,7 +88,8 @@ class LoadReport:
             "busy_answers_retried": sum(o.busy_answers for o in self.outcomes),
             "errors": self.count("error"), "lost": self.count("lost"),
             "mixups": sum(o.mixup for o in self.outcomes), "saved_files": self.saved,
-            "preset_mixups": self.preset_mixups,
+            "preset_mixups": self.preset_mixups, "previews_checked": self.previews_checked,
+            "preview_mixups": self.preview_mixups,
             "by_door": {door: {state: sum(o.door == door and o.state == state
                                           for o in self.outcomes)
                                for state in ("done", "busy", "error")}
@@ -136,11 +145,12 @@ BUSY = re.compile(r"busy|the most one user may have|queue is full", re.I)
 def _page_job(client, init: str, outcome: Outcome, steps: int) -> None:
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
+    from PIL import Image
 
+    job = client.submit(handle_file(init), prompt=outcome.prompt, seed=outcome.seed,
+                        steps=steps, strength=0.5, pag_scale=0.0, api_name="/img2img")
     try:
-        status, _, gallery, _, text, _ = client.predict(
-            handle_file(init), prompt=outcome.prompt, seed=outcome.seed, steps=steps,
-            strength=0.5, pag_scale=0.0, api_name="/img2img")
+        status, _, gallery, _, text, _ = job.result()
     except AppError as exc:
         outcome.state, outcome.detail = ("busy" if BUSY.search(str(exc)) else "error"), str(exc)
         return
@@ -153,6 +163,71 @@ def _page_job(client, init: str, outcome: Outcome, steps: int) -> None:
     outcome.mixup = (f"seed {outcome.seed} " not in str(status)
                      or not str(text).startswith(outcome.prompt)
                      or f"Seed: {outcome.seed}," not in str(text) or len(gallery) != 1)
+    outcome.infotext = str(text)
+    # The live previews as they came (a sampling update carries its step in the status line
+    # and, when one was ready, the preview as a file the client downloaded).
+    for update in job.outputs():
+        step = re.match(r"Step (\d+)/\d+", str(update[0]))
+        if step and isinstance(update[1], str) and os.path.isfile(update[1]):
+            with Image.open(update[1]) as picture:
+                outcome.previews.append((int(step[1]), picture.convert("RGB")))
+
+
+def client_picture(i: int):
+    """Client i's init picture (64x64, colours of its own)."""
+    from PIL import Image
+
+    picture = Image.new("RGB", (64, 64), (150, 80, (40 + 9 * i) % 256))
+    picture.paste((30, (60 + 13 * i) % 256, 200), (16, 16, 48, 48))
+    return picture
+
+
+def check_previews(engine, report: LoadReport) -> None:
+    """Each page client's previews against its own job run again alone (see the module
+    docstring). A preview is the client's when it is close to its own job's preview of that
+    step (the page sends JPEGs: a few levels of difference) and nearer to it than to any other
+    job's."""
+    import numpy as np
+
+    from .. import infotext
+    from ..engine import JobRequest
+
+    report.previews_checked = report.preview_mixups = 0
+    reference: dict[int, dict[int, object]] = {}  # id(outcome) -> step -> pixels
+    done = [o for o in report.outcomes if o.door == "page" and o.state == "done" and o.previews]
+    for outcome in done:
+        steps: dict[int, object] = {}
+
+        def keep(progress, steps=steps) -> None:
+            if progress.stage == "sampling" and progress.preview is not None:
+                steps[progress.step] = np.asarray(progress.preview.convert("RGB"), np.float32)
+
+        params = infotext.parse(outcome.infotext).params
+        engine.generate(JobRequest(params, client_picture(outcome.client), save=False),
+                        on_progress=keep)
+        reference[id(outcome)] = steps
+    for outcome in done:
+        for step, picture in outcome.previews:
+            own = reference[id(outcome)].get(step)
+            if own is None:
+                continue  # the solo run sent no preview at that step (they are time-thinned)
+            pixels = np.asarray(picture, np.float32)
+
+            def distance(other) -> float:
+                if other.shape != pixels.shape:
+                    return float("inf")
+                return float(np.abs(other - pixels).mean())
+
+            mine = distance(own)
+            others = [distance(r[step]) for key, r in reference.items()
+                      if key != id(outcome) and step in r]
+            report.previews_checked += 1
+            if mine > PREVIEW_TOLERANCE or any(d <= mine for d in others):
+                report.preview_mixups += 1
+
+
+# Mean difference (of 255) a preview may show from its solo run: the page sends JPEGs.
+PREVIEW_TOLERANCE = 6.0
 
 
 def _api_job(http, url: str, init_b64: str, outcome: Outcome, steps: int) -> None:
@@ -212,8 +287,7 @@ def run(clients: int = 20, requests: int = 3, steps: int = 2, queue_size: int = 
         # content, so one file sent by many clients at once is a different test.
         init_paths, init_b64 = [], []
         for i in range(clients):
-            picture = Image.new("RGB", (64, 64), (150, 80, (40 + 9 * i) % 256))
-            picture.paste((30, (60 + 13 * i) % 256, 200), (16, 16, 48, 48))
+            picture = client_picture(i)
             init_paths.append(root / f"init-{i}.png")
             picture.save(init_paths[-1])
             buffer = io.BytesIO()
@@ -293,6 +367,7 @@ def run(clients: int = 20, requests: int = 3, steps: int = 2, queue_size: int = 
         server.should_exit = True
         thread.join(30)
         engine.cancel_all()
+        check_previews(engine, report)
         report.saved = sum(1 for _ in (root / "outputs").rglob("*.png"))
         gc.collect()
         _trim()
