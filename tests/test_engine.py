@@ -317,6 +317,60 @@ def test_cancel_stops_within_one_step(engine, make_image, monkeypatch):
     assert result.images[0].image.size == (64, 64)  # the partial picture is still decoded
 
 
+def test_cancel_during_a_step_leaves_it_and_keeps_the_last_finished_one(engine, make_image,
+                                                                          monkeypatch):
+    # The in-process engine itself: it hooks the resident UNet to cancel in the middle of a
+    # step (as a click during a long step at a large size) and patches the worker's Job to
+    # cancel between steps for the comparison.
+    request = JobRequest(make(steps=6, strength=1.0, seed=5, pag_scale=0.0), make_image(96, 64),
+                         save=False)
+    emit = core.Job._emit
+    jobs = []
+
+    def emit_and_cancel_after_step_2(job, progress):
+        emit(job, progress)
+        jobs.append(job)
+        if progress.stage == "sampling" and progress.step == 2:
+            job.cancel()
+
+    monkeypatch.setattr(core.Job, "_emit", emit_and_cancel_after_step_2)
+    between = engine.generate(request)
+    monkeypatch.setattr(core.Job, "_emit", lambda job, progress: (jobs.append(job),
+                                                                  emit(job, progress)))
+    unet = engine._pipe.unet
+    calls = {"mid": 0, "last up": 0}
+
+    def cancel_in_step_3(module, args):
+        calls["mid"] += 1
+        if calls["mid"] == 3:
+            jobs[-1].cancel()  # half way through the third step's UNet call
+
+    def count(module, args):
+        calls["last up"] += 1
+
+    hooks = [unet.mid_block.register_forward_pre_hook(cancel_in_step_3),
+             unet.up_blocks[-1].register_forward_pre_hook(count)]
+    seen = []
+    try:
+        within = engine.generate(request, on_progress=seen.append)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == {"mid": 3, "last up": 2}  # the third step's UNet call went no further
+    assert [p.step for p in seen if p.stage == "sampling"] == [1, 2]
+    assert within.interrupted and between.interrupted
+    # The picture is the one decoded after step 2, as a stop between steps gives it.
+    assert within.images[0].image.size == (96, 64)
+    assert np.array_equal(pixels(within.images[0].image), pixels(between.images[0].image))
+    # The UNet is itself again: no hook of the stop is left, and the next job runs whole.
+    assert "forward" not in unet.__dict__
+    assert not any(block._forward_pre_hooks for block in unet.modules()
+                   if type(block).__name__ in ("ResnetBlock2D", "Transformer2DModel"))
+    after = engine.generate(JobRequest(make(steps=2, strength=0.5, seed=1), make_image(64, 96),
+                                       save=False))
+    assert not after.interrupted and after.images[0].image.size == (64, 96)
+
+
 def test_cancel_a_queued_job(engine, make_image):
     # The in-process engine itself: it reads the jobs' state and waits on their _done events.
     running, _ = long_job(engine, make_image)

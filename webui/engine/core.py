@@ -8,6 +8,7 @@ reuses it, and changing sampler swaps only the scheduler.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -31,7 +32,7 @@ from .. import images as imaging
 from .. import infotext, prompts, schedulers
 from ..errors import Cancelled, InputError, ModelError, OutOfMemory, TimedOut
 from ..params import MAX_SEED, GenerationParams
-from . import compiled, hub, memory, outputs, previews
+from . import compiled, hub, memory, outputs, previews, stopping
 from .adapters import Adapters, JobAdapters
 from .colour import match_all
 from .controlnet import ControlNetSpec, control_image
@@ -765,8 +766,20 @@ class Engine:
         # attention processors, and slicing is set from the ones installed.
         notices.update(dict.fromkeys(memory.apply(pipe, params, self.device, width * height)))
         clock = _StepClock(started=time.monotonic())
+        fast = self._fast
+        # An Interrupt, a Skip or the time budget stops the eager UNet inside a step (see
+        # stopping.py); the compiled one stops between steps.
+        stop = None if fast is not None else stopping.InStepStop(
+            pipe.unet, lambda: job.cancel_requested.is_set() or job.skip_requested.is_set())
 
         def on_step(pipeline, step, timestep, kwargs):
+            if stop is not None:
+                kwargs["latents"] = stop.step_end(kwargs["latents"])
+                if stop.abandoned:
+                    # The step was left half done: the pipeline decodes the last finished one.
+                    pipeline._interrupt = True
+                    clock.stopped = job.cancel_requested.is_set()
+                    return kwargs
             total = pipeline.num_timesteps
             now = time.monotonic()
             done = step + 1
@@ -793,7 +806,6 @@ class Engine:
         # Embeddings rather than text: the prompt syntax (weights, BREAK, any length) is read
         # here, the same for every pipeline (prompt_encoding.py).
         embeddings = encode_prompts(self._pipe, prompt, params.negative_prompt, len(seeds))
-        fast = self._fast
         if fast is not None:
             why_eager = self._eager_reason(pipe, bool(loras), ip is not None)
             if why_eager:
@@ -801,16 +813,17 @@ class Engine:
             fast.start_job()
             fast.allowed = not why_eager
         try:
-            output = call(
-                **embeddings,
-                **strength,
-                num_inference_steps=params.steps,
-                guidance_scale=params.guidance_scale,
-                generator=generators,
-                callback_on_step_end=on_step,
-                callback_on_step_end_tensor_inputs=["latents"],
-                **kwargs,
-            )
+            with stop if stop is not None else contextlib.nullcontext():
+                output = call(
+                    **embeddings,
+                    **strength,
+                    num_inference_steps=params.steps,
+                    guidance_scale=params.guidance_scale,
+                    generator=generators,
+                    callback_on_step_end=on_step,
+                    callback_on_step_end_tensor_inputs=["latents"],
+                    **kwargs,
+                )
         finally:
             if fast is not None:
                 fast.allowed = False
