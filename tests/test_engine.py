@@ -448,6 +448,23 @@ def test_pipeline_stays_resident_across_schedulers(engine, make_image):
     assert pipe.scheduler.config.use_karras_sigmas is True
 
 
+def test_an_exponential_schedule_changes_the_picture(engine, make_image):
+    # The in-process engine itself: it reads the resident pipeline's scheduler.
+    init = make_image(96, 64)
+    runs = {}
+    for name in ("DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M Exponential"):
+        runs[name] = engine.generate(JobRequest(make(steps=6, strength=0.8, seed=4,
+                                                     scheduler=name), init, save=False))
+        config = engine._pipe.scheduler.config
+        assert config.use_exponential_sigmas is name.endswith("Exponential")
+        assert config.use_karras_sigmas is name.endswith("Karras")
+    exponential = runs["DPM++ 2M Exponential"]
+    assert "Sampler: DPM++ 2M, Schedule type: Exponential" in exponential.images[0].infotext
+    pictures = [pixels(r.images[0].image) for r in runs.values()]
+    assert not np.array_equal(pictures[2], pictures[0])
+    assert not np.array_equal(pictures[2], pictures[1])
+
+
 def test_sdxl_tiny_model_runs(fresh_engine, make_image):
     # The in-process engine itself: it reads the resident pipeline's class.
     params = make(prompt="a fox", steps=2, strength=0.5, seed=4, model=TINY_SDXL)

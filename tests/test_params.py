@@ -184,6 +184,27 @@ def test_class_names_cover_14_classes_without_overrides():
         assert set(extra) <= {"skip_prk_steps"}, (cls, extra)
 
 
+def test_every_sampler_with_a_karras_schedule_has_an_exponential_one():
+    from diffusers import DDPMScheduler
+
+    base = DDPMScheduler().config
+    karras = [n for n in schedulers.SCHEDULERS if n.endswith(" Karras")]
+    exponential = [n for n in schedulers.SCHEDULERS if n.endswith(" Exponential")]
+    assert [n[: -len(" Karras")] for n in karras] == [n[: -len(" Exponential")]
+                                                       for n in exponential]
+    for name in schedulers.SCHEDULERS:
+        built = schedulers.build(name, base, seed=1).config
+        # The name alone decides the schedule, whatever the checkpoint's config says.
+        assert bool(built.get("use_exponential_sigmas")) == name.endswith(" Exponential"), name
+        assert bool(built.get("use_karras_sigmas")) == name.endswith(" Karras"), name
+        # Infotext writes it as Sampler + Schedule type and reads it back.
+        assert schedulers.join_schedule(*schedulers.split_schedule(name)) == name
+    assert schedulers.split_schedule("DPM++ 2M Exponential") == ("DPM++ 2M", "Exponential")
+    assert schedulers.join_schedule("Euler", "exponential") == "Euler Exponential"
+    with pytest.raises(ValueError):
+        schedulers.join_schedule("DDIM", "Exponential")  # DDIM has no such schedule
+
+
 def test_unknown_scheduler_rejected_with_choices():
     error = _bad("scheduler", "Restart")
     assert "Euler a" in str(error) and "DPM++ 2M Karras" in str(error)

@@ -7,6 +7,10 @@ Pure data at import time (the UI and the params validation read the names withou
 from __future__ import annotations
 
 KARRAS = {"use_karras_sigmas": True}
+EXPONENTIAL = {"use_exponential_sigmas": True}
+# The noise schedules a sampler name may end with (A1111's "Schedule type"), and the config
+# flag of each; a name without one uses the model's own schedule ("Automatic").
+SCHEDULE_FLAGS = {"Karras": "use_karras_sigmas", "Exponential": "use_exponential_sigmas"}
 
 # Artist name -> (diffusers class, config overrides). Order is the dropdown's order: the guide's
 # two safe choices first.
@@ -36,6 +40,12 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
     "UniPC": ("UniPCMultistepScheduler", {}),
     "DEIS": ("DEISMultistepScheduler", {}),
 }
+# The exponential schedule for every sampler that has a Karras one, after the others in the
+# dropdown (rarer choices).
+for _name, (_cls, _extra) in list(SCHEDULERS.items()):
+    if _name.endswith(" Karras"):
+        _plain = {k: v for k, v in _extra.items() if k != "use_karras_sigmas"}
+        SCHEDULERS[_name[: -len(" Karras")] + " Exponential"] = (_cls, {**_plain, **EXPONENTIAL})
 
 # The 14 diffusers classes, each under the artist name with no overrides.
 CLASS_NAMES: dict[str, str] = {}
@@ -44,8 +54,8 @@ for _name, (_cls, _extra) in SCHEDULERS.items():
         CLASS_NAMES.setdefault(_cls, _name)
 CLASS_NAMES["PNDMScheduler"] = "PLMS"
 
-# Classes whose sigmas can follow the Karras schedule; everything else ignores the flag.
-_KARRAS_CAPABLE = {cls for cls, extra in SCHEDULERS.values() if extra.get("use_karras_sigmas")}
+# Classes whose sigmas can follow another schedule; everything else ignores the flags.
+_SCHEDULE_CAPABLE = {cls for cls, extra in SCHEDULERS.values() if extra.get("use_karras_sigmas")}
 # Second-order samplers evaluate the UNet about twice per step.
 SECOND_ORDER = {"HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
                 "DPMSolverSDEScheduler"}
@@ -72,16 +82,20 @@ def canonical(name: str) -> str:
 def split_schedule(name: str) -> tuple[str, str]:
     """('DPM++ 2M', 'Karras') for 'DPM++ 2M Karras': how infotext writes Sampler / Schedule type."""
     name = canonical(name)
-    if name.endswith(" Karras"):
-        return name[: -len(" Karras")], "Karras"
+    for schedule in SCHEDULE_FLAGS:
+        if name.endswith(f" {schedule}"):
+            return name[: -len(schedule) - 1], schedule
     return name, "Automatic"
 
 
 def join_schedule(sampler: str, schedule_type: str | None) -> str:
-    """The inverse of split_schedule; 'Automatic' or no schedule type keeps the sampler as is."""
+    """The inverse of split_schedule; 'Automatic' or no schedule type keeps the sampler as is
+    (ValueError when the sampler has no such schedule)."""
     sampler = sampler.strip()
-    if schedule_type and schedule_type.strip().casefold() == "karras" and not sampler.endswith("Karras"):
-        return canonical(f"{sampler} Karras")
+    wanted = (schedule_type or "").strip().casefold()
+    for schedule in SCHEDULE_FLAGS:
+        if wanted == schedule.casefold() and not sampler.endswith(schedule):
+            return canonical(f"{sampler} {schedule}")
     return canonical(sampler)
 
 
@@ -96,12 +110,14 @@ def build(name: str, base_config, seed: int | None = None):
     cls_name, extra = SCHEDULERS[canonical(name)]
     cls = getattr(diffusers, cls_name)
     overrides = dict(extra)
-    if cls_name in _KARRAS_CAPABLE:
-        # A checkpoint's own config may carry Karras sigmas; the artist name decides.
-        overrides.setdefault("use_karras_sigmas", False)
+    if cls_name in _SCHEDULE_CAPABLE:
+        # A checkpoint's own config may carry Karras (or other) sigmas; the artist name decides.
+        for flag in SCHEDULE_FLAGS.values():
+            overrides.setdefault(flag, False)
     if cls_name == "DPMSolverSDEScheduler" and seed is not None:
         overrides["noise_sampler_seed"] = seed
     config = dict(base_config)
-    for key in ("use_karras_sigmas", "algorithm_type", "noise_sampler_seed"):
+    for key in (*SCHEDULE_FLAGS.values(), "use_beta_sigmas", "algorithm_type",
+                "noise_sampler_seed"):
         config.pop(key, None)
     return cls.from_config(config, **overrides)

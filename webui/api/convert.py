@@ -25,9 +25,10 @@ from ..engine import (CONTROLNET_SUBDIR, EngineAPI, InputError, JobRequest, Resu
 from ..params import MASKED_CONTENT, RESIZE_MODES, GenerationParams, ParamsError, make
 from .schema import GenerationBody, Img2ImgBody, Txt2ImgBody
 
-# The schedules clients may name; any other is refused with this list (the engine's samplers
-# carry their schedule in their name: "DPM++ 2M" + karras = "DPM++ 2M Karras").
-SCHEDULES = ("automatic", "karras")
+# The schedules clients may name (A1111's lower-case names); any other is refused with this
+# list. The engine's samplers carry their schedule in their name: "DPM++ 2M" + karras =
+# "DPM++ 2M Karras".
+SCHEDULES = ("automatic", *(name.casefold() for name in schedulers.SCHEDULE_FLAGS))
 # A1111's resize modes 0-3; 3 (latent upscale) has no latent path here and resizes the picture.
 RESIZE_BY_NUMBER = {0: RESIZE_MODES[0], 1: RESIZE_MODES[1], 2: RESIZE_MODES[2],
                     3: RESIZE_MODES[0]}
@@ -115,13 +116,17 @@ def sampler(name: str | None, schedule: str | None, field: str = "sampler_name")
     if kind not in SCHEDULES:
         raise InputError(schedule_field, f"{schedule_field}: {schedule!r} is not available here; "
                          f"use one of: {', '.join(SCHEDULES)}")
-    if kind == "karras" and not chosen.endswith(" Karras"):
-        karras = f"{chosen} Karras"
-        if karras not in schedulers.SCHEDULERS:
-            raise InputError(schedule_field, f"{schedule_field}: the sampler {chosen!r} has no "
-                             "Karras schedule here; use scheduler 'automatic'")
-        chosen = karras
-    return chosen
+    if kind == "automatic":
+        return chosen
+    label = next(s for s in schedulers.SCHEDULE_FLAGS if s.casefold() == kind)
+    base, current = schedulers.split_schedule(chosen)
+    if current == label:
+        return chosen
+    named = f"{base} {label}"
+    if current != "Automatic" or named not in schedulers.SCHEDULERS:
+        raise InputError(schedule_field, f"{schedule_field}: the sampler {chosen!r} has no "
+                         f"{label} schedule here; use scheduler 'automatic'")
+    return named
 
 
 def checkpoint_name(engine: EngineAPI, text: Any, field: str) -> str:
@@ -473,9 +478,13 @@ def parameters(body: GenerationBody) -> dict[str, Any]:
 
 
 def info(body: GenerationBody, result: Result, model_hash: str, styles: list[str],
-         started: float, extra: dict[str, Any] | None = None) -> str:
-    """The response's `info`: a JSON string with the keys the API's clients read."""
+         started: float, extra: dict[str, Any] | None = None,
+         first: Result | None = None) -> str:
+    """The response's `info`: a JSON string with the keys the API's clients read. `first`: a
+    hires fix's first pass, whose prompts and steps are the ones the request asked for (the
+    second pass's own are in its infotexts and in extra_generation_params)."""
     params = result.params
+    asked = (first or result).params
     base, schedule = schedulers.split_schedule(params.scheduler)
     count = len(result.images)
     seeds = [item.seed for item in result.images]
@@ -486,13 +495,13 @@ def info(body: GenerationBody, result: Result, model_hash: str, styles: list[str
         generation["Notice"] = result.notice
     generation.update(extra or {})
     data = {
-        "prompt": params.prompt, "all_prompts": [params.prompt] * count,
-        "negative_prompt": params.negative_prompt,
-        "all_negative_prompts": [params.negative_prompt] * count,
+        "prompt": asked.prompt, "all_prompts": [asked.prompt] * count,
+        "negative_prompt": asked.negative_prompt,
+        "all_negative_prompts": [asked.negative_prompt] * count,
         "seed": result.seed, "all_seeds": seeds,
         "subseed": result.seed, "all_subseeds": seeds, "subseed_strength": 0,
         "width": result.width, "height": result.height, "sampler_name": base,
-        "cfg_scale": params.guidance_scale, "steps": params.steps,
+        "cfg_scale": params.guidance_scale, "steps": asked.steps,
         "batch_size": params.batch_size, "restore_faces": False,
         "face_restoration_model": None, "sd_model_name": model_stem(result.model),
         "sd_model_hash": model_hash or None, "sd_vae_name": None, "sd_vae_hash": None,
