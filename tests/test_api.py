@@ -139,6 +139,9 @@ def test_sampler_name_scheduler_and_sampler_index(client, init):
     combined = scripting_img2img(init, sampler_name="DPM++ 2M Karras")
     assert "Schedule type: Karras" in info_of(client.post(f"{V1}/img2img", json=combined)
                                               )["infotexts"][0]
+    exponential = scripting_img2img(init, sampler_name="Euler", scheduler="exponential")
+    assert "Sampler: Euler, Schedule type: Exponential" in info_of(
+        client.post(f"{V1}/img2img", json=exponential))["infotexts"][0]
     only_index = scripting_img2img(init, sampler_name=None, sampler_index="DDIM")
     assert "Sampler: DDIM" in info_of(client.post(f"{V1}/img2img", json=only_index)
                                       )["infotexts"][0]
@@ -312,6 +315,18 @@ def test_txt2img_hires_fix_is_a_second_img2img_pass(client):
     text = info_of(response)["infotexts"][0]
     assert "Hires resize: 96x96" in text and "First pass size: 64x64" in text
     assert info_of(response)["denoising_strength"] == 0.5
+    # info describes the request: its prompt and steps are the first pass's, the hires ones
+    # are in extra_generation_params as the picture's infotext has them.
+    info = info_of(response)
+    assert (info["steps"], info["prompt"], info["width"]) == (4, "a red barn", 96)
+    assert info["extra_generation_params"]["Hires upscale"] == 1.5
+    assert info["extra_generation_params"]["Hires steps"] == 3 and "Hires steps: 3" in text
+    # A size instead of a scale: the scale it made, whatever hr_scale says.
+    sized = info_of(client.post(f"{V1}/txt2img", json={
+        **body, "hr_resize_x": 80, "hr_scale": 2, "hr_prompt": "a blue barn"}))
+    assert sized["extra_generation_params"]["Hires upscale"] == 1.25
+    assert "Hires upscale: 1.25" in sized["infotexts"][0]
+    assert sized["prompt"] == "a red barn" and sized["infotexts"][0].startswith("a blue barn")
     bad = client.post(f"{V1}/txt2img", json={**body, "hr_scale": 9})
     assert bad.status_code == 422 and bad.json()["field"] == "hr_scale"
     unknown = client.post(f"{V1}/txt2img", json={**body, "hr_upscaler": "ESRGAN_4x"})
@@ -537,7 +552,8 @@ def test_listings_have_the_clients_shapes(client, engine):
     samplers = client.get(f"{V1}/samplers").json()
     assert {"Euler a", "DPM++ 2M Karras"} <= {s["name"] for s in samplers}
     assert all(set(s) == {"name", "aliases", "options"} for s in samplers)
-    assert [s["name"] for s in client.get(f"{V1}/schedulers").json()] == ["automatic", "karras"]
+    assert [s["name"] for s in client.get(f"{V1}/schedulers").json()] == [
+        "automatic", "karras", "exponential"]
     models = client.get(f"{V1}/sd-models").json()
     assert [m["model_name"] for m in models] == [m for m in engine.models()]
     assert all({"title", "model_name", "hash", "sha256", "filename", "config"} <= set(m)
@@ -596,7 +612,8 @@ def _bad_bodies(init: Image.Image):
         ({**good, "batch_size": 1000}, "batch_size"),
         ({**good, "n_iter": 1000}, "n_iter"),
         ({**good, "sampler_name": "Warp drive"}, "sampler_name"),
-        ({**good, "scheduler": "exponential"}, "scheduler"),
+        ({**good, "scheduler": "polyexponential"}, "scheduler"),
+        ({**good, "sampler_name": "DDIM", "scheduler": "exponential"}, "scheduler"),
         ({**good, "styles": ["No such style"]}, "styles[0]"),
         ({**good, "subseed_strength": 0.5}, "subseed_strength"),
         ({**good, "restore_faces": True}, "restore_faces"),

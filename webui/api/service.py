@@ -128,6 +128,7 @@ class ApiService:
         request = convert.txt2img_request(self.engine, body, self.checkpoint,
                                           self.styles(caller), caller.owner)
         extra: dict[str, Any] = {}
+        first = None
         if body.enable_hr:
             # Checked before the first pass, so a bad hires setting costs no sampling.
             convert.hires_requests(self.engine, body, _placeholder(request),
@@ -137,15 +138,19 @@ class ApiService:
             passes = [self._safe_run(second, caller, "img2img", watch) for second in
                       convert.hires_requests(self.engine, body, result, self.styles(caller),
                                              caller.owner)]
-            last = passes[-1]
-            extra = {"Hires upscale": body.hr_scale, "Hires upscaler": "Lanczos",
-                     "First pass size": f"{result.width}x{result.height}"}
+            first, last = result, passes[-1]
+            # As the second pass's infotext says it: the scale it really had (hr_resize_x/y
+            # may set the size instead of hr_scale) and the steps asked for it.
+            extra = {"Hires upscale": round(last.width / first.width, 6),
+                     "Hires steps": body.hr_second_pass_steps or first.params.steps,
+                     "Hires upscaler": "Lanczos",
+                     "First pass size": f"{first.width}x{first.height}"}
             result = dataclasses.replace(
                 last, images=[item for done in passes for item in done.images],
                 seed=result.seed, interrupted=any(done.interrupted for done in passes),
                 notice="; ".join(filter(None, [result.notice, last.notice])))
         result = self._finish(body, result)
-        return self._respond(body, result, started, extra)
+        return self._respond(body, result, started, extra, first)
 
     def _safe_run(self, request: JobRequest, caller: Caller, kind: str,
                   watch: "ClientWatch | None" = None) -> Result:
@@ -165,14 +170,15 @@ class ApiService:
         return result
 
     def _respond(self, body: GenerationBody, result: Result, started: float,
-                 extra: dict[str, Any] | None = None) -> dict:
+                 extra: dict[str, Any] | None = None, first_pass: Result | None = None) -> dict:
+        """first_pass: a hires fix's first pass (its prompt and steps are the request's)."""
         images = [convert.encode_png(png_bytes(item.image, item.infotext))
                   for item in result.images] if body.send_images else []
         first = result.images[0].infotext if result.images else ""
         model_hash = infotext.fields(first).get("Model hash", "") if first else ""
         return {"images": images, "parameters": convert.parameters(body),
                 "info": convert.info(body, result, model_hash, list(body.styles), started,
-                                     extra)}
+                                     extra, first_pass)}
 
     # -- progress, interrupt, skip --------------------------------------------------------
     def _mine(self, job, caller: Caller) -> _ApiJob | None:
@@ -301,10 +307,12 @@ class ApiService:
 
     @staticmethod
     def schedulers() -> list[dict]:
+        rho = {"Karras": 7.0}  # the schedules' rho as A1111 lists it (-1: none)
         return [{"name": "automatic", "label": "Automatic", "aliases": None,
                  "default_rho": -1, "need_inner_model": False},
-                {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0,
-                 "need_inner_model": False}]
+                *({"name": label.casefold(), "label": label, "aliases": None,
+                   "default_rho": rho.get(label, -1), "need_inner_model": False}
+                  for label in schedulers.SCHEDULE_FLAGS)]
 
     def loras(self) -> list[dict]:
         return [{"name": name, "alias": name, "path": f"{LORA_SUBDIR}/{name}.safetensors",
