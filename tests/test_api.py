@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import threading
 import time
 
@@ -276,6 +277,33 @@ def test_inpainting_mask_invert_repaints_the_other_part(client, make_image):
     assert not np.array_equal(out[~inside], original[~inside])
 
 
+def test_mask_blur_by_axis_and_the_mask_left_out_of_parameters(client, make_image):
+    init = make_image(64, 64, seed=7)
+    body = {"init_images": [b64(init)], "mask": b64(_mask()), "mask_blur": None,
+            "mask_blur_x": 2, "mask_blur_y": 8, "steps": 4, "width": 64, "height": 64}
+    response = client.post(f"{V1}/img2img", json=body)
+    assert response.status_code == 200, response.text
+    assert "Mask blur: 8" in info_of(response)["infotexts"][0]  # the larger of the two
+    sent = response.json()["parameters"]
+    assert sent["mask"] is None and sent["init_images"] is None
+    assert (sent["mask_blur_x"], sent["mask_blur_y"]) == (2, 8)
+    back = client.post(f"{V1}/img2img", json={**body, "include_init_images": True}).json()
+    assert back["parameters"]["mask"] == body["mask"]
+    assert back["parameters"]["init_images"] == body["init_images"]
+
+
+def test_seed_minus_one_is_a_random_seed_reported_as_used(client, init):
+    seeds = set()
+    for _ in range(2):
+        response = client.post(f"{V1}/img2img", json={"init_images": [b64(init)], "seed": -1,
+                                                       "steps": 2, "width": 64, "height": 64})
+        info = info_of(response)
+        assert 0 <= info["seed"] < 2**32 and info["all_seeds"] == [info["seed"]]
+        assert f"Seed: {info['seed']}," in info["infotexts"][0]
+        seeds.add(info["seed"])
+    assert len(seeds) == 2  # two draws of 2**32 meet by chance one time in four billion
+
+
 def test_inpaint_only_masked_with_padding(client, make_image):
     init = make_image(64, 64, seed=6)
     body = {"init_images": [b64(init)], "mask": b64(_mask()), "inpaint_full_res": True,
@@ -368,8 +396,12 @@ def test_a_chat_front_ends_flow_with_an_empty_basic_header(client, service):
         response=client.post(f"{V1}/txt2img", json=body, headers=headers)))
     worker.start()
     deadline = time.monotonic() + 60
+    asked_without: list[dict] = []
     while worker.is_alive() and time.monotonic() < deadline:
         seen.append(client.get(f"{V1}/progress", headers=headers).json())
+        # Clients that draw their own progress bar ask without the picture, mid-job too.
+        asked_without.append(client.get(f"{V1}/progress", headers=headers,
+                                        params={"skip_current_image": True}).json())
         time.sleep(0.05)
     worker.join()
     response = answer["response"]
@@ -382,8 +414,15 @@ def test_a_chat_front_ends_flow_with_an_empty_basic_header(client, service):
     assert any(p["current_image"] for p in running)
     preview = next(p["current_image"] for p in running if p["current_image"])
     assert picture(preview).size[0] > 0
-    skipped = client.get(f"{V1}/progress", params={"skip_current_image": True}).json()
-    assert skipped["current_image"] is None
+    sampling_without = [p for p in asked_without if p["state"]["sampling_steps"]]
+    assert sampling_without and all(p["current_image"] is None for p in asked_without)
+    for p in running:
+        state = p["state"]
+        assert p["eta_relative"] >= 0 and p["textinfo"].startswith("Sampling step")
+        assert state["job"] == "txt2img" and state["job_no"] in (0, 1)
+        assert state["job_count"] >= 1 and not state["skipped"] and not state["interrupted"]
+        assert re.fullmatch(r"\d{14}", state["job_timestamp"])
+        assert 1 <= state["sampling_step"] <= state["sampling_steps"]
 
 
 def test_the_other_chat_front_ends_flow_posts_the_whole_options_back(client):
@@ -587,6 +626,43 @@ def test_loras_are_listed_with_paths_inside_the_models_folder(tmp_path):
         {"name": "film", "alias": "film", "path": "Lora/film.safetensors", "metadata": {}}]
 
 
+def test_a_checkpoint_added_later_is_listed_after_a_refresh_with_its_hashes(tmp_path):
+    import hashlib
+
+    from tests.support.testing import save_single_file
+    from webui.engine import Engine
+    from webui.engine.single_file import write_config_folder
+    from webui.tiny import build_pipeline
+
+    engine = Engine(models_dir=tmp_path / "models", outputs_dir=tmp_path / "out", device="cpu",
+                    model="tiny-random")
+    client = TestClient(create_app(ApiService(engine, presets.PresetStore(tmp_path / "p"))))
+    assert "mine.safetensors" not in [m["filename"] for m in client.get(f"{V1}/sd-models").json()]
+    pipe = build_pipeline("tiny-random")
+    # The single file's component configs, as the studio finds them offline.
+    write_config_folder(pipe, tmp_path / "models" / "configs" / "sd1")
+    path = save_single_file(pipe, tmp_path / "models" / "Stable-diffusion" / "mine.safetensors")
+    assert client.post(f"{V1}/refresh-checkpoints").json() == {}
+    listed = {m["filename"]: m for m in client.get(f"{V1}/sd-models").json()}
+    # Not hashed yet (a listing never reads a whole file): no hash, the bare name as title.
+    assert listed["mine.safetensors"]["hash"] is None
+    assert listed["mine.safetensors"]["title"] == "mine.safetensors"
+    switched = client.post(f"{V1}/options", json={"sd_model_checkpoint": "mine.safetensors"})
+    assert switched.status_code == 200, switched.text
+    # Its first job hashes it (once per file version), as its infotext's Model hash needs.
+    job = client.post(f"{V1}/txt2img", json={"prompt": "a barn", "steps": 2, "width": 64,
+                                             "height": 64})
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert info_of(job)["sd_model_hash"] == sha256[:10]
+    mine = {m["filename"]: m for m in client.get(f"{V1}/sd-models").json()}["mine.safetensors"]
+    assert (mine["hash"], mine["sha256"]) == (sha256[:10], sha256)
+    assert mine["title"] == f"mine.safetensors [{sha256[:10]}]"
+    options = client.get(f"{V1}/options").json()
+    assert options["sd_model_checkpoint"] == mine["title"]
+    assert options["sd_checkpoint_hash"] == sha256
+    engine.unload()
+
+
 # -- errors -------------------------------------------------------------------------------------
 def _bad_bodies(init: Image.Image):
     good = {"init_images": [b64(init)], "steps": 3, "width": 64, "height": 64}
@@ -617,6 +693,10 @@ def _bad_bodies(init: Image.Image):
         ({**good, "styles": ["No such style"]}, "styles[0]"),
         ({**good, "subseed_strength": 0.5}, "subseed_strength"),
         ({**good, "restore_faces": True}, "restore_faces"),
+        ({**good, "tiling": True}, "tiling"),
+        ({**good, "mask": b64(_mask()), "inpainting_mask_invert": 5}, "inpainting_mask_invert"),
+        ({**good, "mask": b64(_mask()), "mask_blur": None, "mask_blur_x": -2},
+         "mask_blur_x"),
         ({**good, "script_name": "x/y plot"}, "script_name"),
         ({**good, "alwayson_scripts": {"adetailer": {"args": []}}}, "alwayson_scripts.adetailer"),
         ({**good, "alwayson_scripts": {"controlnet": {"args": [{"model": "nope"}]}}},

@@ -383,10 +383,18 @@ def img2img_request(engine: EngineAPI, body: Img2ImgBody, model: str,
         mask = mask_to_l(mask)
         if body.inpainting_mask_invert:
             mask = ImageOps.invert(mask)
-        blur = body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x,
-                                                                       body.mask_blur_y)
+        if body.mask_blur is not None:
+            blur_field, blur = "mask_blur", body.mask_blur
+        else:
+            # One blur here for both directions: the larger, each checked on its own.
+            for name in ("mask_blur_x", "mask_blur_y"):
+                if getattr(body, name) < 0:
+                    raise InputError(name, f"{name} must be at least 0 (got "
+                                     f"{getattr(body, name)})")
+            blur_field = max(("mask_blur_x", "mask_blur_y"), key=lambda n: getattr(body, n))
+            blur = getattr(body, blur_field)
         extra.update(
-            mask_blur=("mask_blur" if body.mask_blur is not None else "mask_blur_x", blur),
+            mask_blur=(blur_field, blur),
             masked_content=("inpainting_fill", FILL_BY_NUMBER[body.inpainting_fill]),
             inpaint_area=("inpaint_full_res",
                           "only masked" if body.inpaint_full_res else "whole picture"),

@@ -259,7 +259,7 @@ class ApiService:
     def sd_models(self) -> list[dict]:
         return [{"title": convert.title(info.name, info.hash),
                  "model_name": convert.model_stem(info.name), "hash": info.hash or None,
-                 "sha256": None, "filename": info.name, "config": None}
+                 "sha256": info.sha256 or None, "filename": info.name, "config": None}
                 for info in self.engine.list_models()]
 
     def get_options(self) -> dict:
@@ -269,7 +269,7 @@ class ApiService:
             return {**self.options, "sd_model_checkpoint": self.checkpoint,
                     "sd_checkpoint_hash": None}
         return {**self.options, "sd_model_checkpoint": convert.title(info.name, info.hash),
-                "sd_checkpoint_hash": info.hash or None}
+                "sd_checkpoint_hash": info.sha256 or None}
 
     def set_options(self, values: dict[str, Any]) -> dict:
         if not isinstance(values, dict):

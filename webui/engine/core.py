@@ -370,6 +370,7 @@ class Engine:
                       else self.registry.file_family(source))
             infos.append(ModelInfo(name=name, kind=source.kind, family=family,
                                    hash=self.registry.known_hash(source),
+                                   sha256=self.registry.known_hash(source, full=True),
                                    licence=hub.licence(source)))
         return infos
 

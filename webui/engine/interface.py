@@ -68,13 +68,15 @@ class ModelInfo:
     """A checkpoint the engine can load. kind: 'tiny', 'file', 'folder' or 'hub'; family: 'sd1',
     'sd2' or 'sdxl' when known without loading the model (else None); hash: the first 10 hex
     digits of a single file's sha256 once the engine has computed it (it does on first use),
-    else ''; licence: as the file or its model card states it, else ''."""
+    else ''; sha256: the whole of that hash, likewise; licence: as the file or its model card
+    states it, else ''."""
 
     name: str
     kind: str
     family: str | None = None
     hash: str = ""
     licence: str = ""
+    sha256: str = ""
 
 
 @dataclass(frozen=True)

@@ -288,8 +288,9 @@ class ModelRegistry:
             self._families[key] = family
         return family
 
-    def known_hash(self, source: ModelSource) -> str:
-        """The file's short hash if already computed (listings never read a whole file)."""
+    def known_hash(self, source: ModelSource, full: bool = False) -> str:
+        """The file's short hash (full: its whole sha256) if already computed (listings never
+        read a whole file)."""
         if source.kind != "file":
             return ""
         try:
@@ -297,7 +298,8 @@ class ModelRegistry:
         except OSError:
             return ""
         with self._hash_lock:
-            return self._hashes.get((source.location, stat.st_mtime, stat.st_size), "")
+            digest = self._hashes.get((source.location, stat.st_mtime, stat.st_size), "")
+        return digest if full else digest[:10]
 
     def model_hash(self, source: ModelSource) -> str:
         """First 10 hex digits of the checkpoint file's sha256 ('' for folders and built-ins).
@@ -314,8 +316,8 @@ class ModelRegistry:
                 with open(source.location, "rb") as handle:
                     for block in iter(lambda: handle.read(1 << 20), b""):
                         digest.update(block)
-                self._hashes[key] = digest.hexdigest()[:10]
-            return self._hashes[key]
+                self._hashes[key] = digest.hexdigest()
+            return self._hashes[key][:10]
 
 
 def _offline() -> bool:
