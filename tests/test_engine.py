@@ -317,6 +317,30 @@ def test_cancel_stops_within_one_step(engine, make_image, monkeypatch):
     assert result.images[0].image.size == (64, 64)  # the partial picture is still decoded
 
 
+def _stop_at_unet_call(engine, monkeypatch, call: int, action: str) -> dict:
+    """Hooks the resident UNet so that its `call`-th call asks the running job to `action`
+    ('cancel' or 'skip') half way through; counts the calls that reached its last up block.
+    The in-process engine itself: it hooks the resident UNet and patches the worker's Job."""
+    emit = core.Job._emit
+    jobs = []
+    monkeypatch.setattr(core.Job, "_emit", lambda job, progress: (jobs.append(job),
+                                                                  emit(job, progress)))
+    unet = engine._pipe.unet
+    calls = {"mid": 0, "last up": 0}
+
+    def stop_there(module, args):
+        calls["mid"] += 1
+        if calls["mid"] == call:
+            getattr(jobs[-1], action)()
+
+    def count(module, args):
+        calls["last up"] += 1
+
+    calls["hooks"] = [unet.mid_block.register_forward_pre_hook(stop_there),
+                      unet.up_blocks[-1].register_forward_pre_hook(count)]
+    return calls
+
+
 def test_cancel_during_a_step_leaves_it_and_keeps_the_last_finished_one(engine, make_image,
                                                                           monkeypatch):
     # The in-process engine itself: it hooks the resident UNet to cancel in the middle of a
@@ -325,36 +349,21 @@ def test_cancel_during_a_step_leaves_it_and_keeps_the_last_finished_one(engine, 
     request = JobRequest(make(steps=6, strength=1.0, seed=5, pag_scale=0.0), make_image(96, 64),
                          save=False)
     emit = core.Job._emit
-    jobs = []
 
     def emit_and_cancel_after_step_2(job, progress):
         emit(job, progress)
-        jobs.append(job)
         if progress.stage == "sampling" and progress.step == 2:
             job.cancel()
 
     monkeypatch.setattr(core.Job, "_emit", emit_and_cancel_after_step_2)
     between = engine.generate(request)
-    monkeypatch.setattr(core.Job, "_emit", lambda job, progress: (jobs.append(job),
-                                                                  emit(job, progress)))
-    unet = engine._pipe.unet
-    calls = {"mid": 0, "last up": 0}
-
-    def cancel_in_step_3(module, args):
-        calls["mid"] += 1
-        if calls["mid"] == 3:
-            jobs[-1].cancel()  # half way through the third step's UNet call
-
-    def count(module, args):
-        calls["last up"] += 1
-
-    hooks = [unet.mid_block.register_forward_pre_hook(cancel_in_step_3),
-             unet.up_blocks[-1].register_forward_pre_hook(count)]
+    monkeypatch.setattr(core.Job, "_emit", emit)
+    calls = _stop_at_unet_call(engine, monkeypatch, 3, "cancel")  # half way through step 3
     seen = []
     try:
         within = engine.generate(request, on_progress=seen.append)
     finally:
-        for hook in hooks:
+        for hook in calls.pop("hooks"):
             hook.remove()
     assert calls == {"mid": 3, "last up": 2}  # the third step's UNet call went no further
     assert [p.step for p in seen if p.stage == "sampling"] == [1, 2]
@@ -363,12 +372,54 @@ def test_cancel_during_a_step_leaves_it_and_keeps_the_last_finished_one(engine, 
     assert within.images[0].image.size == (96, 64)
     assert np.array_equal(pixels(within.images[0].image), pixels(between.images[0].image))
     # The UNet is itself again: no hook of the stop is left, and the next job runs whole.
+    unet = engine._pipe.unet
     assert "forward" not in unet.__dict__
     assert not any(block._forward_pre_hooks for block in unet.modules()
                    if type(block).__name__ in ("ResnetBlock2D", "Transformer2DModel"))
     after = engine.generate(JobRequest(make(steps=2, strength=0.5, seed=1), make_image(64, 96),
                                        save=False))
     assert not after.interrupted and after.images[0].image.size == (64, 96)
+
+
+def test_cancel_during_the_first_step_ends_the_job_with_nothing_sampled(engine, make_image,
+                                                                        monkeypatch):
+    engine.generate(JobRequest(make(steps=1, strength=1.0), make_image(64, 64), save=False))
+    calls = _stop_at_unet_call(engine, monkeypatch, 1, "cancel")
+    try:
+        with pytest.raises(Cancelled, match="before the first image"):
+            engine.generate(JobRequest(make(steps=6, strength=1.0, seed=5, pag_scale=0.0),
+                                       make_image(96, 64), save=True))
+    finally:
+        for hook in calls.pop("hooks"):
+            hook.remove()
+    assert calls == {"mid": 1, "last up": 0}  # the first step went no further
+    assert not (engine.outputs_dir / "img2img").exists()  # nothing was saved
+    after = engine.generate(JobRequest(make(steps=2, strength=0.5, seed=1), make_image(96, 64),
+                                       save=False))
+    assert not after.interrupted and after.images[0].image.size == (96, 64)
+
+
+@pytest.mark.parametrize("action", ["cancel", "skip"])
+def test_a_stop_in_a_batchs_first_step_keeps_the_other_batches(engine, make_image,
+                                                               monkeypatch, action):
+    init = make_image(96, 64)
+    request = JobRequest(make(steps=4, strength=1.0, seed=20, batch_count=2, pag_scale=0.0),
+                         init, save=False)
+    whole = engine.generate(request)
+    # Interrupt in the first step of the second batch; Skip in the first step of the first.
+    call = 5 if action == "cancel" else 1
+    calls = _stop_at_unet_call(engine, monkeypatch, call, action)
+    try:
+        stopped = engine.generate(request)
+    finally:
+        for hook in calls.pop("hooks"):
+            hook.remove()
+    assert calls["last up"] == 4  # one batch's steps only
+    assert len(stopped.images) == 1
+    kept = 0 if action == "cancel" else 1  # the batch that ran whole
+    assert stopped.images[0].seed == whole.images[kept].seed
+    assert np.array_equal(pixels(stopped.images[0].image), pixels(whole.images[kept].image))
+    assert stopped.interrupted is (action == "cancel")
 
 
 def test_cancel_a_queued_job(engine, make_image):

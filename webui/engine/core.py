@@ -691,6 +691,9 @@ class Engine:
                     break
         if job.cancel_requested.is_set() and not results:
             raise Cancelled("interrupted before the first image was ready")
+        if not results:
+            # Every batch was skipped inside its first step (see stopping.py).
+            raise Cancelled("skipped before the first image was ready")
         notice = "; ".join(filter(None, [notice, *notices]))
         if job.save and not interrupted:
             job._emit(Progress("saving", elapsed=time.monotonic() - started))
@@ -825,6 +828,10 @@ class Engine:
                     callback_on_step_end_tensor_inputs=["latents"],
                     **kwargs,
                 )
+        except stopping.NothingSampled:
+            # Stopped inside the batch's first step: no image from it (an Interrupt keeps the
+            # batches done before; a Skip goes on with the next).
+            return [], job.cancel_requested.is_set()
         finally:
             if fast is not None:
                 fast.allowed = False

@@ -8,9 +8,10 @@ scheduler turns into latents nobody keeps; the step's end callback puts back the
 the last finished step and sets the library's flag, so the pipeline decodes what was sampled
 exactly as it does after a stop between steps (same picture, sooner).
 
-A stop during the first step waits for its end: before it there are no latents of a finished
-step to go back to. The compiled UNet is left alone (its graphs would be rebuilt for hooks; its
-steps are short anyway).
+A stop during the first step has no finished step to go back to: the batch ends with nothing
+sampled (`NothingSampled` from `step_end`), so an Interrupt then keeps only the batches already
+done and a Skip moves on to the next batch. The compiled UNet is left alone (its graphs would
+be rebuilt for hooks; its steps are short anyway).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ import torch
 
 class StepAbandoned(Exception):
     """Raised by a block's hook to leave a UNet call whose job was asked to stop."""
+
+
+class NothingSampled(Exception):
+    """The first step of a batch was abandoned: there is nothing to decode."""
 
 
 def _blocks(unet) -> list[torch.nn.Module]:
@@ -50,7 +55,7 @@ class InStepStop:
         unet = self.unet
 
         def check(module, args):
-            if self.last_latents is not None and self.should_stop():
+            if self.should_stop():
                 raise StepAbandoned
 
         self._handles = [block.register_forward_pre_hook(check) for block in _blocks(unet)]
@@ -84,8 +89,10 @@ class InStepStop:
 
     def step_end(self, latents):
         """The latents to go on with after a step: the step's own, or, when it was abandoned,
-        those of the last finished step."""
+        those of the last finished step (NothingSampled when there is none)."""
         if self.abandoned:
+            if self.last_latents is None:
+                raise NothingSampled
             return self.last_latents
         self.last_latents = latents
         return latents
