@@ -632,6 +632,39 @@ def test_hub_id_offline_fails_clearly(api, make_image, monkeypatch):
     assert "offline" in message and "HF_HUB_OFFLINE" in message
 
 
+def test_a_model_switch_takes_its_turn_in_the_queue(engine, make_image, monkeypatch):
+    # The in-process engine itself: it records what its worker does, in order, and reads the
+    # queue to know the switch is in it.
+    log = []
+    run, pipeline = engine._run, engine.pipeline
+    monkeypatch.setattr(engine, "_run", lambda job: (log.append(("job", job.id)), run(job))[1])
+    monkeypatch.setattr(engine, "pipeline", lambda name="", *a, **k: (
+        log.append(("load", name)), pipeline(name, *a, **k))[1])
+    running, _ = long_job(engine, make_image)
+    before = engine.submit(JobRequest(make(steps=2, strength=0.5, seed=1), make_image(32, 32),
+                                      save=False))
+    switched = []
+    switch = threading.Thread(target=lambda: switched.append(engine.load_model(TINY_SDXL)))
+    switch.start()
+    deadline = time.monotonic() + 30
+    while not any(isinstance(item, core._LoadTurn) for item in list(engine._queue.queue)):
+        assert time.monotonic() < deadline, "the switch never reached the queue"
+        time.sleep(0.01)
+    # While the long job runs, the switch waits (no model is loaded beside a job).
+    assert switch.is_alive() and engine.loaded_model() == TINY_SD
+    after = engine.submit(JobRequest(make(steps=2, strength=0.5, seed=1), make_image(32, 32),
+                                     save=False))
+    running.cancel()
+    switch.join(120)
+    assert switched == [TINY_SDXL]
+    before.result(timeout=60), after.result(timeout=60)
+    order = [entry for entry in log if entry == ("load", TINY_SDXL) or
+             (entry[0] == "job" and entry[1] != running.id)]
+    assert order == [("job", before.id), ("load", TINY_SDXL), ("job", after.id)]
+    # Every job is still counted as before: the switch is no queue place of its own.
+    assert engine.queue_status().waiting == 0
+
+
 def test_a_model_that_fails_to_load_keeps_the_working_one(fresh_engine, make_image, tmp_path):
     # The in-process engine itself: it reads the resident pipeline.
     engine = fresh_engine

@@ -121,6 +121,25 @@ class Job(JobEvents):
         self._end(result, error)
 
 
+@dataclass
+class _LoadTurn:
+    """A model load waiting its turn in the job queue (see Engine.load_model). It is not a job:
+    it counts for no queue position, limit or busy answer."""
+
+    name: str
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+    def run(self, engine: "Engine") -> None:
+        try:
+            with engine._device_lock:  # a control-map preview may hold it
+                engine.pipeline(self.name)
+        except BaseException as exc:  # noqa: BLE001 - the caller raises it; the worker goes on
+            self.error = exc
+        finally:
+            self.done.set()
+
+
 INPAINT_NOTICE = ("Inpainted: only the painted area was repainted; outside it every pixel is "
                   "the original's")
 # Seconds between step previews (each costs a GPU -> CPU read of the latents).
@@ -278,11 +297,15 @@ class Engine:
                 raise QueueFull(refusal)
             self._waiting.append(job)
             self._queue.put(job)
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._serve, name="img2img-engine",
-                                                daemon=True)
-                self._worker.start()
+            self._ensure_worker()
         return job
+
+    def _ensure_worker(self) -> None:
+        """Start the worker thread if it is not running (call holding self._lock)."""
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._serve, name="img2img-engine",
+                                            daemon=True)
+            self._worker.start()
 
     def check_request(self, request: JobRequest) -> str:
         """The checks submit makes before queueing: the task (InputError naming the field when
@@ -321,16 +344,27 @@ class Engine:
         return Path(name)
 
     def load_model(self, name: str = "", listed_only: bool = True) -> str:
-        """Load `name` (a listed model; default: the studio's model) now, between jobs, so the
-        next job starts at once; the resolved model's location. ModelError when it cannot be
-        loaded (the resident model stays), InputError for a name that is not listed.
-        listed_only=False: any name a job may use (a cluster replica loads a job's model
-        before the job; its front door has already applied the path policy)."""
+        """Load `name` (a listed model; default: the studio's model) in its turn in the job
+        queue: after the running job and those queued before it, before those queued after
+        (so a model switch neither waits for a queue that never empties nor pushes ahead of
+        jobs that would load their own model back); returns once loaded, with the resolved
+        model's location. ModelError when it cannot be loaded (the resident model stays),
+        InputError for a name that is not listed. listed_only=False: any name a job may use
+        (a cluster replica loads a job's model before the job; its front door has already
+        applied the path policy)."""
         name = (name or "").strip()
         if listed_only and name and name not in self.models() and name != self.model:
             raise InputError("model", f"{name!r} is not one of this studio's models")
-        with self._device_lock:  # between jobs, never beside one
-            self.pipeline(name)
+        if threading.current_thread() is self._worker:
+            self.pipeline(name)  # asked from inside a job: its turn is now
+            return self.loaded_model() or ""
+        turn = _LoadTurn(name)
+        with self._lock:
+            self._queue.put(turn)
+            self._ensure_worker()
+        turn.done.wait()
+        if turn.error is not None:
+            raise turn.error
         return self.loaded_model() or ""
 
     def queue_status(self) -> QueueStatus:
@@ -434,6 +468,9 @@ class Engine:
     def _serve(self) -> None:
         while True:
             job = self._queue.get()
+            if isinstance(job, _LoadTurn):
+                job.run(self)
+                continue
             with self._lock:
                 if job._done.is_set():
                     continue  # cancelled while it waited: already finished
