@@ -34,6 +34,11 @@ from ..errors import Cancelled, InputError, ModelError, OutOfMemory, TimedOut, W
 log = logging.getLogger(__name__)
 
 WORKER_LOST = "the GPU worker stopped during this job; try again"
+# A job still waiting while some replica has been free this long was left unassigned by
+# Serve's routing (seen after a cancelled request: no request reached a replica again, and the
+# job would wait for ever). It is sent again, once; stuck again, it fails with STALLED.
+STALL_S = 20.0
+STALLED = "no GPU worker took this job although one was free; try again"
 
 
 def rebuild_error(kind: str, field: str, message: str) -> BaseException:
@@ -69,6 +74,7 @@ class RayJob(JobEvents):
         self._request = request
         self._save = save
         self._response = None
+        self.cancel_asked = False
 
     @property
     def started(self) -> bool:
@@ -77,6 +83,7 @@ class RayJob(JobEvents):
     def cancel(self) -> None:
         """Stop the job: a waiting one leaves Serve's queue at once, a running one stops
         within a step (the replica reads the board between steps)."""
+        self.cancel_asked = True
         self._engine.board.flag.remote(self.key, "cancel")
         if not self.started and self._response is not None:
             self._response.cancel()
@@ -94,42 +101,73 @@ class RayJob(JobEvents):
 
         result, error = None, None
         started = time.monotonic()
-        try:
-            model = self._request.params.model or self._engine.model
-            self._response = self._engine._streaming(model).run.remote(self.key, self._request)
-            for item in self._response:
-                kind = item[0]
-                if kind == "started":
-                    self.state, self.worker = "running", item[1]
-                elif kind == "loaded":
-                    self._engine._loaded = item[1] or None
-                elif kind == "progress":
-                    self._emit(item[1])
-                elif kind == "result":
-                    result = item[1]
-                elif kind == "error":
-                    error = rebuild_error(*item[1:])
-            if result is None and error is None:
+        model = self._request.params.model or self._engine.model
+        for attempt in range(2):
+            stalled, followed = threading.Event(), threading.Event()
+            try:
+                self._response = self._engine._streaming(model).run.remote(self.key,
+                                                                          self._request)
+                threading.Thread(target=self._watch, args=(self._response, stalled, followed),
+                                 name=f"ray-job-{self.id}-watch", daemon=True).start()
+                for item in self._response:
+                    kind = item[0]
+                    if kind == "started":
+                        self.state, self.worker = "running", item[1]
+                    elif kind == "loaded":
+                        self._engine._loaded = item[1] or None
+                    elif kind == "progress":
+                        self._emit(item[1])
+                    elif kind == "result":
+                        result = item[1]
+                    elif kind == "error":
+                        error = rebuild_error(*item[1:])
+                if result is None and error is None:
+                    error = WorkerLost(WORKER_LOST)
+                if result is not None and self._save and not result.interrupted:
+                    self._emit(Progress("saving", elapsed=time.monotonic() - started))
+                    self._engine._write(result, self.owner)
+            except BackPressureError:
+                error = QueueFull("the studio is busy: every GPU worker has a full queue; try "
+                                  "again in a moment")
+            except RequestCancelledError:
+                if stalled.is_set() and attempt == 0 and not self.cancel_asked:
+                    log.warning("job %s: no replica took it although one was free for %.0f s; "
+                                "sent again", self.id, STALL_S)
+                    continue
+                error = (WorkerLost(STALLED) if stalled.is_set() and not self.cancel_asked
+                         else Cancelled("cancelled while waiting in the queue"))
+            except (RayActorError, ActorUnavailableError) as exc:
+                log.warning("job %s: its replica stopped (%s)", self.id, exc)
                 error = WorkerLost(WORKER_LOST)
-            if result is not None and self._save and not result.interrupted:
-                self._emit(Progress("saving", elapsed=time.monotonic() - started))
-                self._engine._write(result, self.owner)
-        except BackPressureError:
-            error = QueueFull("the studio is busy: every GPU worker has a full queue; try "
-                              "again in a moment")
-        except RequestCancelledError:
-            error = Cancelled("cancelled while waiting in the queue")
-        except (RayActorError, ActorUnavailableError) as exc:
-            log.warning("job %s: its replica stopped (%s)", self.id, exc)
-            error = WorkerLost(WORKER_LOST)
-        except Exception as exc:  # noqa: BLE001 - a job's failure must reach its front door
-            log.exception("job %s failed on the cluster", self.id)
-            error = exc
+            except Exception as exc:  # noqa: BLE001 - a job's failure must reach its front door
+                log.exception("job %s failed on the cluster", self.id)
+                error = exc
+            finally:
+                followed.set()
+            break
         # The job's controls are done with (a job cancelled before a replica took it never
         # had them cleared there).
         self._engine.board.forget.remote(self.key)
         self._end(result, error)
         self._engine._ended(self)
+
+    def _watch(self, response, stalled: threading.Event, followed: threading.Event) -> None:
+        """Cancel `response` (setting `stalled`) when this job is still waiting although a
+        replica has been free for STALL_S seconds; ends when the job starts or is followed."""
+        free_since = None
+        while not followed.wait(1.0) and not self.started:
+            try:
+                free = self._engine._free_replicas()
+            except Exception:  # noqa: BLE001 - no answer from the board is no evidence
+                free = 0
+            if not free:
+                free_since = None
+                continue
+            free_since = free_since if free_since is not None else time.monotonic()
+            if time.monotonic() - free_since >= STALL_S and not self.started:
+                stalled.set()
+                response.cancel()
+                return
 
 
 class RayEngine:
@@ -273,6 +311,13 @@ class RayEngine:
     def memory_status(self) -> dict:
         """The front door's machine (each replica's own memory is in cluster_status())."""
         return self.local.memory_status()
+
+    def _free_replicas(self) -> int:
+        """How many live replicas run no job and load no model now (from the board)."""
+        import ray
+
+        return sum(not r.get("busy") for r in ray.get(self.board.replicas.remote(),
+                                                      timeout=5))
 
     def cluster_status(self) -> dict:
         """{"replicas": [{replica, node, gpu, pid, device, model, busy, seen}], "queue":

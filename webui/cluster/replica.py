@@ -117,11 +117,16 @@ class DiffusionReplica:
     async def load(self):
         """Load the request's model now (the studio's model switch): ("loaded", location), or
         error_parts when it cannot be loaded (the resident model stays)."""
+        # Busy while it loads, as for a job: the front door reads a free replica beside a
+        # waiting job as a stuck request (engine.STALL_S).
+        self.busy = True
+        self.post()
         try:
             location = await self._model(serve.get_multiplexed_model_id() or self.engine.model)
         except Exception as exc:  # noqa: BLE001 - reported to the front door
             return error_parts(exc)
         finally:
+            self.busy = False
             self.post()
         return ("loaded", location)
 
