@@ -665,6 +665,35 @@ def test_a_model_switch_takes_its_turn_in_the_queue(engine, make_image, monkeypa
     assert engine.queue_status().waiting == 0
 
 
+def test_cancel_all_also_cancels_a_model_switch_waiting_its_turn(engine, make_image):
+    # The in-process engine itself: it reads the queue to know the switch is in it.
+    running, _ = long_job(engine, make_image)
+    outcome = []
+
+    def switch():
+        try:
+            outcome.append(engine.load_model(TINY_SDXL))
+        except Cancelled as exc:
+            outcome.append(exc)
+
+    waiting = threading.Thread(target=switch)
+    waiting.start()
+    deadline = time.monotonic() + 30
+    while not any(isinstance(item, core._LoadTurn) for item in list(engine._queue.queue)):
+        assert time.monotonic() < deadline, "the switch never reached the queue"
+        time.sleep(0.01)
+    engine.cancel_all()  # as the studio does when it is stopped
+    waiting.join(60)
+    assert len(outcome) == 1 and isinstance(outcome[0], Cancelled), outcome
+    assert "stopping" in str(outcome[0])
+    running._done.wait(60)
+    # The switch never ran: the resident model is the one the cancelled job had.
+    assert engine.loaded_model() == TINY_SD
+    after = engine.generate(JobRequest(make(steps=2, strength=0.5, seed=1), make_image(32, 32),
+                                       save=False))
+    assert not after.interrupted
+
+
 def test_a_model_that_fails_to_load_keeps_the_working_one(fresh_engine, make_image, tmp_path):
     # The in-process engine itself: it reads the resident pipeline.
     engine = fresh_engine

@@ -129,8 +129,23 @@ class _LoadTurn:
     name: str
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     error: BaseException | None = None
+    started: bool = False
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def cancel(self) -> None:
+        """Give up the turn if it has not begun (cancel_all: the studio is stopping); the
+        caller gets Cancelled. A load already under way finishes."""
+        with self._lock:
+            if self.started or self.done.is_set():
+                return
+            self.error = Cancelled("the model switch was cancelled: the studio is stopping")
+            self.done.set()
 
     def run(self, engine: "Engine") -> None:
+        with self._lock:
+            if self.done.is_set():
+                return  # cancelled while it waited
+            self.started = True
         try:
             with engine._device_lock:  # a control-map preview may hold it
                 engine.pipeline(self.name)
@@ -194,6 +209,7 @@ class Engine:
         self.adapters: Adapters | None = None
         self._base_scheduler_config = None
         self._worker: threading.Thread | None = None
+        self._turns: list[_LoadTurn] = []  # model switches waiting their turn (load_model)
         self.current: Job | None = None
         self._detectors: Detectors | None = None
         self._detectors_lock = threading.Lock()
@@ -360,9 +376,12 @@ class Engine:
             return self.loaded_model() or ""
         turn = _LoadTurn(name)
         with self._lock:
+            self._turns.append(turn)
             self._queue.put(turn)
             self._ensure_worker()
         turn.done.wait()
+        with self._lock:
+            self._turns.remove(turn)
         if turn.error is not None:
             raise turn.error
         return self.loaded_model() or ""
@@ -445,9 +464,12 @@ class Engine:
         return schedulers.all_names()
 
     def cancel_all(self) -> None:
-        """Cancel every waiting job and the running one (it stops within one step)."""
+        """Cancel every waiting job and the running one (it stops within one step), and every
+        model switch waiting its turn."""
         with self._lock:
             jobs = list(self._waiting) + ([self.current] if self.current is not None else [])
+            for turn in self._turns:
+                turn.cancel()
         for job in jobs:  # outside the lock: cancel() takes it to drop a waiting job
             job.cancel()
 
