@@ -59,6 +59,10 @@ UPDATE_INTERVAL = 0.2
 # How long a Generate click holds the tab's slot before its job reaches the engine (the job then
 # holds it itself); a click whose job never came frees the tab after this.
 CLAIM_WINDOW = 60.0
+# Seconds an interrupted job's last status waits before it is sent: the Interrupt click answers
+# "Interrupting…" in the same status line, and a job that stops at once (inside its step)
+# could otherwise end before that answer lands and be overwritten by it.
+INTERRUPT_SETTLE = 0.5
 # Results the History view keeps per browser tab: pictures live in the server's memory.
 HISTORY_LIMIT = 48
 # What the page remembers in the browser between reloads (browser storage), by field.
@@ -354,6 +358,8 @@ class Studio(RequestBuilder, PngInfoHandlers):
             if not job.done:
                 # The browser went away mid-job: free the GPU for the others.
                 job.cancel()
+        if session.interrupted:
+            time.sleep(INTERRUPT_SETTLE)
         if result is None:
             yield GenerateView("Interrupted before the first image was ready.", None, skip, skip,
                                skip, skip)
