@@ -44,3 +44,43 @@ def test_twenty_clients_on_page_and_api_get_their_own_results_or_busy(tmp_path):
     load.check_previews(engine, swapped)
     engine.unload()
     assert swapped.previews_checked >= 2 and swapped.preview_mixups == swapped.previews_checked
+
+
+def test_a_page_client_waits_for_an_upload_the_busy_server_reads_late(tmp_path):
+    """On a busy machine (the clients share the server's process) the server may take seconds
+    to read an upload; the load test's page client waits, as its API clients do, instead of
+    counting the request as failed after its library's few-second default (seen in CI as
+    "ReadTimeout: timed out" errors)."""
+    import asyncio
+
+    import gradio as gr
+    from fastapi import FastAPI
+    from gradio_client import handle_file
+
+    late = 6.0  # beyond the client library's default wait
+
+    class SlowUploads:
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] == "http" and scope["path"].endswith("/upload"):
+                await asyncio.sleep(late)
+            await self.app(scope, receive, send)
+
+    with gr.Blocks() as demo:
+        picture, size = gr.Image(type="pil"), gr.Textbox()
+        gr.Button().click(lambda p: f"{p.width}x{p.height}", picture, size, api_name="size")
+    app = SlowUploads(gr.mount_gradio_app(FastAPI(), demo, path="",
+                                          auth=[("artist", "pw")]))
+    server, port, thread = load._serve(app)
+    try:
+        path = tmp_path / "init.png"
+        load.client_picture(3).resize((96, 80)).save(path)
+        client = load.page_client(f"http://127.0.0.1:{port}", ("artist", "pw"))
+        assert client.predict(handle_file(path), api_name="/size") == "96x80"
+        client.close()
+    finally:
+        server.should_exit = True
+        thread.join(30)
+

@@ -173,6 +173,22 @@ def _page_job(client, init: str, outcome: Outcome, steps: int) -> None:
                 outcome.previews.append((int(step[1]), picture.convert("RGB")))
 
 
+# How long a client waits for any one answer (an upload, a download, a reply), page and API
+# alike. The clients run in the server's own process, so on a busy machine a small upload can
+# take seconds to be read; the page client's library default (a few seconds) would count such
+# a wait as a failed request, while the API client already waited this long.
+CLIENT_TIMEOUT_S = 300
+
+
+def page_client(url: str, auth: tuple[str, str]):
+    """A page client (gradio_client, as a script on the page's API uses it) of the studio at
+    `url`, logged in as `auth`, that waits CLIENT_TIMEOUT_S for each answer."""
+    from gradio_client import Client
+
+    return Client(url + "/", auth=auth, verbose=False,
+                  httpx_kwargs={"timeout": CLIENT_TIMEOUT_S})
+
+
 def client_picture(i: int):
     """Client i's init picture (64x64, colours of its own)."""
     from PIL import Image
@@ -256,7 +272,6 @@ def run(clients: int = 20, requests: int = 3, steps: int = 2, queue_size: int = 
     import io
 
     import httpx
-    from gradio_client import Client
     from PIL import Image
 
     from ..__main__ import build_parser
@@ -327,7 +342,7 @@ def run(clients: int = 20, requests: int = 3, steps: int = 2, queue_size: int = 
         def client_thread(i: int) -> None:
             mine = [o for o in report.outcomes if o.client == i]
             if i % 2 == 0:
-                page = Client(url + "/", auth=users[i], verbose=False)
+                page = page_client(url, users[i])
                 for outcome in mine:
                     patiently(lambda o: _page_job(page, str(init_paths[i]), o, steps), outcome)
                 page.close()
@@ -344,7 +359,7 @@ def run(clients: int = 20, requests: int = 3, steps: int = 2, queue_size: int = 
                 styles.raise_for_status()
                 return {s["name"] for s in styles.json() if s["name"].startswith("look of")}
 
-            with httpx.Client(auth=users[i], timeout=300) as http:
+            with httpx.Client(auth=users[i], timeout=CLIENT_TIMEOUT_S) as http:
                 for outcome in mine:
                     patiently(api, outcome)
                     try:
