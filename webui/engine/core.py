@@ -421,9 +421,9 @@ class Engine:
                 continue
             family = (self.family if self.loaded_model() == source.location
                       else self.registry.file_family(source))
+            digest = self.registry.known_hash(source, full=True)
             infos.append(ModelInfo(name=name, kind=source.kind, family=family,
-                                   hash=self.registry.known_hash(source),
-                                   sha256=self.registry.known_hash(source, full=True),
+                                   hash=digest[:10], sha256=digest,
                                    licence=hub.licence(source)))
         return infos
 
