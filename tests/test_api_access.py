@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from webui.__main__ import build_parser
-from webui.api import Access, ApiService, create_app, mount
+from webui.api import Access, ApiService, create_app
 from webui.presets import PresetStore
 from webui.ui import launch
 from webui.ui.launch import LaunchError
@@ -449,12 +449,24 @@ def studio_with_api(engine, store, *argv: str):
     demo = build(Studio(engine), presets=store)
     demo.queue(max_size=4)
     port = free_port()
-    demo.launch(server_name=host, server_port=port, quiet=True, **launch.launch_options(users))
+    demo.launch(server_name=host, server_port=port, quiet=True, **launch.launch_options(
+        users, api=launch.api_app(engine, store, setup, args)))
     try:
-        mount(demo.server_app, launch.api_app(engine, store, setup, args))
         yield f"http://127.0.0.1:{port}", port
     finally:
         demo.close()
+
+
+def test_the_api_answers_the_first_request_the_launched_studio_takes(api_engine, store):
+    """The API is part of the studio's app from the moment its server starts (no window in
+    which a client polling /sdapi finds only the page and its 404)."""
+    with studio_with_api(api_engine, store) as (url, port):
+        first = httpx.get(f"{url}/internal/ping", timeout=30)
+        options = httpx.get(f"{url}{V1}/options", timeout=30)
+        page = httpx.get(f"{url}/config", timeout=30)
+    assert first.status_code == 200 and first.json() == {}
+    assert options.status_code == 200 and "sd_model_checkpoint" in options.json()
+    assert page.status_code == 200
 
 
 def test_on_the_studios_port_the_api_keeps_its_own_cors_policy(api_engine, store):
@@ -547,9 +559,10 @@ def test_listings_hold_no_server_path(tmp_path, store):
 
 # -- served for real ---------------------------------------------------------------------------
 @contextlib.contextmanager
-def studio_process(cwd: Path, *argv: str, ready: str):
+def studio_process(cwd: Path, *argv: str, ready: str | None = None):
     """`python -m webui ARGV` on a free loopback port in `cwd` (its default folders under it);
-    yields its URL once the port is open and `ready` is in its log; stops it afterwards."""
+    yields its URL once the port is open (and `ready`, if given, is in its log); stops it
+    afterwards."""
     port = free_port()
     log = cwd / "studio.log"
     with open(log, "w") as handle:
@@ -558,9 +571,8 @@ def studio_process(cwd: Path, *argv: str, ready: str):
                                    stderr=subprocess.STDOUT)
     try:
         _wait_for_port(port, process, log)
-        # The API is mounted just after the page's port opens: wait until it says so.
         deadline = time.monotonic() + 60
-        while ready not in log.read_text():
+        while ready is not None and ready not in log.read_text():
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
@@ -570,7 +582,8 @@ def studio_process(cwd: Path, *argv: str, ready: str):
 
 
 def test_served_with_the_studio(tmp_path):
-    with studio_process(tmp_path, "--api", "--api-auth", "ann:pw", ready="REST API on") as url, \
+    # The first request, sent as soon as the port opens, already finds the API.
+    with studio_process(tmp_path, "--api", "--api-auth", "ann:pw") as url, \
             httpx.Client(base_url=url, timeout=30) as http:
         ping = http.get("/internal/ping", auth=("ann", "pw"))
         assert ping.status_code == 200 and ping.json() == {}

@@ -350,17 +350,35 @@ def upload_bytes(megabytes: float) -> int:
 
 def launch_options(users: list[tuple[str, str]], throttle=None,
                    max_upload_mb: float = DEFAULT_UPLOAD_MB,
-                   upload_cache_mb: float = DEFAULT_CACHE_MB) -> dict:
+                   upload_cache_mb: float = DEFAULT_CACHE_MB, api=None) -> dict:
     """The keyword arguments of Blocks.launch() that make the studio safe to share (all but
     where it serves): the login, throttled (see logins.py), which files are served, the
     largest upload and the disk all uploads may take (upload_space.py). throttle: a
-    logins.Throttle (default: a new one with the default policy)."""
+    logins.Throttle (default: a new one with the default policy). api: the REST API app
+    (api_app) to serve on the studio's port, or None."""
+    import contextlib
+
     from starlette.middleware import Middleware
 
     from .app import CSS, KEYS_JS
     from .logins import LoginThrottle
     from .upload_space import UploadSpace
 
+    app_kwargs: dict = {"middleware": [
+        Middleware(LoginThrottle, throttle=throttle),
+        Middleware(UploadSpace, max_bytes=upload_bytes(upload_cache_mb))]}
+    if api is not None:
+        from ..api import mount
+
+        @contextlib.asynccontextmanager
+        async def serve_api(app):
+            # The API joins the studio's app as the server starts, before it takes its first
+            # connection: mounted after launch() returned, a client polling the API from the
+            # start could be answered 404 by the page in between.
+            mount(app, api)
+            yield
+
+        app_kwargs["lifespan"] = serve_api
     return dict(
         auth=users or None, auth_message="img2img studio: log in to continue.",
         # Only the project's assets are files a browser may fetch by path. Results reach the
@@ -369,10 +387,7 @@ def launch_options(users: list[tuple[str, str]], throttle=None,
         allowed_paths=[str(ASSETS_DIR)],
         max_file_size=upload_bytes(max_upload_mb), show_error=False, ssr_mode=False, pwa=False,
         mcp_server=False, enable_monitoring=False, footer_links=["api"], css=CSS, js=KEYS_JS,
-        prevent_thread_lock=True,
-        app_kwargs={"middleware": [
-            Middleware(LoginThrottle, throttle=throttle),
-            Middleware(UploadSpace, max_bytes=upload_bytes(upload_cache_mb))]},
+        prevent_thread_lock=True, app_kwargs=app_kwargs,
     )
 
 
@@ -478,17 +493,15 @@ def run(args: argparse.Namespace) -> int:
     startup = presets_panel.Startup(preset, preset_params) if preset is not None else None
     demo = build(handlers.Studio(engine), initial=startup, presets=store)
     queue_studio(demo, args.queue_size)
+    api = api_app(engine, store, setup, args, throttle) if setup.enabled else None
     try:
         demo.launch(server_name=host, server_port=args.port, share=args.share,
                     **launch_options(users, throttle, args.max_upload_mb,
-                                     args.max_upload_cache_mb))
+                                     args.max_upload_cache_mb, api=api))
     except OSError as exc:
         return _fail(f"could not serve on {host}:{args.port} ({exc}); pick another --port",
                      EXIT_FAILED)
     if setup.enabled:
-        from ..api import mount
-
-        mount(demo.server_app, api_app(engine, store, setup, args, throttle))
         print(f"REST API on {demo.local_url.rstrip('/')}/sdapi/v1 (docs: /docs)",
               file=sys.stderr, flush=True)
     if args.share and not demo.share_url:
