@@ -298,8 +298,8 @@ def run(clients: int = 20, requests: int = 3, steps: int = 2, queue_size: int = 
         store = PresetStore(args.user_presets)
         for i, (user, _) in enumerate(users):
             store.for_user(user).save_params(f"look of artist {i}", make(steps=3 + i % 5))
-        # Each artist their own picture (as on a shared link): Gradio names uploads by their
-        # content, so one file sent by many clients at once is a different test.
+        # Each artist their own picture (as on a shared link), so that a preview or a result
+        # handed to the wrong client differs in its colours as well as in its seed.
         init_paths, init_b64 = [], []
         for i in range(clients):
             picture = client_picture(i)
