@@ -47,6 +47,13 @@ def test_the_benchmark_compares_plain_diffusers_with_the_engine(tmp_path):
             assert figures["warmup_s"] > 0 and figures["process_peak_rss_gib"] > 0
         assert case["ratio"] == round(case["plain"]["s_per_image"]
                                       / case["engine"]["s_per_image"], 3)
+        # The previews' cost: at least the last step's was sent, each took some time, and the
+        # share is their time over the job's.
+        ours = case["engine"]
+        assert ours["previews_per_image"] >= 1 and ours["preview_ms"] > 0
+        share = 100 * ours["previews_per_image"] * ours["preview_ms"] / 1000 / ours["s_per_image"]
+        assert abs(ours["preview_share_pct"] - share) < 0.01 + share / 100
+        assert "previews_per_image" not in case["plain"]
     plain_pag0, pag3 = cases
     # Same weights, inputs and seed: without PAG the engine makes the plain call's picture.
     assert plain_pag0["max_pixel_difference"] == 0

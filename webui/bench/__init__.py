@@ -7,7 +7,8 @@ queue, progress and previews followed, the Result read), and prints one JSON lin
 image (median of `--runs` after `--warmup` jobs, min and max), UNet calls per second, peak memory
 (VRAM on CUDA, resident memory on the CPU), warm-up seconds, and `ratio` = plain / engine
 seconds per image. Plain diffusers has no PAG, so a PAG 3 case's ratio shows what the studio's
-default costs against a plain call.
+default costs against a plain call. The engine's figures also say what its step previews cost:
+previews sent per image, milliseconds each, and their share of the job's time.
 
 The models are random weights in the real layer shapes (random-sd15, random-sdxl: the FLOPs of
 a real checkpoint, no download) on CUDA, and tiny-random at 64x64 and 128x128 on the CPU (well
@@ -136,11 +137,14 @@ def engine_side(engine, model: str, size: tuple[int, int], scheduler: str, pag: 
         pag_scale=pag, dtype=dtype, seed=SEED, prompt=PROMPT, negative_prompt=NEGATIVE),
         init, save=False)
 
+    shown = []  # previews sent per job
+
     def job():
         t0 = time.perf_counter()
         handle = engine.submit(request)
-        for _ in handle.updates():
-            pass  # followed as a front door does: progress and previews are part of the cost
+        # Followed as a front door does: progress and previews are part of the cost.
+        shown.append(sum(getattr(update, "preview", None) is not None
+                         for update in handle.updates()))
         result = handle.result()
         return time.perf_counter() - t0, result
 
@@ -161,10 +165,34 @@ def engine_side(engine, model: str, size: tuple[int, int], scheduler: str, pag: 
     calls = result.effective_steps
     out = {**_stats(times, 1), "unet_calls": calls,
            "unet_calls_per_s": round(calls / statistics.median(times), 2),
-           "warmup_s": round(warm, 3), **_memory(engine.device, engine)}
+           "warmup_s": round(warm, 3), **_memory(engine.device, engine),
+           **preview_cost(engine, size, statistics.median(shown[-runs:]),
+                          statistics.median(times))}
     if result.notice:
         out["notice"] = result.notice
     return out, result.images[0].image
+
+
+def preview_cost(engine, size: tuple[int, int], per_image: float, seconds: float) -> dict:
+    """What the step previews cost a job: previews sent per image, the time one takes (the
+    latents read back from the device and turned into a picture, median of 20, timed alone:
+    inside a job the read-back also waits for the step's queued work, which is not its cost)
+    and their share of the job's seconds, in percent."""
+    import torch
+
+    from ..engine import previews
+
+    dtype = torch.float16 if engine.device.startswith("cuda") else torch.float32
+    latents = torch.randn(1, 4, size[1] // 8, size[0] // 8, device=engine.device, dtype=dtype)
+    family = getattr(engine, "family", None) or "sd1"
+    times = []
+    for _ in range(21):
+        t0 = time.perf_counter()
+        previews.latents_to_rgb(latents, family)
+        times.append(time.perf_counter() - t0)
+    one = statistics.median(times[1:])  # the first also builds the factor tensor's caches
+    return {"previews_per_image": per_image, "preview_ms": round(one * 1000, 3),
+            "preview_share_pct": round(100 * per_image * one / seconds, 3)}
 
 
 def picture_difference(a, b) -> float:
