@@ -169,3 +169,25 @@ def test_the_compiled_unet_with_cuda_graphs(models, tmp_path):
         assert fast.cache_file.exists()
     finally:
         engine.unload()
+
+
+def test_tiny_vae_previews_in_half_precision(tmp_path):
+    """--preview-decoder tiny on CUDA: an fp16 job's previews come from the tiny VAE (in the
+    published shape, random weights), at the picture's size up to 512 px, and are not flat."""
+    from diffusers import AutoencoderTiny
+
+    AutoencoderTiny().save_pretrained(tmp_path / "models" / "VAE-approx" / "taesd")
+    engine = Engine(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs",
+                    device="cuda", model="tiny-random", preview_decoder="tiny")
+    seen = []
+    try:
+        result = engine.generate(
+            JobRequest(make(steps=6, strength=1.0, seed=2, dtype="fp16", width=512, height=384,
+                            pag_scale=0.0), picture(512, 384), save=False),
+            on_progress=lambda p: p.preview is not None and seen.append(p.preview))
+        _, why = engine.step_previewer()
+    finally:
+        engine.unload()
+    assert why == "" and "tiny VAE" not in (result.notice or "") and seen
+    assert all(p.size == (512, 384) for p in seen)
+    assert all(spread(p) > 0 for p in seen)

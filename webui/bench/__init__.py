@@ -180,19 +180,30 @@ def preview_cost(engine, size: tuple[int, int], per_image: float, seconds: float
     and their share of the job's seconds, in percent."""
     import torch
 
-    from ..engine import previews
-
     dtype = torch.float16 if engine.device.startswith("cuda") else torch.float32
     latents = torch.randn(1, 4, size[1] // 8, size[0] // 8, device=engine.device, dtype=dtype)
-    family = getattr(engine, "family", None) or "sd1"
+    make, _ = engine.step_previewer(engine.family, dtype)
     times = []
     for _ in range(21):
         t0 = time.perf_counter()
-        previews.latents_to_rgb(latents, family)
+        make(latents)
         times.append(time.perf_counter() - t0)
-    one = statistics.median(times[1:])  # the first also builds the factor tensor's caches
+    one = statistics.median(times[1:])  # the first one also warms the decoder up
     return {"previews_per_image": per_image, "preview_ms": round(one * 1000, 3),
             "preview_share_pct": round(100 * per_image * one / seconds, 3)}
+
+
+def random_tiny_vaes(models_dir: str) -> None:
+    """Tiny VAEs with random weights in the published ones' shape (the library's default
+    AutoencoderTiny: the same work per preview, no download) where the engine looks for them,
+    for `--preview-decoder tiny`."""
+    from diffusers import AutoencoderTiny
+
+    from ..engine import previews
+
+    vae = AutoencoderTiny()
+    for name in dict.fromkeys(previews.TINY_VAE_NAMES.values()):
+        vae.save_pretrained(os.path.join(models_dir, previews.TINY_VAE_SUBDIR, name))
 
 
 def picture_difference(a, b) -> float:
@@ -301,6 +312,9 @@ def arguments(argv: list[str] | None):
                         help="the engine's compiled UNet (auto: on for CUDA); the warm-up waits "
                         "for each size's compile, so the timed jobs run compiled")
     parser.add_argument("--compile-cache", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--preview-decoder", choices=("approx", "tiny"), default="approx",
+                        help="the engine's step previews (tiny: random-weight tiny VAEs in the "
+                        "published shape; default approx)")
     parser.add_argument("--cold", action="store_true",
                         help="also time a fresh process to its first image (empty, warm cache)")
     parser.add_argument("--out", help="also write the JSON lines to this file")
@@ -357,9 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     from ..engine import Engine
 
     with tempfile.TemporaryDirectory(prefix="img2img-bench-") as scratch:
+        if args.preview_decoder == "tiny":
+            random_tiny_vaes(os.path.join(scratch, "models"))
         engine = Engine(models_dir=os.path.join(scratch, "models"),
                         outputs_dir=os.path.join(scratch, "outputs"), device=args.device,
-                        compile=args.compile, cache_dir=args.compile_cache)
+                        compile=args.compile, cache_dir=args.compile_cache,
+                        preview_decoder=args.preview_decoder)
         try:
             on_cuda = engine.device.startswith("cuda")
             models = args.model or [model for model, _ in
@@ -395,7 +412,7 @@ def environment(engine) -> dict:
 
     env = {"environment": True, "device": engine.device, "python": platform.python_version(),
            "torch": torch.__version__, "diffusers": diffusers.__version__,
-           "date": time.strftime("%Y-%m-%d")}
+           "date": time.strftime("%Y-%m-%d"), "preview_decoder": engine.preview_decoder}
     if engine.device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name()
     return env

@@ -45,8 +45,8 @@ from .detectors import (DETECTOR_SUBDIR, KINDS as DETECTOR_KINDS, Detectors, fin
                         list_detectors)
 from .interface import (TASKS, TXT2IMG_DEFAULT_SIZE, ImageResult, Inputs, JobRequest,
                         ModelInfo, Progress, QueueFull, QueueStatus, Result)
-from .models import (CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, LORA_SUBDIR, ModelRegistry,
-                     load)
+from .models import (CONTROLNET_SUBDIR, FAMILY_LABELS, IP_ADAPTER_SUBDIR, LORA_SUBDIR,
+                     ModelRegistry, load)
 from .prompt_encoding import encode_prompts
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ class _StepClock:
     """What a batch's step callback keeps from one step to the next."""
 
     started: float  # time.monotonic() when this batch began sampling: the ETA's rate
-    last_preview: float = 0.0  # time.monotonic() of the last preview sent (0: none yet)
+    last_preview: float = 0.0  # time.monotonic() when the last preview was ready (0: none)
+    preview_cost: float = 0.0  # seconds the last preview took to make
     stopped: bool = False  # a cancel arrived; the library stops before the next step
 
 
@@ -159,6 +160,10 @@ INPAINT_NOTICE = ("Inpainted: only the painted area was repainted; outside it ev
                   "the original's")
 # Seconds between step previews (each costs a GPU -> CPU read of the latents).
 PREVIEW_INTERVAL = 0.25
+# The most of a job's time previews may take: after a preview that took t seconds the next waits
+# at least t x (1 / PREVIEW_SHARE - 1), so a slow preview decoder (the tiny VAE on a CPU) shows
+# fewer previews instead of slowing the job down.
+PREVIEW_SHARE = 0.05
 
 
 class Engine:
@@ -178,12 +183,23 @@ class Engine:
     cache_dir: its on-disk cache (default: cache/compile beside the models folder).
     allow_downloads: whether a job may name a hub id (an IP-Adapter) that is not in the hub
         cache yet, and the studio's "Get a model" panel may download; off for a shared studio.
+    preview_decoder: how step previews are made (previews.py): 'approx' (default; a colour
+        matrix, free) or 'tiny' (the tiny VAE in models/VAE-approx/taesd or taesdxl: the
+        picture's detail, a few ms a preview on a GPU; the rough previews where it is absent).
     """
 
     def __init__(self, models_dir="models", outputs_dir="outputs", model: str = "",
                  device: str | None = None, max_pixels: int | None = None,
                  queue_size: int = 16, hub_ids: tuple[str, ...] = (), compile: str = "auto",
-                 cache_dir=None, limits: Limits | None = None, allow_downloads: bool = True):
+                 cache_dir=None, limits: Limits | None = None, allow_downloads: bool = True,
+                 preview_decoder: str = "approx"):
+        if preview_decoder not in previews.DECODERS:
+            raise ValueError(f"preview_decoder must be one of {', '.join(previews.DECODERS)} "
+                             f"(got {preview_decoder!r})")
+        self.preview_decoder = preview_decoder
+        # family -> its TinyDecoder, or why it could not be loaded (loaded at a job's first
+        # need; a missing folder is looked for again at each job, so one added is used).
+        self._tiny_decoders: dict[str, object] = {}
         self.registry = ModelRegistry(models_dir, hub_ids, allow_downloads)
         compiled.resolve(compile, "cpu")  # refuses an unknown mode now, not at the first load
         self.compile_mode = compile
@@ -644,6 +660,7 @@ class Engine:
             return
         self._close_fast_path()
         self._pipe = self._pipe_key = self.adapters = None
+        self._tiny_decoders.clear()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -653,6 +670,40 @@ class Engine:
         """The loaded model's family ('sd1', 'sd2' or 'sdxl'; None before one is loaded), read
         once from the model source when it was loaded."""
         return self._family if self._pipe is not None else None
+
+    def step_previewer(self, family: str | None = None, dtype=None):
+        """(make, notice): `make(latents)` turns a step's latents into preview pictures, with
+        the preview decoder asked for; notice says why the rough previews stand in for the
+        tiny VAE's ('' when nothing is missing). family: default the loaded model's."""
+        family = family or self.family or "sd1"
+        rough = functools.partial(previews.latents_to_rgb, family=family)
+        if self.preview_decoder != "tiny":
+            return rough, ""
+        decoder = self._tiny_decoders.get(family)
+        if decoder is None:
+            folder = previews.tiny_vae_folder(self.models_dir, family)
+            if folder is None:
+                return rough, (f"previews are the rough ones: no tiny VAE for "
+                               f"{FAMILY_LABELS.get(family, family)} in models/"
+                               f"{previews.TINY_VAE_SUBDIR}/{previews.TINY_VAE_NAMES[family]}")
+            try:
+                decoder = previews.TinyDecoder(folder, self.device, dtype or torch.float32)
+            except Exception as exc:  # noqa: BLE001 - previews must never fail a job
+                decoder = (f"previews are the rough ones: the tiny VAE in models/"
+                           f"{previews.TINY_VAE_SUBDIR}/{folder.name} could not be loaded "
+                           f"({type(exc).__name__})")
+                log.warning("preview decoder: %s", decoder)
+            self._tiny_decoders[family] = decoder
+        if isinstance(decoder, str):
+            return rough, decoder
+
+        def make(latents):
+            try:
+                return decoder(latents)
+            except Exception as exc:  # noqa: BLE001 - a preview never fails the job
+                log.warning("tiny-VAE preview failed (%s); a rough one is shown", exc)
+                return rough(latents)
+        return make, ""
 
     # -- one job -----------------------------------------------------------------------------
     def _run(self, job: Job) -> Result:
@@ -828,7 +879,11 @@ class Engine:
         # Memory modes after the adapters: an IP-Adapter loaded or removed just now replaced the
         # attention processors, and slicing is set from the ones installed.
         notices.update(dict.fromkeys(memory.apply(pipe, params, self.device, width * height)))
+        make_preview, why_rough = self.step_previewer(family, pipe.unet.dtype)
+        if why_rough:
+            notices[why_rough] = None
         clock = _StepClock(started=time.monotonic())
+        on_cuda = self.device.startswith("cuda")
         fast = self._fast
         # An Interrupt, a Skip or the time budget stops the eager UNet inside a step (see
         # stopping.py); the compiled one stops between steps.
@@ -849,11 +904,19 @@ class Engine:
             rate = (now - clock.started) / done
             remaining = rate * (total - done) + rate * total * (place.count - place.index - 1)
             preview = None
-            if now - clock.last_preview >= PREVIEW_INTERVAL or done == total:
+            wait = max(PREVIEW_INTERVAL, clock.preview_cost * (1 / PREVIEW_SHARE - 1))
+            # The last step's preview shows where sampling ended; the result follows at once,
+            # so a costly preview is not made for it.
+            last = done == total and wait == PREVIEW_INTERVAL
+            if now - clock.last_preview >= wait or last:
                 # Reading latents back waits for the GPU; a few previews a second is live enough
                 # and keeps the other steps free of that stall.
-                preview = previews.latents_to_rgb(kwargs["latents"], family)[0]
-                clock.last_preview = now
+                if on_cuda:
+                    torch.cuda.synchronize()  # the wait for the step is not the preview's cost
+                made = time.monotonic()
+                preview = make_preview(kwargs["latents"])[0]
+                clock.last_preview = time.monotonic()
+                clock.preview_cost = clock.last_preview - made
             job._emit(Progress("sampling", step=done, total=total, batch_index=place.index,
                                batch_count=place.count, elapsed=now - place.job_started,
                                eta=remaining, preview=preview))

@@ -2,10 +2,13 @@
 
 A decode through the VAE costs as much as several sampling steps at 1024 px; this costs nothing
 and is what the studio shows while a job runs. The factors are a least-squares fit of RGB on the
-latent channels of each VAE family, so colours and layout are right and detail is not.
+latent channels of each VAE family, so colours and layout are right and detail is not. Where a
+tiny VAE is present and asked for (`--preview-decoder tiny`), TinyDecoder below shows the detail.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -45,3 +48,55 @@ def latents_to_rgb(latents, family: str = "sd1", max_side: int = 256):
             image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
         images.append(image)
     return images
+
+
+# -- the optional tiny-VAE previews --------------------------------------------------------------
+# `--preview-decoder tiny`: previews decoded by a tiny VAE (the library's AutoencoderTiny, a
+# distilled decoder of about a million parameters) instead of the matrix above. They show the
+# picture's detail, not just its colours, at a cost: a few milliseconds a preview on a GPU,
+# a good part of a second on the CPU, so it is off by default. Like every preview they are an
+# approximation (lossy) of what the full VAE will decode; results always use the full VAE.
+DECODERS = ("approx", "tiny")
+TINY_VAE_SUBDIR = "VAE-approx"
+# The folder, under models/VAE-approx/, of the tiny VAE for each family's latents (the names of
+# the published tiny VAEs; SD 2.x shares SD 1.x's latent space).
+TINY_VAE_NAMES = {"sd1": "taesd", "sd2": "taesd", "sdxl": "taesdxl"}
+# The longest side of a tiny-VAE preview: it decodes to the full picture size, more than a
+# preview pane shows and more than is worth sending a few times a second.
+TINY_MAX_SIDE = 512
+
+
+def tiny_vae_folder(models_dir, family: str):
+    """The diffusers folder of the tiny VAE for `family` under models/VAE-approx, or None."""
+    name = TINY_VAE_NAMES.get(family or "sd1")
+    folder = Path(models_dir) / TINY_VAE_SUBDIR / name if name else None
+    return folder if folder is not None and (folder / "config.json").is_file() else None
+
+
+class TinyDecoder:
+    """Previews from a tiny VAE (an AutoencoderTiny diffusers folder) on `device` in `dtype`.
+
+    It decodes the diffusion-space latents as they are (a tiny VAE has scaling factor 1: it
+    was trained on them), so it needs no knowledge of the full VAE's scaling."""
+
+    def __init__(self, folder, device: str, dtype):
+        from diffusers import AutoencoderTiny
+
+        # Only its safetensors weights are read (a pickle beside them is never opened).
+        self.vae = AutoencoderTiny.from_pretrained(folder, torch_dtype=dtype,
+                                                   use_safetensors=True).to(device).eval()
+        self.device, self.dtype = device, dtype
+
+    def __call__(self, latents, max_side: int = TINY_MAX_SIDE) -> list:
+        with torch.no_grad():
+            lat = latents.detach()[:, :4].to(self.device, self.dtype)
+            rgb = self.vae.decode(lat).sample.float()
+            rgb = ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8)
+            rgb = rgb.permute(0, 2, 3, 1).cpu().numpy()
+        images = []
+        for item in rgb:
+            image = Image.fromarray(item, "RGB")
+            if max(image.size) > max_side:
+                image.thumbnail((max_side, max_side), Image.BILINEAR)
+            images.append(image)
+        return images

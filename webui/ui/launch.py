@@ -67,6 +67,11 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                        help="compiled UNet, built per size in the background while jobs run "
                        "eager: auto is on for CUDA, off on the CPU (default auto)")
+    group.add_argument("--preview-decoder", choices=("approx", "tiny"), default="approx",
+                       help="step previews: approx, a colour matrix (free), or tiny, the tiny "
+                       "VAE in models/VAE-approx/taesd or taesdxl, which shows the picture's "
+                       "detail at a few ms a preview on a GPU (default approx; not with "
+                       "--cluster)")
     group.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE,
                        help=f"jobs that may wait for the GPU (default {DEFAULT_QUEUE_SIZE})")
     limits = parser.add_argument_group(
@@ -470,7 +475,8 @@ def run(args: argparse.Namespace) -> int:
         return _serve_on_cluster(args, host, users, setup, outputs_dir)
     engine = Engine(models_dir=args.models_dir, outputs_dir=outputs_dir, model=args.model or "",
                     queue_size=args.queue_size, compile=getattr(args, "compile", "auto"),
-                    limits=limits, allow_downloads=downloads_allowed(args))
+                    limits=limits, allow_downloads=downloads_allowed(args),
+                    preview_decoder=getattr(args, "preview_decoder", "approx"))
     try:
         engine.check_model()
     except ModelError as exc:
@@ -571,6 +577,9 @@ def cluster_options(args: argparse.Namespace):
     except ImportError:
         raise LaunchError("--cluster needs the cluster extra: pip install "
                           "'img2img-webui[cluster]' (Ray Serve)") from None
+    if getattr(args, "preview_decoder", "approx") != "approx":
+        raise LaunchError("--preview-decoder tiny is not available with --cluster (the "
+                          "replicas make the rough previews)")
     if args.share:
         raise LaunchError("--share is not available with --cluster (the cluster's HTTP proxy "
                           "serves the studio): use --listen with --auth, behind your own "
