@@ -692,6 +692,8 @@ def _bad_bodies(init: Image.Image):
         ({**good, "seed": 2**40}, "seed"),
         ({**good, "batch_size": 1000}, "batch_size"),
         ({**good, "n_iter": 1000}, "n_iter"),
+        ({**good, "draft": 9}, "draft"),
+        ({**good, "draft": "fast"}, "draft"),
         ({**good, "sampler_name": "Warp drive"}, "sampler_name"),
         ({**good, "scheduler": "polyexponential"}, "scheduler"),
         ({**good, "sampler_name": "DDIM", "scheduler": "exponential"}, "scheduler"),
@@ -719,6 +721,17 @@ def _bad_bodies(init: Image.Image):
         ({**good, "infotext": "Steps: 5, Sampler: Euler, Model: /etc/passwd, Seed: 1"},
          "infotext"),
     ]
+
+
+def test_draft_mode_through_the_api(client, init):
+    response = client.post(f"{V1}/img2img", json={
+        "init_images": [b64(init)], "steps": 6, "width": 64, "height": 64, "seed": 3,
+        "draft": 2})
+    assert response.status_code == 200, response.text
+    info = info_of(response)
+    assert info["extra_generation_params"]["Draft"] == 2
+    assert "Draft: 2" in info["infotexts"][0]
+    assert "Draft mode (lossy)" in info["extra_generation_params"]["Notice"]
 
 
 def test_every_bad_field_is_a_422_naming_it_and_the_server_keeps_serving(client, init):

@@ -329,6 +329,15 @@ def test_memory_modes_and_pag(studio):
     assert error_of(lambda: run(studio, picture(11), pag_scale=11)).startswith("PAG scale must")
 
 
+def test_draft_mode_from_the_studio(studio):
+    view = run(studio, picture(11), draft=1, steps=4, strength=1.0, pag_scale=0)
+    assert "Draft: 1" in view.infotext
+    assert "Draft mode (lossy)" in view.status
+    assert error_of(lambda: run(studio, picture(11), draft=7)).startswith("Draft must")
+    *updates, _, _ = studio.send_to_img2img(view.infotext)
+    assert dict(zip(handlers.FILL_FIELDS, updates))["draft"] == 1
+
+
 # -- PNG Info and the X/Y plot -------------------------------------------------------------------
 def test_send_to_img2img_fills_the_adapter_controls(studio, models):
     text = ("a fox <lora:film:0.5>\nSteps: 4, Sampler: Euler a, CFG scale: 7, Seed: 5, "

@@ -76,6 +76,8 @@ def format(params: GenerationParams, *, seed: int, width: int, height: int,
         pairs["IP-Adapter"] = params.ip_adapter
         pairs["IP-Adapter scale"] = float(params.ip_adapter_scale)
     pairs["PAG scale"] = float(params.pag_scale)
+    if params.draft:
+        pairs["Draft"] = params.draft
     if inpaint:
         pairs["Mask blur"] = params.mask_blur
         pairs["Inpaint area"] = params.inpaint_area.capitalize()
@@ -218,7 +220,7 @@ def parse(text: str, base: GenerationParams | None = None) -> Parsed:
     simple = {"Steps": "steps", "CFG scale": "guidance_scale", "Seed": "seed",
               "Denoising strength": "strength", "Model": "model", "Batch size": "batch_size",
               "Dtype": "dtype", "IP-Adapter": "ip_adapter", "IP-Adapter scale": "ip_adapter_scale",
-              "PAG scale": "pag_scale", "Mask blur": "mask_blur",
+              "PAG scale": "pag_scale", "Draft": "draft", "Mask blur": "mask_blur",
               "Masked area padding": "inpaint_padding", "Color correction": "color_correction",
               **_MEMORY_KEYS}
     for key, value in settings.items():

@@ -185,6 +185,12 @@ class GenerationParams(BaseModel):
         description="Perturbed-attention guidance: sharper structure at about 1.5x the time per "
         "step; 0 turns it off.",
     )
+    draft: int = Field(
+        0, ge=0, le=4,
+        description="Draft mode (lossy, faster): after each step that runs the whole UNet, this "
+        "many steps reuse its deep features and compute only its outermost blocks; 0 is off, "
+        "1-2 keep the picture close, 3-4 are rough drafts.",
+    )
     mask_blur: int = Field(4, ge=0, le=64, description="Inpaint: mask edge blur in pixels.")
     inpaint_area: Literal["whole picture", "only masked"] = Field(
         "whole picture", description="Inpaint: repaint at the whole picture's scale, or cut out "

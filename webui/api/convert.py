@@ -191,13 +191,13 @@ def _refuse_unsupported(body: GenerationBody) -> None:
 REQUEST_FIELDS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "seed",
                   "steps": "steps", "guidance_scale": "cfg_scale", "width": "width",
                   "height": "height", "batch_size": "batch_size", "batch_count": "n_iter",
-                  "strength": "denoising_strength", "pag_scale": "pag_scale",
+                  "strength": "denoising_strength", "pag_scale": "pag_scale", "draft": "draft",
                   "model": "override_settings.sd_model_checkpoint", "scheduler": "sampler_name",
                   "mask_blur": "mask_blur", "inpaint_padding": "inpaint_full_res_padding",
                   "masked_content": "inpainting_fill", "resize_mode": "resize_mode"}
 # The settings every request sends under its own name (the others come by endpoint: extra).
 _DIRECT = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
-           "batch_size", "batch_count", "pag_scale")
+           "batch_size", "batch_count", "pag_scale", "draft")
 
 
 def _values(body: GenerationBody, strength: float, model: str) -> dict[str, tuple[str, Any]]:
@@ -499,6 +499,8 @@ def info(body: GenerationBody, result: Result, model_hash: str, styles: list[str
     generation = {"Schedule type": schedule}
     if params.pag_scale:
         generation["PAG scale"] = params.pag_scale
+    if params.draft:
+        generation["Draft"] = params.draft
     if result.notice:
         generation["Notice"] = result.notice
     generation.update(extra or {})

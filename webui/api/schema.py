@@ -93,6 +93,8 @@ class GenerationBody(_Body):
                                  "field this request does not send.")
     pag_scale: float = Field(0.0, description="This studio's perturbed-attention guidance "
                              "(0-10); 0, the default, samples as plain CFG.")
+    draft: int = Field(0, description="This studio's draft mode (0-4, lossy, faster): steps "
+                       "that reuse the UNet's deep features after each full one; 0 is off.")
 
 
 class Txt2ImgBody(GenerationBody):

@@ -134,7 +134,8 @@ def engine_side(engine, model: str, size: tuple[int, int], scheduler: str, pag: 
     request = JobRequest(parameters.make(
         model=model, width=size[0], height=size[1], steps=settings["steps"],
         strength=settings["strength"], guidance_scale=settings["cfg"], scheduler=scheduler,
-        pag_scale=pag, dtype=dtype, seed=SEED, prompt=PROMPT, negative_prompt=NEGATIVE),
+        pag_scale=pag, dtype=dtype, seed=SEED, prompt=PROMPT, negative_prompt=NEGATIVE,
+        draft=settings.get("draft", 0)),
         init, save=False)
 
     shown = []  # previews sent per job
@@ -199,11 +200,11 @@ def random_tiny_vaes(models_dir: str) -> None:
     for `--preview-decoder tiny`."""
     from diffusers import AutoencoderTiny
 
-    from ..engine import previews
+    from ..engine import TINY_VAE_NAMES, TINY_VAE_SUBDIR
 
     vae = AutoencoderTiny()
-    for name in dict.fromkeys(previews.TINY_VAE_NAMES.values()):
-        vae.save_pretrained(os.path.join(models_dir, previews.TINY_VAE_SUBDIR, name))
+    for name in dict.fromkeys(TINY_VAE_NAMES.values()):
+        vae.save_pretrained(os.path.join(models_dir, TINY_VAE_SUBDIR, name))
 
 
 def picture_difference(a, b) -> float:
@@ -229,7 +230,8 @@ def run_cases(engine, cases, schedulers, pags, settings: dict, runs: int, warmup
             for pag in pags:
                 ours, image = engine_side(engine, model, size, scheduler, pag, dtype, settings,
                                           runs, warmup)
-                line = {"case": f"{model} {size[0]}x{size[1]} {scheduler} PAG {pag:g}",
+                drafting = f" draft {settings['draft']}" if settings.get("draft") else ""
+                line = {"case": f"{model} {size[0]}x{size[1]} {scheduler} PAG {pag:g}{drafting}",
                         "model": model, "size": f"{size[0]}x{size[1]}", "scheduler": scheduler,
                         "pag_scale": pag, **settings, "batch_size": 1,
                         "device": engine.device, "plain": plain, "engine": ours,
@@ -312,6 +314,10 @@ def arguments(argv: list[str] | None):
                         help="the engine's compiled UNet (auto: on for CUDA); the warm-up waits "
                         "for each size's compile, so the timed jobs run compiled")
     parser.add_argument("--compile-cache", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--draft", type=int, default=0, choices=range(0, 5), metavar="0-4",
+                        help="the engine's draft mode (lossy feature reuse; the plain side runs "
+                        "every step in full, so `ratio` and `max_pixel_difference` show what it "
+                        "gains and costs; default 0)")
     parser.add_argument("--preview-decoder", choices=("approx", "tiny"), default="approx",
                         help="the engine's step previews (tiny: random-weight tiny VAEs in the "
                         "published shape; default approx)")
@@ -393,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(report), flush=True)
                 return 0
             emit(environment(engine))
-            settings = {"steps": args.steps, "strength": args.strength, "cfg": args.cfg}
+            settings = {"steps": args.steps, "strength": args.strength, "cfg": args.cfg,
+                        "draft": args.draft}
             run_cases(engine, cases, args.scheduler or SCHEDULERS, args.pag or PAG_SCALES,
                       settings, args.runs, args.warmup, args.dtype, emit)
             if args.cold:

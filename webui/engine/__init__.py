@@ -29,7 +29,7 @@ from .interface import (TASKS, TXT2IMG_DEFAULT_SIZE, EngineAPI, ImageResult, Inp
                         JobRequest, ModelInfo, Progress, QueueFull, QueueStatus, Result)
 from .limits import Limits
 from .models import (CHECKPOINTS_SUBDIR, CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, LORA_SUBDIR,
-                     is_hub_id)
+                     TINY_VAE_NAMES, TINY_VAE_SUBDIR, is_hub_id)
 from .outputs import day_folder, png_bytes, read_infotext, write_numbered
 
 if TYPE_CHECKING:
@@ -56,7 +56,8 @@ __all__ = [
     "DownloadProgress", "Engine", "EngineAPI", "IP_ADAPTER_SUBDIR", "ImageResult", "InputError",
     "Inputs", "Job", "JobHandle", "JobRequest", "LORA_SUBDIR", "ModelError", "ModelInfo",
     "OutOfMemory", "Progress", "QueueFull", "QueueStatus", "Result", "SUGGESTIONS", "TASKS",
-    "TXT2IMG_DEFAULT_SIZE", "Limits", "TimedOut", "WorkerLost",
+    "TINY_VAE_NAMES", "TINY_VAE_SUBDIR", "TXT2IMG_DEFAULT_SIZE", "Limits", "TimedOut",
+    "WorkerLost",
     "check_repo_id", "day_folder", "download", "is_hub_id", "is_offline", "mask_to_l",
     "offline_message", "parse_prompt_loras", "png_bytes", "read_infotext", "write_numbered",
 ]

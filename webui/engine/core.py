@@ -32,7 +32,7 @@ from .. import images as imaging
 from .. import infotext, prompts, schedulers
 from ..errors import Cancelled, InputError, ModelError, OutOfMemory, TimedOut
 from ..params import MAX_SEED, GenerationParams
-from . import compiled, hub, memory, outputs, previews, stopping
+from . import compiled, draft, hub, memory, outputs, previews, stopping
 from .adapters import Adapters, JobAdapters
 from .colour import match_all
 from .controlnet import ControlNetSpec, control_image
@@ -46,7 +46,7 @@ from .detectors import (DETECTOR_SUBDIR, KINDS as DETECTOR_KINDS, Detectors, fin
 from .interface import (TASKS, TXT2IMG_DEFAULT_SIZE, ImageResult, Inputs, JobRequest,
                         ModelInfo, Progress, QueueFull, QueueStatus, Result)
 from .models import (CONTROLNET_SUBDIR, FAMILY_LABELS, IP_ADAPTER_SUBDIR, LORA_SUBDIR,
-                     ModelRegistry, load)
+                     TINY_VAE_NAMES, TINY_VAE_SUBDIR, ModelRegistry, load)
 from .prompt_encoding import encode_prompts
 
 log = logging.getLogger(__name__)
@@ -685,12 +685,12 @@ class Engine:
             if folder is None:
                 return rough, (f"previews are the rough ones: no tiny VAE for "
                                f"{FAMILY_LABELS.get(family, family)} in models/"
-                               f"{previews.TINY_VAE_SUBDIR}/{previews.TINY_VAE_NAMES[family]}")
+                               f"{TINY_VAE_SUBDIR}/{TINY_VAE_NAMES[family]}")
             try:
                 decoder = previews.TinyDecoder(folder, self.device, dtype or torch.float32)
             except Exception as exc:  # noqa: BLE001 - previews must never fail a job
                 decoder = (f"previews are the rough ones: the tiny VAE in models/"
-                           f"{previews.TINY_VAE_SUBDIR}/{folder.name} could not be loaded "
+                           f"{TINY_VAE_SUBDIR}/{folder.name} could not be loaded "
                            f"({type(exc).__name__})")
                 log.warning("preview decoder: %s", decoder)
             self._tiny_decoders[family] = decoder
@@ -932,14 +932,15 @@ class Engine:
         # Embeddings rather than text: the prompt syntax (weights, BREAK, any length) is read
         # here, the same for every pipeline (prompt_encoding.py).
         embeddings = encode_prompts(self._pipe, prompt, params.negative_prompt, len(seeds))
+        reuse = draft.FeatureReuse(pipe.unet, params.draft)
         if fast is not None:
-            why_eager = self._eager_reason(pipe, bool(loras), ip is not None)
+            why_eager = self._eager_reason(pipe, bool(loras), ip is not None, params.draft)
             if why_eager:
                 notices[f"compiled UNet not used: {why_eager}"] = None
             fast.start_job()
             fast.allowed = not why_eager
         try:
-            with stop if stop is not None else contextlib.nullcontext():
+            with stop if stop is not None else contextlib.nullcontext(), reuse:
                 output = call(
                     **embeddings,
                     **strength,
@@ -960,6 +961,8 @@ class Engine:
         compile_notice = fast.job_notice() if fast is not None else ""
         if compile_notice:
             notices[compile_notice] = None
+        if draft.notice(reuse):
+            notices[draft.notice(reuse)] = None
         images = output.images
         if params.color_correction:
             images = self._color_correct(images, params, init, job.inputs, notices)
@@ -969,8 +972,10 @@ class Engine:
             notices[INPAINT_NOTICE] = None
         return images, clock.stopped
 
-    def _eager_reason(self, pipe, loras: bool, ip_adapter: bool) -> str:
+    def _eager_reason(self, pipe, loras: bool, ip_adapter: bool, drafting: int = 0) -> str:
         """Why this job cannot use the compiled UNet ('' when it can)."""
+        if drafting:
+            return "draft mode runs eager (it skips blocks inside the UNet)"
         if loras or self.adapters.loras.has_peft_layers():
             return "LoRA jobs run eager (their layers are not in the compiled graphs)"
         if ip_adapter:

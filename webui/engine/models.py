@@ -23,6 +23,10 @@ CHECKPOINTS_SUBDIR = "Stable-diffusion"
 LORA_SUBDIR = "Lora"
 IP_ADAPTER_SUBDIR = "IP-Adapter"
 CONTROLNET_SUBDIR = "ControlNet"
+# Tiny VAEs for step previews (previews.py); under it, the folder for each family's latents
+# (the published tiny VAEs' names; SD 2.x shares SD 1.x's latent space).
+TINY_VAE_SUBDIR = "VAE-approx"
+TINY_VAE_NAMES = {"sd1": "taesd", "sd2": "taesd", "sdxl": "taesdxl"}
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 # The model families, as the engine names them everywhere (messages, adapters, previews).
 FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}

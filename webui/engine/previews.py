@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .models import TINY_VAE_NAMES, TINY_VAE_SUBDIR
+
 # Credit: these are not fitted by this project. They are the approximate latent-to-RGB factors
 # published by the community for SD 1.x latents (SD 2.x shares that VAE) and for SDXL latents (the
 # earlier set, without a bias term), the ones several Stable Diffusion front ends use for their
@@ -57,10 +59,6 @@ def latents_to_rgb(latents, family: str = "sd1", max_side: int = 256):
 # a good part of a second on the CPU, so it is off by default. Like every preview they are an
 # approximation (lossy) of what the full VAE will decode; results always use the full VAE.
 DECODERS = ("approx", "tiny")
-TINY_VAE_SUBDIR = "VAE-approx"
-# The folder, under models/VAE-approx/, of the tiny VAE for each family's latents (the names of
-# the published tiny VAEs; SD 2.x shares SD 1.x's latent space).
-TINY_VAE_NAMES = {"sd1": "taesd", "sd2": "taesd", "sdxl": "taesdxl"}
 # The longest side of a tiny-VAE preview: it decodes to the full picture size, more than a
 # preview pane shows and more than is worth sending a few times a second.
 TINY_MAX_SIDE = 512

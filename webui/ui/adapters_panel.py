@@ -125,6 +125,7 @@ def adapters_accordion(studio: Studio, panel: Panel) -> None:
                 e["ip_adapter_scale"] = _slider("ip_adapter_scale", "IP-Adapter scale", 0.05,
                                                 "ip-adapter-scale")
         e["pag_scale"] = _slider("pag_scale", "PAG scale", 0.1, "pag-scale")
+        e["draft"] = _slider("draft", "Draft (lossy, faster)", 1, "draft")
 
 
 def controlnet_accordion(studio: Studio, panel: Panel) -> None:

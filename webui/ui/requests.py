@@ -127,7 +127,7 @@ class RequestBuilder:
                                                   "ip_adapter", hub=True),
                 controlnets=self._controlnet_units(extras, units),
                 **{name: extras[name] for name in (
-                    "ip_adapter_scale", "pag_scale", "attention_slicing", "vae_tiling",
+                    "ip_adapter_scale", "pag_scale", "draft", "attention_slicing", "vae_tiling",
                     "cpu_offload", "output_type", "mask_blur", "inpaint_area", "inpaint_padding",
                     "masked_content", "color_correction")},
             )
