@@ -191,3 +191,15 @@ def test_tiny_vae_previews_in_half_precision(tmp_path):
     assert why == "" and "tiny VAE" not in (result.notice or "") and seen
     assert all(p.size == (512, 384) for p in seen)
     assert all(spread(p) > 0 for p in seen)
+
+
+def test_draft_mode_on_a_full_size_model_in_fp16(engine):
+    """Draft mode on the real SD 1.5 layer shapes in fp16: the reused deep features keep the
+    picture close to the full job's and not flat."""
+    settings = dict(model="random-sd15", dtype="fp16", steps=12, strength=0.8, seed=4,
+                    width=512, height=512, pag_scale=3.0)
+    full = engine.generate(JobRequest(make(**settings), picture(), save=False))
+    drafted = engine.generate(JobRequest(make(**settings, draft=2), picture(), save=False))
+    assert "Draft mode (lossy)" in drafted.notice and spread(drafted.images[0].image) > 0
+    a, b = (np.asarray(r.images[0].image, np.float32) for r in (full, drafted))
+    assert 0 < np.abs(a - b).mean() < 64
