@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import threading
 import uuid
 from pathlib import Path
 
@@ -337,6 +338,11 @@ def test_a_click_beyond_the_queue_gets_the_studios_busy_answer(root, tmp_path):
     engine = Engine(models_dir=root / "models", outputs_dir=tmp_path / "outputs", device="cpu",
                     model="tiny-random", queue_size=1)
     long = dict(steps=150, strength=1.0, pag_scale=0.0)
+    # The running job is held in its first UNet call until the busy answer came: on a slow
+    # machine the first job could otherwise end before the second reached the queue (seen in
+    # a CI run), and the queue would never be full.
+    hold = threading.Event()
+    engine.pipeline("tiny-random").unet.register_forward_pre_hook(lambda *_: hold.wait(120))
     try:
         with served(Studio(engine), USERS, queue_size=1) as address:
             first, second, third = (client(address, user) for user in (*USERS, USERS[0]))
@@ -350,10 +356,12 @@ def test_a_click_beyond_the_queue_gets_the_studios_busy_answer(root, tmp_path):
                                                    api_name="/img2img"))
             assert "busy" in answer and "Queue is full" not in answer, answer
             engine.cancel_all()
+            hold.set()
             for job in jobs:
                 _answer(job.result)
     finally:
         engine.cancel_all()
+        hold.set()
         engine.unload()
 
 
