@@ -185,7 +185,8 @@ class Engine:
         cache yet, and the studio's "Get a model" panel may download; off for a shared studio.
     preview_decoder: how step previews are made (previews.py): 'approx' (default; a colour
         matrix, free) or 'tiny' (the tiny VAE in models/VAE-approx/taesd or taesdxl: the
-        picture's detail, a few ms a preview on a GPU; the rough previews where it is absent).
+        picture's detail, at a cost the benchmark measures; the rough previews where it is
+        absent).
     """
 
     def __init__(self, models_dir="models", outputs_dir="outputs", model: str = "",

@@ -55,9 +55,10 @@ def latents_to_rgb(latents, family: str = "sd1", max_side: int = 256):
 # -- the optional tiny-VAE previews --------------------------------------------------------------
 # `--preview-decoder tiny`: previews decoded by a tiny VAE (the library's AutoencoderTiny, a
 # distilled decoder of about a million parameters) instead of the matrix above. They show the
-# picture's detail, not just its colours, at a cost: a few milliseconds a preview on a GPU,
-# a good part of a second on the CPU, so it is off by default. Like every preview they are an
-# approximation (lossy) of what the full VAE will decode; results always use the full VAE.
+# picture's detail, not just its colours, at a cost: on the CPU over a second a preview at
+# 512 px (on a GPU expected to be milliseconds; the benchmark measures it), so it is off by
+# default. Like every preview they are an approximation (lossy) of what the full VAE will
+# decode; results always use the full VAE.
 DECODERS = ("approx", "tiny")
 # The longest side of a tiny-VAE preview: it decodes to the full picture size, more than a
 # preview pane shows and more than is worth sending a few times a second.

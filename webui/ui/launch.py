@@ -70,8 +70,7 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--preview-decoder", choices=("approx", "tiny"), default="approx",
                        help="step previews: approx, a colour matrix (free), or tiny, the tiny "
                        "VAE in models/VAE-approx/taesd or taesdxl, which shows the picture's "
-                       "detail at a few ms a preview on a GPU (default approx; not with "
-                       "--cluster)")
+                       "detail, costly on the CPU (default approx; not with --cluster)")
     group.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE,
                        help=f"jobs that may wait for the GPU (default {DEFAULT_QUEUE_SIZE})")
     limits = parser.add_argument_group(
