@@ -732,6 +732,12 @@ def test_draft_mode_through_the_api(client, init):
     assert info["extra_generation_params"]["Draft"] == 2
     assert "Draft: 2" in info["infotexts"][0]
     assert "Draft mode (lossy)" in info["extra_generation_params"]["Notice"]
+    # Sent back as `infotext`, the text brings the draft setting with it.
+    again = client.post(f"{V1}/img2img", json={"init_images": [b64(init)], "width": 64,
+                                               "height": 64, "infotext": info["infotexts"][0]})
+    assert "Draft: 2" in info_of(again)["infotexts"][0]
+    assert np.array_equal(pixels(again.json()["images"][0]),
+                          pixels(response.json()["images"][0]))
 
 
 def test_every_bad_field_is_a_422_naming_it_and_the_server_keeps_serving(client, init):
