@@ -84,6 +84,15 @@ def test_plan_validation():
     assert xy.default_values(xyplot.NOTHING) == ""
 
 
+def test_a_draft_axis_compares_draft_settings():
+    base = P.GenerationParams()
+    plan = xyplot.plan("Draft", "0, 2", "Steps", "4", base)
+    assert plan.x_values == [0, 2] and plan.params_for(base, 1, 0).draft == 2
+    with pytest.raises(xyplot.AxisError, match=r"X values \(Draft\): draft must be a whole "
+                       r"number from 0 to 4"):
+        xyplot.plan("Draft", "0, 5", "Steps", "4", base)
+
+
 def test_seed_and_pag_axes():
     base = P.GenerationParams()
     plan = xyplot.plan("Seed", "7, 8, 7", "PAG scale", "0, 1.5", base)
@@ -488,7 +497,7 @@ def test_every_axis_is_offered(studio):
                 for choice in dropdowns[elem_id].choices]
 
     assert offered("xy-x-axis") == offered("xy-y-axis") == list(xyplot.AXES)
-    assert len(xyplot.AXES) == 9
+    assert len(xyplot.AXES) == 10
     assert offered("xy-z-axis") == [xyplot.NOTHING, *xyplot.AXES]
     assert dropdowns["xy-z-axis"].value == xyplot.NOTHING
 

@@ -42,6 +42,7 @@ AXES: dict[str, str] = {
     "LoRA weight": "lora_weight",
     "ControlNet weight": "controlnet_scale",
     "PAG scale": "pag_scale",
+    "Draft": "draft",
 }
 # The Z axis may be left off; then the plot is one X/Y grid.
 NOTHING = "Nothing"
@@ -58,6 +59,7 @@ EXAMPLES: dict[str, str] = {
     "lora_weight": "0, 0.5, 1",
     "controlnet_scale": "0.5, 1, 1.5",
     "pag_scale": "0, 1.5, 3",
+    "draft": "0, 1, 2",
 }
 # Every cell is a full img2img job; beyond this a plot takes too long and reads badly anyway
 # (with a Z axis the limit counts the cells of all its grids).
