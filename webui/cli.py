@@ -34,9 +34,10 @@ FLAGS = {
     "--batch-size": "batch_size", "--batch-count": "batch_count", "--dtype": "dtype",
     "--attention-slicing": "attention_slicing", "--vae-tiling": "vae_tiling",
     "--cpu-offload": "cpu_offload", "--ip-adapter": "ip_adapter", "--ip-scale": "ip_adapter_scale",
-    "--pag-scale": "pag_scale", "--draft": "draft", "--mask-blur": "mask_blur", "--inpaint-area": "inpaint_area",
-    "--inpaint-padding": "inpaint_padding", "--masked-content": "masked_content",
-    "--output-type": "output_type", "--color-correction": "color_correction",
+    "--pag-scale": "pag_scale", "--draft": "draft", "--mask-blur": "mask_blur",
+    "--inpaint-area": "inpaint_area", "--inpaint-padding": "inpaint_padding",
+    "--masked-content": "masked_content", "--output-type": "output_type",
+    "--color-correction": "color_correction",
 }
 # AdapterError.field -> the flag that brought that input.
 ADAPTER_FLAGS = {"lora": "--lora", "controlnet": "--controlnet", "ip_adapter": "--ip-adapter",
