@@ -79,9 +79,12 @@ def targets(root):
 
 
 def client(url, user=USERS[0]):
+    """A gradio_client of the served studio. It waits for its uploads and downloads as long
+    as a job may take (the library's default gives up after a few seconds, which a busy
+    machine running the whole suite can exceed)."""
     from gradio_client import Client
 
-    return Client(url, auth=user, verbose=False)
+    return Client(url, auth=user, verbose=False, httpx_kwargs={"timeout": 120})
 
 
 @pytest.fixture(scope="module")
@@ -351,6 +354,9 @@ def test_a_click_beyond_the_queue_gets_the_studios_busy_answer(root, tmp_path):
             deadline = time.monotonic() + 60
             while engine.queue_status().waiting < 1 or engine.running_job() is None:
                 assert time.monotonic() < deadline, "the first two jobs did not reach the engine"
+                for job in jobs:
+                    # Held or waiting, neither can end, except with an error: say which.
+                    assert not job.done(), f"a job ended early: {_answer(job.result)}"
                 time.sleep(0.05)
             answer = _answer(lambda: third.predict(handle_file(str(photo)), **long,
                                                    api_name="/img2img"))
