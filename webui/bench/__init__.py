@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 
+from ..engine import PREVIEW_DECODERS
 from .parsers import PARSER_BUDGET_S, PARSER_TEXT_BYTES, adversarial_texts, parser_cases
 
 PROMPT = "a lighthouse at dusk, oil painting"
@@ -318,7 +319,7 @@ def arguments(argv: list[str] | None):
                         help="the engine's draft mode (lossy feature reuse; the plain side runs "
                         "every step in full, so `ratio` and `max_pixel_difference` show what it "
                         "gains and costs; default 0)")
-    parser.add_argument("--preview-decoder", choices=("approx", "tiny"), default="approx",
+    parser.add_argument("--preview-decoder", choices=PREVIEW_DECODERS, default="approx",
                         help="the engine's step previews (tiny: random-weight tiny VAEs in the "
                         "published shape; default approx)")
     parser.add_argument("--cold", action="store_true",

@@ -29,7 +29,7 @@ from .interface import (TASKS, TXT2IMG_DEFAULT_SIZE, EngineAPI, ImageResult, Inp
                         JobRequest, ModelInfo, Progress, QueueFull, QueueStatus, Result)
 from .limits import Limits
 from .models import (CHECKPOINTS_SUBDIR, CONTROLNET_SUBDIR, IP_ADAPTER_SUBDIR, LORA_SUBDIR,
-                     TINY_VAE_NAMES, TINY_VAE_SUBDIR, is_hub_id)
+                     PREVIEW_DECODERS, TINY_VAE_NAMES, TINY_VAE_SUBDIR, is_hub_id)
 from .outputs import day_folder, png_bytes, read_infotext, write_numbered
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ __all__ = [
     "AdapterError", "CHECKPOINTS_SUBDIR", "CONTROLNET_SUBDIR", "Cancelled", "DETECTOR_SUBDIR",
     "DownloadProgress", "Engine", "EngineAPI", "IP_ADAPTER_SUBDIR", "ImageResult", "InputError",
     "Inputs", "Job", "JobHandle", "JobRequest", "LORA_SUBDIR", "ModelError", "ModelInfo",
-    "OutOfMemory", "Progress", "QueueFull", "QueueStatus", "Result", "SUGGESTIONS", "TASKS",
+    "OutOfMemory", "PREVIEW_DECODERS", "Progress", "QueueFull", "QueueStatus", "Result", "SUGGESTIONS", "TASKS",
     "TINY_VAE_NAMES", "TINY_VAE_SUBDIR", "TXT2IMG_DEFAULT_SIZE", "Limits", "TimedOut",
     "WorkerLost",
     "check_repo_id", "day_folder", "download", "is_hub_id", "is_offline", "mask_to_l",

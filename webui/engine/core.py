@@ -46,7 +46,7 @@ from .detectors import (DETECTOR_SUBDIR, KINDS as DETECTOR_KINDS, Detectors, fin
 from .interface import (TASKS, TXT2IMG_DEFAULT_SIZE, ImageResult, Inputs, JobRequest,
                         ModelInfo, Progress, QueueFull, QueueStatus, Result)
 from .models import (CONTROLNET_SUBDIR, FAMILY_LABELS, IP_ADAPTER_SUBDIR, LORA_SUBDIR,
-                     TINY_VAE_NAMES, TINY_VAE_SUBDIR, ModelRegistry, load)
+                     PREVIEW_DECODERS, TINY_VAE_NAMES, TINY_VAE_SUBDIR, ModelRegistry, load)
 from .prompt_encoding import encode_prompts
 
 log = logging.getLogger(__name__)
@@ -194,8 +194,8 @@ class Engine:
                  queue_size: int = 16, hub_ids: tuple[str, ...] = (), compile: str = "auto",
                  cache_dir=None, limits: Limits | None = None, allow_downloads: bool = True,
                  preview_decoder: str = "approx"):
-        if preview_decoder not in previews.DECODERS:
-            raise ValueError(f"preview_decoder must be one of {', '.join(previews.DECODERS)} "
+        if preview_decoder not in PREVIEW_DECODERS:
+            raise ValueError(f"preview_decoder must be one of {', '.join(PREVIEW_DECODERS)} "
                              f"(got {preview_decoder!r})")
         self.preview_decoder = preview_decoder
         # family -> its TinyDecoder, or why it could not be loaded (loaded at a job's first
@@ -962,8 +962,9 @@ class Engine:
         compile_notice = fast.job_notice() if fast is not None else ""
         if compile_notice:
             notices[compile_notice] = None
-        if draft.notice(reuse):
-            notices[draft.notice(reuse)] = None
+        drafted = draft.notice(reuse)
+        if drafted:
+            notices[drafted] = None
         images = output.images
         if params.color_correction:
             images = self._color_correct(images, params, init, job.inputs, notices)

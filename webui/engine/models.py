@@ -27,6 +27,8 @@ CONTROLNET_SUBDIR = "ControlNet"
 # (the published tiny VAEs' names; SD 2.x shares SD 1.x's latent space).
 TINY_VAE_SUBDIR = "VAE-approx"
 TINY_VAE_NAMES = {"sd1": "taesd", "sd2": "taesd", "sdxl": "taesdxl"}
+# How step previews are made: the colour matrix, or a tiny VAE from TINY_VAE_SUBDIR.
+PREVIEW_DECODERS = ("approx", "tiny")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 # The model families, as the engine names them everywhere (messages, adapters, previews).
 FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}

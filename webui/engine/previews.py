@@ -59,7 +59,6 @@ def latents_to_rgb(latents, family: str = "sd1", max_side: int = 256):
 # 512 px (on a GPU expected to be milliseconds; the benchmark measures it), so it is off by
 # default. Like every preview they are an approximation (lossy) of what the full VAE will
 # decode; results always use the full VAE.
-DECODERS = ("approx", "tiny")
 # The longest side of a tiny-VAE preview: it decodes to the full picture size, more than a
 # preview pane shows and more than is worth sending a few times a second.
 TINY_MAX_SIDE = 512
@@ -67,9 +66,8 @@ TINY_MAX_SIDE = 512
 
 def tiny_vae_folder(models_dir, family: str):
     """The diffusers folder of the tiny VAE for `family` under models/VAE-approx, or None."""
-    name = TINY_VAE_NAMES.get(family or "sd1")
-    folder = Path(models_dir) / TINY_VAE_SUBDIR / name if name else None
-    return folder if folder is not None and (folder / "config.json").is_file() else None
+    folder = Path(models_dir) / TINY_VAE_SUBDIR / TINY_VAE_NAMES[family]
+    return folder if (folder / "config.json").is_file() else None
 
 
 class TinyDecoder:

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine import Limits
+from ..engine import PREVIEW_DECODERS, Limits
 from .upload_space import DEFAULT_CACHE_MB
 
 EXIT_BAD_INPUT = 2
@@ -67,7 +67,7 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                        help="compiled UNet, built per size in the background while jobs run "
                        "eager: auto is on for CUDA, off on the CPU (default auto)")
-    group.add_argument("--preview-decoder", choices=("approx", "tiny"), default="approx",
+    group.add_argument("--preview-decoder", choices=PREVIEW_DECODERS, default="approx",
                        help="step previews: approx, a colour matrix (free), or tiny, the tiny "
                        "VAE in models/VAE-approx/taesd or taesdxl, which shows the picture's "
                        "detail, costly on the CPU (default approx; not with --cluster)")
