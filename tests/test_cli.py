@@ -157,6 +157,8 @@ def test_out_file_with_several_images(gen, tmp_path):
     ("--resize-mode", "stretch", "crop and resize"),
     ("--dtype", "fp8", "fp32"),
     ("--batch-size", "9", "from 1 to 8"),
+    ("--lora-rank", "2000", "from 0 to 1024"),
+    ("--lora-rank", "8.5", "whole number from 0 to 1024"),
 ])
 def test_bad_flag_exits_2_naming_it(gen, tmp_path, flag, value, expect):
     code, out, err = gen(flag, value)

@@ -39,6 +39,7 @@ def launch(tmp_path, *extra):
     (["--min-replicas", "3", "--max-replicas", "2"], "need 0 <= min <= max"),
     (["--replica-gpus", "-1"], "--replica-gpus must be 0 or more"),
     (["--preview-decoder", "tiny"], "--preview-decoder tiny is not available with --cluster"),
+    (["--lora-rank", "8"], "--lora-rank is not available with --cluster"),
 ])
 def test_bad_cluster_options_are_refused_before_ray_starts(tmp_path, options, message):
     process = launch(tmp_path, "--cluster", "local", "--port", str(free_port()), *options)

@@ -3,9 +3,10 @@
 Compiling costs tens of seconds on the CPU, so one engine compiles three times in all (64x64,
 96x64, 64x64 with PAG) and every other check reuses those graphs or never compiles: the compiled
 output matches eager; a new size runs eager at once and compiles in the background; changing
-prompt, seed, strength, CFG, steps, sampler or batch count compiles nothing; LoRA jobs run eager
-with a notice; the start-up warm-up compiles the default job; a failing compile stays eager; a
-corrupt cache file is rebuilt.
+prompt, seed, strength, CFG, steps, sampler or batch count compiles nothing; a LoRA compiles
+once (64x64 with LoRA) and every other LoRA and weight hotswaps into that graph; LoRAs the hot
+slot cannot take run eager with a notice; the start-up warm-up compiles the default job; a
+failing compile stays eager; a corrupt cache file is rebuilt.
 """
 
 from __future__ import annotations
@@ -27,15 +28,39 @@ from tests.support.tiny_adapters import make_lora
 COMPILE_TIMEOUT = 600
 
 
+# The hot slot's reserved rank in these tests: film (rank 4) and grain (rank 2) fit, wide (16)
+# does not.
+HOT_RANK = 8
+
+
 @pytest.fixture(scope="module")
-def fast_engine(tmp_path_factory):
+def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("compiled")
-    (root / "models" / "Lora").mkdir(parents=True)
-    make_lora(build_pipeline("tiny-random"), root / "models" / "Lora" / "film.safetensors")
-    engine = Engine(models_dir=root / "models", outputs_dir=root / "outputs", device="cpu",
-                    compile="on", cache_dir=root / "cache")
+    loras = root / "models" / "Lora"
+    loras.mkdir(parents=True)
+    pipe = build_pipeline("tiny-random")
+    make_lora(pipe, loras / "film.safetensors")
+    make_lora(pipe, loras / "grain.safetensors", rank=2, seed=5, fmt="kohya")
+    make_lora(pipe, loras / "wide.safetensors", rank=16, seed=7)
+    make_lora(pipe, loras / "film-te.safetensors", seed=9, text_encoder=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def fast_engine(models):
+    engine = Engine(models_dir=models / "models", outputs_dir=models / "outputs", device="cpu",
+                    compile="on", cache_dir=models / "cache", lora_rank=HOT_RANK)
     yield engine
     engine.cancel_all()
+    engine.unload()
+
+
+@pytest.fixture(scope="module")
+def eager_engine(models):
+    """The same models run eager: what every compiled picture is compared with."""
+    engine = Engine(models_dir=models / "models", outputs_dir=models / "outputs", device="cpu",
+                    compile="off")
+    yield engine
     engine.unload()
 
 
@@ -82,9 +107,11 @@ def test_settings_that_change_only_numbers_never_recompile(fast_engine):
                      {"strength": 0.8}, {"guidance_scale": 3.5}, {"steps": 9},
                      {"scheduler": "DPM++ 2M Karras"}, {"scheduler": "Euler"},
                      {"batch_count": 2}):
+        calls = fast.graph_calls
         result = job(fast_engine, **settings)
-        # (the view covers the job's last batch)
+        # (the view covers the job's last batch; graph_calls, the graphs' own runs, all)
         assert fast.job.eager_calls == 0, settings
+        assert fast.graph_calls - calls >= result.effective_steps, settings
         assert fast.job.compiled_calls == result.effective_steps, settings
     assert fast.compiles == compiles and graphs() == before
 
@@ -102,14 +129,74 @@ def test_a_new_size_compiles_once_in_the_background(fast_engine):
     assert fast.job.compiled_calls == 2 and fast.job.eager_calls == 0
 
 
-def test_lora_jobs_run_eager_and_say_so(fast_engine):
-    compiles = fast_engine._fast.compiles
-    result = job(fast_engine, loras=[{"name": "film", "weight": 0.7}])
-    assert "compiled UNet not used: LoRA" in result.notice
-    assert fast_engine._fast.job.compiled_calls == 0
-    job(fast_engine)  # the LoRA is gone again: compiled as before
-    assert fast_engine._fast.job.compiled_calls == 2
-    assert fast_engine._fast.compiles == compiles
+def test_a_lora_compiles_once_then_every_lora_and_weight_hotswaps_into_it(fast_engine,
+                                                                        eager_engine):
+    film = [{"name": "film", "weight": 0.7}]
+    first = job(fast_engine, loras=film)
+    fast = fast_engine._fast
+    assert "compiling for 64x64 with LoRA (eager until ready)" in first.notice
+    assert "compiled UNet not used" not in first.notice
+    assert fast_engine.wait_for_compiles(COMPILE_TIMEOUT)
+    assert "64x64 with LoRA" in fast_engine.compile_status()["ready"]
+    compiles, before = fast.compiles, graphs()
+    plain = pixels(job(eager_engine))
+    for loras in (film, [{"name": "film", "weight": 0.3}], [{"name": "film", "weight": -1.5}],
+                  [{"name": "grain", "weight": 1.0}], [{"name": "grain", "weight": 0.6}], film):
+        calls = fast.graph_calls
+        result = job(fast_engine, loras=loras)
+        # Every UNet call ran a compiled graph (graph_calls counts the graph's own runs, so a
+        # guard that failed and ran eager would show here).
+        assert fast.job.eager_calls == 0 and fast.graph_calls - calls == 2, loras
+        expected = pixels(job(eager_engine, loras=loras))
+        assert np.abs(pixels(result) - expected).max() <= 2, loras
+        assert np.abs(expected - plain).max() > 10, loras  # the LoRA shows in the picture
+        assert f'LoRAs: "{loras[0]["name"]}:' in result.images[0].infotext
+    assert fast.compiles == compiles and graphs() == before
+    assert fast_engine.adapters.loras.load_calls == 3  # film, grain, film again: no more
+    # Without a LoRA: the plain graph, and not a trace of the slot's LoRA in the picture.
+    calls = fast.graph_calls
+    assert np.abs(pixels(job(fast_engine)) - plain).max() <= 2
+    assert fast.graph_calls - calls == 2 and fast.job.eager_calls == 0
+
+
+@pytest.mark.parametrize("loras, why", [
+    ([{"name": "wide", "weight": 0.8}], "LoRA 'wide' has rank 16, above the 8 reserved"),
+    ([{"name": "film-te", "weight": 0.8}], "LoRA 'film-te' also changes the text encoder"),
+    ([{"name": "film", "weight": 0.5}, {"name": "grain", "weight": 0.5}],
+     "LoRA jobs with more than one LoRA run eager"),
+])
+def test_loras_the_slot_cannot_take_run_eager_and_say_so(fast_engine, eager_engine, loras, why):
+    fast = fast_engine._fast
+    compiles = fast.compiles
+    result = job(fast_engine, loras=loras)
+    assert f"compiled UNet not used: {why}" in result.notice
+    assert fast.job.compiled_calls == 0
+    assert np.abs(pixels(result) - pixels(job(eager_engine, loras=loras))).max() <= 2
+    # The slot is still there for the next one-LoRA job, and so are its graphs.
+    film = [{"name": "film", "weight": 0.7}]
+    again = job(fast_engine, loras=film)
+    if "64x64 with LoRA" in fast_engine.compile_status()["ready"]:
+        assert fast.job.compiled_calls == 2 and fast.job.eager_calls == 0
+    assert np.abs(pixels(again) - pixels(job(eager_engine, loras=film))).max() <= 2
+    job(fast_engine)  # no LoRA: compiled as before
+    assert fast.job.compiled_calls == 2
+    assert fast.compiles == compiles
+
+
+def test_lora_rank_is_checked_and_zero_runs_lora_jobs_eager(models, eager_engine):
+    for bad in (-1, 2000, 2.5, True, "64"):
+        with pytest.raises(ValueError, match="lora_rank must be a whole number from 0 to 1024"):
+            Engine(models_dir=models / "models", device="cpu", compile="on", lora_rank=bad)
+    engine = Engine(models_dir=models / "models", outputs_dir=models / "outputs", device="cpu",
+                    compile="on", cache_dir=models / "cache-0", lora_rank=0)
+    try:
+        film = [{"name": "film", "weight": 0.7}]
+        result = job(engine, loras=film)
+        assert "compiled UNet not used: LoRA hotswap is off (--lora-rank 0)" in result.notice
+        assert engine._fast.job.compiled_calls == 0 and not engine._fast.pending
+        assert np.abs(pixels(result) - pixels(job(eager_engine, loras=film))).max() <= 2
+    finally:
+        engine.unload()
 
 
 def test_start_up_compiles_the_default_job_in_the_background(fast_engine):

@@ -356,6 +356,16 @@ def test_launch_defaults():
     args = _args()
     assert (args.host, args.port, args.share, args.listen) == ("127.0.0.1", 7860, False, False)
     assert launch.check(args) == ("127.0.0.1", [])
+    assert args.lora_rank == 64
+
+
+@pytest.mark.parametrize("value", ["-1", "1025", "8.5", "many"])
+def test_a_bad_lora_rank_is_refused_naming_the_flag(value, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        _args("--lora-rank", value)
+    assert stopped.value.code == 2
+    assert "--lora-rank: must be a whole number from 0 to 1024" in capsys.readouterr().err
+    assert _args("--lora-rank", "0").lora_rank == 0
 
 
 @pytest.mark.parametrize("argv", [["--share"], ["--listen"], ["--host", "0.0.0.0"],

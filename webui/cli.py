@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import params as P
 from . import schedulers
+from .engine import LORA_HOT_RANK, LORA_RANK_HELP, check_lora_rank
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -99,6 +100,7 @@ def add_job_flags(gen: argparse.ArgumentParser, out_help: str, skip: tuple[str, 
     gen.add_argument("--device", default=None, help="cuda, cpu, ... (default: CUDA if present)")
     gen.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                      help="compiled UNet: auto is on for CUDA, off on the CPU (default auto)")
+    gen.add_argument("--lora-rank", default=LORA_HOT_RANK, help=LORA_RANK_HELP)
 
 
 def collect_params(args: argparse.Namespace, base: dict | None = None) -> P.GenerationParams:
@@ -179,7 +181,8 @@ def _engine(args: argparse.Namespace, params: P.GenerationParams):
     # The machine's own user, not sharing the GPU: only the settings' own ranges apply.
     engine = Engine(models_dir=args.models_dir, outputs_dir=args.outputs_dir,
                     model=params.model, device=args.device,
-                    compile=getattr(args, "compile", "auto"), limits=Limits.unlimited())
+                    compile=getattr(args, "compile", "auto"), limits=Limits.unlimited(),
+                    lora_rank=getattr(args, "lora_rank", LORA_HOT_RANK))
     if engine.is_tiny(params.model):
         print("note: using the built-in tiny-random model, which only makes noise. Put a "
               ".safetensors checkpoint in models/Stable-diffusion/ or pass --model.",
@@ -224,6 +227,12 @@ def _job_settings(args: argparse.Namespace, base: dict | None, fixed: dict | Non
     missing = _missing_file(args)
     if missing:
         return _fail(missing)
+    if hasattr(args, "lora_rank"):
+        try:
+            args = argparse.Namespace(**{**vars(args),
+                                         "lora_rank": check_lora_rank(args.lora_rank)})
+        except ValueError as exc:
+            return _fail(f"--lora-rank: {exc}")
     return params, args
 
 

@@ -16,16 +16,17 @@ LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 IP_WEIGHT_NAME = "ip-adapter_tiny.safetensors"
 
 
-def _lora_state(pipe, rank: int, alpha: float, seed: int):
-    """(peft state dict, adapter config dict) for a LoRA on a copy of `pipe.unet`."""
+def _lora_state(pipe, rank: int, alpha: float, seed: int, component: str = "unet",
+                targets: tuple[str, ...] = LORA_TARGETS):
+    """(peft state dict, adapter config dict) for a LoRA on a copy of `pipe.<component>`."""
     import torch
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     # A deep copy, so the artist's pipeline never sees a half-added adapter, even on failure.
-    unet = copy.deepcopy(pipe.unet)
+    unet = copy.deepcopy(getattr(pipe, component))
     config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                        target_modules=list(LORA_TARGETS))
+                        target_modules=list(targets))
     torch.manual_seed(seed)
     unet.add_adapter(config)
     state = get_peft_model_state_dict(unet)
@@ -41,13 +42,14 @@ def _lora_state(pipe, rank: int, alpha: float, seed: int):
 
 
 def make_lora(pipe, path, rank: int = 4, fmt: str = "diffusers", seed: int = 0,
-              alpha: float | None = None) -> Path:
+              alpha: float | None = None, text_encoder: bool = False) -> Path:
     """Write a LoRA for `pipe.unet` to `path` (a .safetensors file) and return the path.
 
     fmt "diffusers": the library's own layout with the adapter metadata (which carries alpha);
     fmt "kohya" (alias "trainer"): `lora_unet_<module_path>.lora_down/.lora_up/.alpha`, the
     layout most LoRA trainers write.
     alpha defaults to rank / 2, so a loader that drops alpha gives a visibly different output.
+    text_encoder (diffusers only): also a LoRA on the text encoder's query projections.
     """
     from safetensors.torch import save_file
 
@@ -59,11 +61,19 @@ def make_lora(pipe, path, rank: int = 4, fmt: str = "diffusers", seed: int = 0,
     alpha = rank / 2 if alpha is None else alpha
     state, metadata = _lora_state(pipe, rank, alpha, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if text_encoder and fmt != "diffusers":
+        raise ValueError("text_encoder LoRA parts are written in the diffusers layout only")
     if fmt == "diffusers":
+        extra = {}
+        if text_encoder:
+            te_state, te_metadata = _lora_state(pipe, rank, alpha, seed + 2, "text_encoder",
+                                                ("q_proj",))
+            extra = {"text_encoder_lora_layers": te_state,
+                     "text_encoder_lora_adapter_metadata": te_metadata}
         # Without the adapter metadata the loader assumes alpha = rank and the effect is wrong.
         type(pipe).save_lora_weights(
             save_directory=str(path.parent), unet_lora_layers=state, weight_name=path.name,
-            unet_lora_adapter_metadata=metadata,
+            unet_lora_adapter_metadata=metadata, **extra,
         )
         return path
     trainer = {}

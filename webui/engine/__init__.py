@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 
 from ..errors import (Cancelled, InputError, ModelError, OutOfMemory, TimedOut,
                       WorkerLost)
-from .adapter_inputs import AdapterError, mask_to_l, parse_prompt_loras
+from .adapter_inputs import (LORA_HOT_RANK, LORA_HOT_RANK_MAX, LORA_RANK_HELP, AdapterError,
+                             check_lora_rank, lora_rank_flag, mask_to_l, parse_prompt_loras)
 from .detectors import DETECTOR_SUBDIR
 from .hub import (SUGGESTIONS, DownloadProgress, check_repo_id, download, is_offline,
                   offline_message)
@@ -54,10 +55,12 @@ def __getattr__(name: str):
 __all__ = [
     "AdapterError", "CHECKPOINTS_SUBDIR", "CONTROLNET_SUBDIR", "Cancelled", "DETECTOR_SUBDIR",
     "DownloadProgress", "Engine", "EngineAPI", "IP_ADAPTER_SUBDIR", "ImageResult", "InputError",
-    "Inputs", "Job", "JobHandle", "JobRequest", "LORA_SUBDIR", "ModelError", "ModelInfo",
-    "OutOfMemory", "PREVIEW_DECODERS", "Progress", "QueueFull", "QueueStatus", "Result", "SUGGESTIONS", "TASKS",
+    "Inputs", "Job", "JobHandle", "JobRequest", "LORA_HOT_RANK", "LORA_HOT_RANK_MAX",
+    "LORA_RANK_HELP", "LORA_SUBDIR", "ModelError", "ModelInfo", "OutOfMemory",
+    "PREVIEW_DECODERS", "Progress", "QueueFull", "QueueStatus", "Result", "SUGGESTIONS", "TASKS",
     "TINY_VAE_NAMES", "TINY_VAE_SUBDIR", "TXT2IMG_DEFAULT_SIZE", "Limits", "TimedOut",
     "WorkerLost",
-    "check_repo_id", "day_folder", "download", "is_hub_id", "is_offline", "mask_to_l",
+    "check_lora_rank", "check_repo_id", "day_folder", "download", "is_hub_id", "is_offline", "lora_rank_flag",
+    "mask_to_l",
     "offline_message", "parse_prompt_loras", "png_bytes", "read_infotext", "write_numbered",
 ]

@@ -17,6 +17,32 @@ from ..params import LoraWeight, field_range
 
 # LoRA weights, from the picker or from a <lora:name:weight> tag: the one range params.py sets.
 LORA_MIN, LORA_MAX = field_range("weight", LoraWeight)
+# The LoRA rank reserved in the compiled UNet's hot slot (lora.py): the default, and the most
+# a --lora-rank may reserve (every hot LoRA job costs a LoRA of the reserved rank).
+LORA_HOT_RANK, LORA_HOT_RANK_MAX = 64, 1024
+LORA_RANK_HELP = (f"LoRA rank reserved for hotswapping one LoRA at a time into the compiled UNet "
+                  f"(0 to {LORA_HOT_RANK_MAX}; 0: LoRA jobs run eager; default {LORA_HOT_RANK})")
+
+
+def check_lora_rank(value) -> int:
+    """A reserved LoRA rank as given on a command line, checked (ValueError says the range)."""
+    try:
+        rank = int(str(value).strip())
+    except ValueError:
+        rank = -1
+    if not 0 <= rank <= LORA_HOT_RANK_MAX:
+        raise ValueError(f"must be a whole number from 0 to {LORA_HOT_RANK_MAX} (got {value!r})")
+    return rank
+
+
+def lora_rank_flag(text: str) -> int:
+    """check_lora_rank as an argparse type (argparse names the flag in its error)."""
+    import argparse
+
+    try:
+        return check_lora_rank(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 # `[^<>]*`: a tag never holds another '<', so a prompt of many unclosed tags is scanned once
 # (with `[^>]*` every '<lora:' rescanned the rest of the prompt).
 _LORA_TAG = re.compile(r"<\s*lora\s*:([^<>]*)>", re.IGNORECASE)

@@ -103,17 +103,19 @@ class Adapters:
     device: where the pipeline computes, and so where ControlNets and the IP-Adapter's image
         encoder go (default: the UNet's device; under model CPU offload the UNet sits on the
         CPU between calls, so the engine passes its GPU).
+    lora_hot_rank: the rank reserved in the LoRA hot slot for the compiled UNet (lora.py); 0,
+        the default: no slot.
     """
 
     def __init__(self, base_pipe, lora_dir="models/Lora", max_controlnets: int = 3,
                  detectors: Detectors | None = None, device: str | None = None,
-                 family: str | None = None):
+                 family: str | None = None, lora_hot_rank: int = 0):
         self.base = base_pipe
         # The engine knows the family from the model source; alone, it is read off the pipe.
         self.family = family or pipeline_family(base_pipe)
         self.device = device or str(base_pipe.unet.device)
         self.detectors = detectors or Detectors(self.device)
-        self.loras = Loras(base_pipe, lora_dir, self.family)
+        self.loras = Loras(base_pipe, lora_dir, self.family, hot_rank=lora_hot_rank)
         self.ip_adapter = IPAdapter(base_pipe, self.device, self.family)
         self.controlnets = ControlNets(base_pipe, self.device, self.family, self.detectors,
                                        max_controlnets, on_drop=self._forget_controlnet)

@@ -16,10 +16,15 @@ so every pipeline built from it, PAG, ControlNet and inpaint alike, goes through
 - A graph runs under dynamo's run-only mode (`torch._dynamo.run`): if its guards do not hold
   for a call after all, that call runs eager instead of recompiling, so no job ever compiles.
 
-Jobs the compiled graphs cannot serve run eager: LoRAs (their layers live in the resident UNet,
-not in the twin; hotswapping them into a compiled graph is not done yet), an IP-Adapter (its
-scale is a Python float the graph would be specialised on) and CPU offload (its hooks move the
-weights during the call). The engine says so in the job's notice.
+LoRAs: a job with one LoRA runs in the LoRA hot slot (lora.py), and its key says so (`lora`, the
+slot's generation). Its twin keeps the slot's LoRA layers and shares their weights *and* their
+scaling tensors with the resident UNet, which the library's hotswap and the LoRA weight change
+in place: one graph per size serves every LoRA and every weight. The twins of jobs without a
+LoRA are made without any LoRA layer. A new slot (new tensors) retires the old slot's graphs.
+
+Jobs the compiled graphs cannot serve run eager: LoRAs the slot cannot take (lora.py says why),
+an IP-Adapter (its scale is a Python float the graph would be specialised on) and CPU offload
+(its hooks move the weights during the call). The engine says so in the job's notice.
 
 The compile cache lives in a folder of the data directory: TORCHINDUCTOR_CACHE_DIR for the
 inductor's own caches, plus the mega-cache (torch.compiler.save_cache_artifacts) in one file
@@ -39,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +99,7 @@ def _float_timestep(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     return args, {**kwargs, "timestep": timestep}
 
 
-def _label(args: tuple, kwargs: dict, processors) -> str:
+def _label(args: tuple, kwargs: dict, processors, lora: int = 0) -> str:
     """A key as the status line names it: '768x512', '768x512 with PAG', ..."""
     sample = args[0] if args else kwargs.get("sample")
     if not isinstance(sample, torch.Tensor):
@@ -104,7 +110,18 @@ def _label(args: tuple, kwargs: dict, processors) -> str:
         label += " with PAG"
     if kwargs.get("down_block_additional_residuals") is not None:
         label += " with ControlNet"
+    if lora:
+        label += " with LoRA"
     return label
+
+
+def _without_lora(module) -> None:
+    """Put each LoRA layer's own base layer back in its place (on a twin: the resident UNet
+    keeps its LoRA layers)."""
+    for name, child in list(module.named_modules()):
+        if isinstance(child, BaseTunerLayer):
+            parent, _, attribute = name.rpartition(".")
+            setattr(module.get_submodule(parent), attribute, child.get_base_layer())
 
 
 def _copy_inputs(value: Any) -> Any:
@@ -144,6 +161,7 @@ class FastPath:
         self.device = device
         self.max_keys = max_keys
         self.allowed = False
+        self.lora = 0  # the LoRA hot slot's generation while a job uses it (lora.py), else 0
         self.disabled = ""  # why the whole path is off, once it had to be
         self.ready: set = set()
         self.pending: set = set()
@@ -152,13 +170,18 @@ class FastPath:
         self.graph_calls = 0
         self.job = JobView()
         self._sizes: dict = {}
-        self._twins: dict[tuple, _Twin] = {}
+        self._twins: dict[tuple, _Twin] = {}  # (processors, LoRA generation) -> twin
+        self._lora_generation = 0
         self._lock = threading.Lock()
         self._work: "queue.Queue[tuple | None]" = queue.Queue()
         self._eager = type(unet).forward.__get__(unet)
         # The attention modules, named as unet.attn_processors names their processors.
         self._attention = [(f"{name}.processor", module) for name, module in
                            unet.named_modules() if hasattr(module, "get_processor")]
+        # Frozen weights, as loading a LoRA leaves them (the library freezes the base model):
+        # requires_grad is part of what a graph's guards check, so a graph compiled before a
+        # LoRA's first load would otherwise never match again (its calls silently eager).
+        unet.requires_grad_(False)
         self._options = dict(CUDA_INDUCTOR) if device.startswith("cuda") else {}
         if device.startswith("cuda"):
             # Convolutions run faster channels-last on tensor cores; the weights are converted
@@ -198,12 +221,15 @@ class FastPath:
         # Read per call, so cheaply: the attention modules were listed once (PAG and the
         # IP-Adapter swap processors, never modules); unet.attn_processors walks the whole tree.
         signature = tuple(id(module.processor) for _, module in self._attention)
-        key = (signature, _describe(args), _describe(kwargs))
+        lora = self.lora
+        if lora and lora != self._lora_generation:
+            self._retire_lora(lora)
+        key = (signature, lora, _describe(args), _describe(kwargs))
         if key not in self._sizes:
-            self._sizes[key] = _label(args, kwargs, self._processors().values())
+            self._sizes[key] = _label(args, kwargs, self._processors().values(), lora)
         if key in self.ready:
             self.job.compiled_calls += 1
-            return self._twin(signature).runner(*args, **kwargs)
+            return self._twin(signature, lora).runner(*args, **kwargs)
         self.job.eager_calls += 1
         with self._lock:
             fresh = (key not in self.pending and key not in self.failed and
@@ -211,7 +237,7 @@ class FastPath:
             if fresh:
                 self.pending.add(key)
         if fresh:
-            twin = self._twin(signature)
+            twin = self._twin(signature, lora)
             self._work.put((key, twin, _copy_inputs(args), _copy_inputs(kwargs)))
         if key in self.failed:
             self.job.failed.add(self._sizes[key])
@@ -262,22 +288,39 @@ class FastPath:
         """The resident UNet's attention processors by name, as set_attn_processor takes them."""
         return {name: module.processor for name, module in self._attention}
 
-    def _twin(self, signature: tuple) -> _Twin:
-        twin = self._twins.get(signature)
+    def _retire_lora(self, generation: int) -> None:
+        """A new LoRA slot: the graphs of the old one hold its old tensors, so they go."""
+        with self._lock:
+            self._lora_generation = generation
+            for key in [k for k in self.ready if k[1] not in (0, generation)]:
+                self.ready.discard(key)
+            for key in [k for k in self._twins if k[1] not in (0, generation)]:
+                del self._twins[key]
+
+    def _twin(self, signature: tuple, lora: int = 0) -> _Twin:
+        twin = self._twins.get((signature, lora))
         if twin is None:
             # Every tensor is shared through the memo: the copy holds modules, not weights.
-            memo = {id(t): t for t in (*self.unet.parameters(), *self.unet.buffers())}
+            # With the LoRA slot, its scaling tensors too (a LoRA weight is written into them).
+            shared = [*self.unet.parameters(), *self.unet.buffers()]
+            if lora:
+                shared += [t for m in self.unet.modules() if isinstance(m, BaseTunerLayer)
+                           for t in getattr(m, "scaling", {}).values()
+                           if isinstance(t, torch.Tensor)]
+            memo = {id(t): t for t in shared}
             saved = self.unet.__dict__.pop("forward", None)
             try:
                 module = copy.deepcopy(self.unet, memo)
             finally:
                 if saved is not None:
                     self.unet.forward = saved
+            if not lora:
+                _without_lora(module)
             module.set_attn_processor(self._processors())
             twin = _Twin(module, torch.compile(module, backend=self._backend, fullgraph=True,
                                                dynamic=False),
                          torch._dynamo.run(module))
-            self._twins[signature] = twin
+            self._twins[(signature, lora)] = twin
         return twin
 
     def _backend(self, graph, example_inputs):
@@ -318,8 +361,9 @@ class FastPath:
                 continue
             with self._lock:
                 self.compiles += 1
-                self.ready.add(key)
                 self.pending.discard(key)
+                if key[1] in (0, self._lora_generation):  # else its LoRA slot was replaced
+                    self.ready.add(key)
             self._save_cache()
 
     # -- the on-disk cache -------------------------------------------------------------------

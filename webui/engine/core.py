@@ -33,6 +33,7 @@ from .. import infotext, prompts, schedulers
 from ..errors import Cancelled, InputError, ModelError, OutOfMemory, TimedOut
 from ..params import MAX_SEED, GenerationParams
 from . import compiled, draft, hub, memory, outputs, previews, stopping
+from .adapter_inputs import LORA_HOT_RANK, LORA_HOT_RANK_MAX
 from .adapters import Adapters, JobAdapters
 from .colour import match_all
 from .controlnet import ControlNetSpec, control_image
@@ -181,6 +182,10 @@ class Engine:
     queue_size: jobs that may wait; one more gets QueueFull.
     compile: the compiled UNet (compiled.py): 'auto' (on for CUDA), 'on' or 'off'.
     cache_dir: its on-disk cache (default: cache/compile beside the models folder).
+    lora_rank: with the compiled UNet on, the LoRA rank reserved in its hot slot (lora.py):
+        a job with one UNet LoRA of rank up to this runs compiled, any LoRA and any weight
+        without recompiling; each such job costs a LoRA of this rank. 0 to 1024, default 64;
+        0 runs every LoRA job eager.
     allow_downloads: whether a job may name a hub id (an IP-Adapter) that is not in the hub
         cache yet, and the studio's "Get a model" panel may download; off for a shared studio.
     preview_decoder: how step previews are made (previews.py): 'approx' (default; a colour
@@ -193,7 +198,7 @@ class Engine:
                  device: str | None = None, max_pixels: int | None = None,
                  queue_size: int = 16, hub_ids: tuple[str, ...] = (), compile: str = "auto",
                  cache_dir=None, limits: Limits | None = None, allow_downloads: bool = True,
-                 preview_decoder: str = "approx"):
+                 preview_decoder: str = "approx", lora_rank: int = LORA_HOT_RANK):
         if preview_decoder not in PREVIEW_DECODERS:
             raise ValueError(f"preview_decoder must be one of {', '.join(PREVIEW_DECODERS)} "
                              f"(got {preview_decoder!r})")
@@ -204,6 +209,11 @@ class Engine:
         self.registry = ModelRegistry(models_dir, hub_ids, allow_downloads)
         compiled.resolve(compile, "cpu")  # refuses an unknown mode now, not at the first load
         self.compile_mode = compile
+        if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or \
+                not 0 <= lora_rank <= LORA_HOT_RANK_MAX:
+            raise ValueError(f"lora_rank must be a whole number from 0 to {LORA_HOT_RANK_MAX} "
+                             f"(got {lora_rank!r})")
+        self.lora_rank = lora_rank
         self.cache_dir = Path(cache_dir) if cache_dir else \
             Path(models_dir).resolve().parent / "cache" / "compile"
         self._fast: compiled.FastPath | None = None
@@ -608,8 +618,6 @@ class Engine:
         self._pipe, self._family, self._pipe_source = pipe, family, source
         self._pipe_key, self._pipe_dtype = (source.key, str(torch_dtype)), torch_dtype
         self._base_scheduler_config = dict(pipe.scheduler.config)
-        self.adapters = Adapters(pipe, lora_dir=self.registry.models_dir / LORA_SUBDIR,
-                                 detectors=self.detectors, device=self.device, family=family)
         self._close_fast_path()
         if compiled.resolve(self.compile_mode, self.device):
             try:
@@ -619,6 +627,10 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - no compiled path is no failure
                 log.warning("the compiled UNet is off (%s: %s); jobs run eager",
                             type(exc).__name__, exc)
+        # The LoRA hot slot serves the compiled graphs only: without them, named adapters.
+        self.adapters = Adapters(pipe, lora_dir=self.registry.models_dir / LORA_SUBDIR,
+                                 detectors=self.detectors, device=self.device, family=family,
+                                 lora_hot_rank=self.lora_rank if self._fast is not None else 0)
 
     def _close_fast_path(self) -> None:
         if self._fast is not None:
@@ -939,6 +951,7 @@ class Engine:
             if why_eager:
                 notices[f"compiled UNet not used: {why_eager}"] = None
             fast.start_job()
+            fast.lora = self.adapters.loras.hot_generation
             fast.allowed = not why_eager
         try:
             with stop if stop is not None else contextlib.nullcontext(), reuse:
@@ -978,8 +991,9 @@ class Engine:
         """Why this job cannot use the compiled UNet ('' when it can)."""
         if drafting:
             return "draft mode runs eager (it skips blocks inside the UNet)"
-        if loras or self.adapters.loras.has_peft_layers():
-            return "LoRA jobs run eager (their layers are not in the compiled graphs)"
+        lora_state = self.adapters.loras
+        if loras and not lora_state.hot_generation:
+            return lora_state.why_eager or "LoRA hotswap is off (--lora-rank 0), so LoRA jobs run eager"
         if ip_adapter:
             return "IP-Adapter jobs run eager"
         if memory.offloaded(pipe):

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine import PREVIEW_DECODERS, Limits
+from ..engine import LORA_HOT_RANK, LORA_RANK_HELP, PREVIEW_DECODERS, Limits, lora_rank_flag
 from .upload_space import DEFAULT_CACHE_MB
 
 EXIT_BAD_INPUT = 2
@@ -67,6 +67,8 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                        help="compiled UNet, built per size in the background while jobs run "
                        "eager: auto is on for CUDA, off on the CPU (default auto)")
+    group.add_argument("--lora-rank", type=lora_rank_flag, default=LORA_HOT_RANK,
+                       help=LORA_RANK_HELP + "; not with --cluster")
     group.add_argument("--preview-decoder", choices=PREVIEW_DECODERS, default="approx",
                        help="step previews: approx, a colour matrix (free), or tiny, the tiny "
                        "VAE in models/VAE-approx/taesd or taesdxl, which shows the picture's "
@@ -475,7 +477,8 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(models_dir=args.models_dir, outputs_dir=outputs_dir, model=args.model or "",
                     queue_size=args.queue_size, compile=getattr(args, "compile", "auto"),
                     limits=limits, allow_downloads=downloads_allowed(args),
-                    preview_decoder=getattr(args, "preview_decoder", "approx"))
+                    preview_decoder=getattr(args, "preview_decoder", "approx"),
+                    lora_rank=getattr(args, "lora_rank", LORA_HOT_RANK))
     try:
         engine.check_model()
     except ModelError as exc:
@@ -579,6 +582,9 @@ def cluster_options(args: argparse.Namespace):
     if getattr(args, "preview_decoder", "approx") != "approx":
         raise LaunchError("--preview-decoder tiny is not available with --cluster (the "
                           "replicas make the rough previews)")
+    if getattr(args, "lora_rank", LORA_HOT_RANK) != LORA_HOT_RANK:
+        raise LaunchError(f"--lora-rank is not available with --cluster (the replicas reserve "
+                          f"the default {LORA_HOT_RANK})")
     if args.share:
         raise LaunchError("--share is not available with --cluster (the cluster's HTTP proxy "
                           "serves the studio): use --listen with --auth, behind your own "
