@@ -43,6 +43,7 @@ def models(tmp_path_factory):
     make_lora(pipe, loras / "grain.safetensors", rank=2, seed=5, fmt="kohya")
     make_lora(pipe, loras / "wide.safetensors", rank=16, seed=7)
     make_lora(pipe, loras / "film-te.safetensors", seed=9, text_encoder=True)
+    make_lora(pipe, loras / "feed.safetensors", seed=11, targets=("ff.net.2",))
     return root
 
 
@@ -181,6 +182,23 @@ def test_loras_the_slot_cannot_take_run_eager_and_say_so(fast_engine, eager_engi
     job(fast_engine)  # no LoRA: compiled as before
     assert fast.job.compiled_calls == 2
     assert fast.compiles == compiles
+
+
+def test_a_lora_for_layers_the_slot_lacks_runs_eager_and_the_next_lora_is_right(fast_engine,
+                                                                               eager_engine):
+    film, feed = [{"name": "film", "weight": 0.7}], [{"name": "feed", "weight": 1.0}]
+    job(fast_engine, loras=film)  # film in the slot (to_q, to_k, to_v, to_out.0)
+    fast = fast_engine._fast
+    result = job(fast_engine, loras=feed)
+    assert "compiled UNet not used: LoRA 'feed' could not be hot-swapped" in result.notice
+    assert fast.job.compiled_calls == 0
+    assert np.abs(pixels(result) - pixels(job(eager_engine, loras=feed))).max() <= 2
+    # The failed swap leaves nothing of feed behind: film's picture is film's alone.
+    assert np.abs(pixels(job(fast_engine, loras=film)) -
+                  pixels(job(eager_engine, loras=film))).max() <= 2
+    again = job(fast_engine, loras=feed)  # known not to fit: eager again, same reason
+    assert "compiled UNet not used: LoRA 'feed' could not be hot-swapped" in again.notice
+    assert np.abs(pixels(again) - pixels(result)).max() == 0
 
 
 def test_lora_rank_is_checked_and_zero_runs_lora_jobs_eager(models, eager_engine):

@@ -43,6 +43,7 @@ def models(tmp_path_factory):
     pipe = build_pipeline("tiny-random")
     (root / "Lora").mkdir(parents=True)
     make_lora(pipe, root / "Lora" / "film.safetensors", seed=1)
+    make_lora(pipe, root / "Lora" / "grain.safetensors", rank=2, seed=5, fmt="kohya")
     make_ip_adapter(pipe, root / "IP-Adapter" / "tiny-ip", seed=3)
     make_controlnet(pipe, root / "ControlNet" / "edges", seed=4)
     return root
@@ -169,6 +170,40 @@ def test_the_compiled_unet_with_cuda_graphs(models, tmp_path):
         assert fast.cache_file.exists()
     finally:
         engine.unload()
+
+
+def test_lora_hotswap_into_the_cuda_graphs(models, tmp_path):
+    """One LoRA compiles once; other LoRAs and weights run the same CUDA graphs (their tensors
+    are written in place) and give the eager engine's pictures."""
+    fast_engine = Engine(models_dir=models, outputs_dir=tmp_path / "outputs", device="cuda",
+                         compile="on", cache_dir=tmp_path / "cache", lora_rank=8)
+    eager_engine = Engine(models_dir=models, outputs_dir=tmp_path / "outputs", device="cuda",
+                          compile="off")
+
+    def job(engine, lora, weight):
+        params = make(model="tiny-random", steps=6, strength=0.8, seed=2, pag_scale=0.0,
+                      loras=[{"name": lora, "weight": weight}])
+        return np.asarray(engine.generate(JobRequest(params, picture(64, 64), save=False))
+                          .images[0].image, dtype=np.int16)
+
+    try:
+        first = fast_engine.generate(JobRequest(make(
+            model="tiny-random", steps=6, strength=0.8, seed=2, pag_scale=0.0,
+            loras=[{"name": "film", "weight": 0.7}]), picture(64, 64), save=False))
+        assert "compiling for 64x64 with LoRA" in first.notice
+        assert fast_engine.wait_for_compiles(1800)
+        fast = fast_engine._fast
+        compiles = fast.compiles
+        for lora, weight in (("film", 0.7), ("film", 0.2), ("grain", 1.0), ("grain", -0.5)):
+            calls = fast.graph_calls
+            compiled = job(fast_engine, lora, weight)
+            assert fast.job.eager_calls == 0 and fast.graph_calls - calls == \
+                fast.job.compiled_calls > 0, (lora, weight)
+            assert np.abs(compiled - job(eager_engine, lora, weight)).max() <= 8, (lora, weight)
+        assert fast.compiles == compiles
+    finally:
+        fast_engine.unload()
+        eager_engine.unload()
 
 
 def test_tiny_vae_previews_in_half_precision(tmp_path):

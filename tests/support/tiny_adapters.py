@@ -42,7 +42,8 @@ def _lora_state(pipe, rank: int, alpha: float, seed: int, component: str = "unet
 
 
 def make_lora(pipe, path, rank: int = 4, fmt: str = "diffusers", seed: int = 0,
-              alpha: float | None = None, text_encoder: bool = False) -> Path:
+              alpha: float | None = None, text_encoder: bool = False,
+              targets: tuple[str, ...] = LORA_TARGETS) -> Path:
     """Write a LoRA for `pipe.unet` to `path` (a .safetensors file) and return the path.
 
     fmt "diffusers": the library's own layout with the adapter metadata (which carries alpha);
@@ -50,6 +51,7 @@ def make_lora(pipe, path, rank: int = 4, fmt: str = "diffusers", seed: int = 0,
     layout most LoRA trainers write.
     alpha defaults to rank / 2, so a loader that drops alpha gives a visibly different output.
     text_encoder (diffusers only): also a LoRA on the text encoder's query projections.
+    targets: the UNet's layers it changes (module name endings).
     """
     from safetensors.torch import save_file
 
@@ -59,7 +61,7 @@ def make_lora(pipe, path, rank: int = 4, fmt: str = "diffusers", seed: int = 0,
     if fmt not in ("diffusers", "kohya", "trainer"):
         raise ValueError(f"unknown LoRA format {fmt!r}; use 'diffusers' or 'kohya'")
     alpha = rank / 2 if alpha is None else alpha
-    state, metadata = _lora_state(pipe, rank, alpha, seed)
+    state, metadata = _lora_state(pipe, rank, alpha, seed, targets=targets)
     path.parent.mkdir(parents=True, exist_ok=True)
     if text_encoder and fmt != "diffusers":
         raise ValueError("text_encoder LoRA parts are written in the diffusers layout only")
