@@ -12,12 +12,14 @@ failing compile stays eager; a corrupt cache file is rebuilt.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import webui.engine.lora
 from webui.engine import Engine, JobRequest
 from webui.engine import compiled
 from webui.params import make
@@ -131,7 +133,8 @@ def test_a_new_size_compiles_once_in_the_background(fast_engine):
 
 
 def test_a_lora_compiles_once_then_every_lora_and_weight_hotswaps_into_it(fast_engine,
-                                                                        eager_engine):
+                                                                        eager_engine,
+                                                                        monkeypatch):
     film = [{"name": "film", "weight": 0.7}]
     first = job(fast_engine, loras=film)
     fast = fast_engine._fast
@@ -141,10 +144,16 @@ def test_a_lora_compiles_once_then_every_lora_and_weight_hotswaps_into_it(fast_e
     assert "64x64 with LoRA" in fast_engine.compile_status()["ready"]
     compiles, before = fast.compiles, graphs()
     plain = pixels(job(eager_engine))
+    # The LoRA files the compiled engine reads itself (keys, checks): each on first sight only.
+    opened, reads = [], []
+    real_open = webui.engine.lora.safe_open
+    monkeypatch.setattr(webui.engine.lora, "safe_open",
+                        lambda path, **kw: opened.append(Path(path).name) or real_open(path, **kw))
     for loras in (film, [{"name": "film", "weight": 0.3}], [{"name": "film", "weight": -1.5}],
                   [{"name": "grain", "weight": 1.0}], [{"name": "grain", "weight": 0.6}], film):
-        calls = fast.graph_calls
+        calls, seen = fast.graph_calls, len(opened)
         result = job(fast_engine, loras=loras)
+        reads += opened[seen:]
         # Every UNet call ran a compiled graph (graph_calls counts the graph's own runs, so a
         # guard that failed and ran eager would show here).
         assert fast.job.eager_calls == 0 and fast.graph_calls - calls == 2, loras
@@ -154,6 +163,7 @@ def test_a_lora_compiles_once_then_every_lora_and_weight_hotswaps_into_it(fast_e
         assert f'LoRAs: "{loras[0]["name"]}:' in result.images[0].infotext
     assert fast.compiles == compiles and graphs() == before
     assert fast_engine.adapters.loras.load_calls == 3  # film, grain, film again: no more
+    assert set(reads) == {"grain.safetensors"}
     # Without a LoRA: the plain graph, and not a trace of the slot's LoRA in the picture.
     calls = fast.graph_calls
     assert np.abs(pixels(job(fast_engine)) - plain).max() <= 2

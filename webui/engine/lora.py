@@ -103,8 +103,9 @@ class Loras:
         self.hot_rank = hot_rank
         self._hot: _HotSlot | None = None
         self._generations = 0
-        # LoRA file (path, stamp) -> why the slot cannot take it, found once.
-        self._not_hot: dict[tuple, str] = {}
+        # LoRA file (path, stamp) -> why the slot cannot take it ('' when it can), found once:
+        # a file is read for its keys (and checked) on its first hot job only.
+        self._hot_verdict: dict[tuple, str] = {}
         self.hot_weight: float | None = None  # the slot's weight in this job; None: slot off
         self.why_eager = ""  # why this job's LoRAs are not in the slot ('' when they are, or none)
         self._loras: dict[str, _LoadedLora] = {}  # LoRA name -> loaded adapter
@@ -181,7 +182,7 @@ class Loras:
                     self._apply_hot(name, paths[name], weight)
                     return
                 except _NotHot:
-                    self.why_eager = self._not_hot[(paths[name], stamp(paths[name]))]
+                    self.why_eager = self._hot_verdict[(paths[name], stamp(paths[name]))]
         elif self.hot_rank and wanted:
             self.why_eager = "LoRA jobs with more than one LoRA run eager (the compiled graphs " \
                 "take one at a time)"
@@ -228,8 +229,8 @@ class Loras:
     def _hot_misfit(self, name: str, path: Path) -> str:
         """Why the slot cannot take this LoRA file ('' when it can), read from its keys."""
         key = (path, stamp(path))
-        if key in self._not_hot:
-            return self._not_hot[key]
+        if key in self._hot_verdict:
+            return self._hot_verdict[key]
         check_lora_file(path)
         why = ""
         with safe_open(str(path), framework="pt") as f:
@@ -246,8 +247,7 @@ class Loras:
         if not why and rank > self.hot_rank:
             why = (f"LoRA {name!r} has rank {rank}, above the {self.hot_rank} reserved for "
                    "hotswap (--lora-rank)")
-        if why:
-            self._not_hot[key] = why
+        self._hot_verdict[key] = why
         return why
 
     def _apply_hot(self, name: str, path: Path, weight: float) -> None:
@@ -257,7 +257,7 @@ class Loras:
         slot = self._hot
         unet = self.base.unet
         if slot is None or (slot.path, slot.stamp) != (path, stamp(path)):
-            check_lora_file(path)
+            # (the file was checked by _hot_misfit, which every hot job passes first)
             self.load_calls += 1
             self._peft_touched = True
             if slot is None:
@@ -269,7 +269,7 @@ class Loras:
                                             adapter_name=HOT, hotswap=slot is not None)
             except Exception as exc:  # noqa: BLE001 - the job runs eager with a named adapter
                 unet._prepare_lora_hotswap_kwargs = None
-                self._not_hot[(path, stamp(path))] = (
+                self._hot_verdict[(path, stamp(path))] = (
                     f"LoRA {name!r} could not be hot-swapped ({short(exc)})")
                 self._drop_slot()
                 raise _NotHot from exc
