@@ -1,13 +1,13 @@
-"""The compiled UNet (engine/compiled.py) on the CPU inductor backend, with tiny-random.
+"""The compiled UNet and VAE (engine/compiled.py) on the CPU inductor backend, with tiny-random.
 
-Compiling costs tens of seconds on the CPU, so one engine compiles three times in all (64x64,
-96x64, 64x64 with PAG) and every other check reuses those graphs or never compiles: the compiled
-output matches eager; a new size runs eager at once and compiles in the background; changing
-prompt, seed, strength, CFG, steps, sampler or batch count compiles nothing; a LoRA compiles
-once (64x64 with LoRA) and every other LoRA and weight hotswaps into that graph; LoRAs the hot
-slot cannot take run eager with a notice; the start-up warm-up compiles the default job; a
-failing compile stays eager; a corrupt cache file is rebuilt.
-"""
+Compiling costs tens of seconds on the CPU, so one engine compiles the UNet four times in all
+(64x64, 96x64, 64x64 with PAG, 64x64 with LoRA) and the VAE's encoder and decoder for the two
+sizes; every other check reuses those graphs or never compiles: the compiled output matches
+eager; a new size runs eager at once and compiles in the background; changing prompt, seed,
+strength, CFG, steps, sampler or batch count compiles nothing; VAE tiling runs the VAE eager;
+a LoRA compiles once (64x64 with LoRA) and every other LoRA and weight hotswaps into that
+graph; LoRAs the hot slot cannot take run eager with a notice; the start-up warm-up compiles
+the default job; a failing compile stays eager; a corrupt cache file is rebuilt."""
 
 from __future__ import annotations
 
@@ -90,12 +90,22 @@ def graphs() -> int:
 def test_a_size_runs_eager_while_it_compiles_then_runs_compiled_alike(fast_engine):
     eager = job(fast_engine)
     fast = fast_engine._fast
-    assert "compiling for 64x64 (eager until ready)" in eager.notice
+    # The UNet, the VAE's encoder (the init picture) and its decoder (the result).
+    assert ("compiling for 64x64, VAE decoder 64x64, VAE encoder 64x64 (eager until ready)"
+            in eager.notice)
     assert fast.job.compiled_calls == 0 and fast.job.eager_calls == 2
+    assert fast.job.vae_compiled_calls == 0 and fast.job.vae_eager_calls == 2
     assert fast_engine.wait_for_compiles(COMPILE_TIMEOUT)
-    assert fast_engine.compile_status()["ready"] == ["64x64"]
+    assert fast_engine.compile_status()["ready"] == ["64x64", "VAE decoder 64x64",
+                                                     "VAE encoder 64x64"]
+    unet_calls, vae_calls = fast.graph_calls, fast.vae_graph_calls
     again = job(fast_engine)
     assert fast.job.compiled_calls == 2 and fast.job.eager_calls == 0
+    assert fast.job.vae_compiled_calls == 2 and fast.job.vae_eager_calls == 0
+    # The graphs' own runs: no guard failed over to eager.
+    assert fast.graph_calls - unet_calls == 2 and fast.vae_graph_calls - vae_calls == 2
+    assert fast_engine.compile_status()["last_job"] == {  # what the benchmark reports
+        "unet_compiled": 2, "unet_eager": 0, "vae_compiled": 2, "vae_eager": 0}
     assert "compiling" not in again.notice
     assert np.abs(pixels(again) - pixels(eager)).max() <= 2
     assert fast.cache_file.exists() and fast.cache_file.stat().st_size > 0
@@ -113,23 +123,40 @@ def test_settings_that_change_only_numbers_never_recompile(fast_engine):
         calls = fast.graph_calls
         result = job(fast_engine, **settings)
         # (the view covers the job's last batch; graph_calls, the graphs' own runs, all)
-        assert fast.job.eager_calls == 0, settings
+        assert fast.job.eager_calls == 0 and fast.job.vae_eager_calls == 0, settings
         assert fast.graph_calls - calls >= result.effective_steps, settings
         assert fast.job.compiled_calls == result.effective_steps, settings
     assert fast.compiles == compiles and graphs() == before
 
 
-def test_a_new_size_compiles_once_in_the_background(fast_engine):
-    first = job(fast_engine, 96, 64)
+def test_vae_tiling_runs_the_vae_eager_and_the_unet_compiled(fast_engine, eager_engine):
+    job(fast_engine)
+    assert fast_engine.wait_for_compiles(COMPILE_TIMEOUT)
     fast = fast_engine._fast
-    assert first.images[0].image.size == (96, 64)
-    assert "compiling for 96x64 (eager until ready)" in first.notice
+    compiles, vae_calls = fast.compiles, fast.vae_graph_calls
+    tiled = job(fast_engine, vae_tiling="on")
+    assert fast.vae_graph_calls == vae_calls and fast.job.vae_compiled_calls == 0
+    assert fast.job.compiled_calls == 2 and fast.job.eager_calls == 0
+    assert np.abs(pixels(tiled) - pixels(job(eager_engine, vae_tiling="on"))).max() <= 2
+    job(fast_engine)  # tiling off again: the VAE's graphs
+    assert fast.job.vae_compiled_calls == 2 and fast.compiles == compiles
+
+
+def test_a_new_size_compiles_once_in_the_background(fast_engine):
+    job(fast_engine)
+    assert fast_engine.wait_for_compiles(COMPILE_TIMEOUT)
+    fast = fast_engine._fast
     compiles = fast.compiles
+    first = job(fast_engine, 96, 64)
+    assert first.images[0].image.size == (96, 64)
+    assert ("compiling for 96x64, VAE decoder 96x64, VAE encoder 96x64 (eager until ready)"
+            in first.notice)
     job(fast_engine, 96, 64, seed=5)  # while it compiles: eager again, not queued twice
     assert fast_engine.wait_for_compiles(COMPILE_TIMEOUT)
-    assert fast.compiles == compiles + 1
+    assert fast.compiles == compiles + 3  # the UNet, the VAE's encoder and its decoder
     job(fast_engine, 96, 64, seed=6)
     assert fast.job.compiled_calls == 2 and fast.job.eager_calls == 0
+    assert fast.job.vae_compiled_calls == 2 and fast.job.vae_eager_calls == 0
 
 
 def test_a_lora_compiles_once_then_every_lora_and_weight_hotswaps_into_it(fast_engine,
@@ -221,9 +248,12 @@ def test_lora_rank_is_checked_and_zero_runs_lora_jobs_eager(models, eager_engine
         film = [{"name": "film", "weight": 0.7}]
         result = job(engine, loras=film)
         assert "compiled UNet not used: LoRA hotswap is off (--lora-rank 0)" in result.notice
-        assert engine._fast.job.compiled_calls == 0 and not engine._fast.pending
+        assert engine._fast.job.compiled_calls == 0
+        # Nothing of the UNet queued to compile (the VAE's parts are, LoRA or not).
+        assert all(label.startswith("VAE") for label in engine.compile_status()["compiling"])
         assert np.abs(pixels(result) - pixels(job(eager_engine, loras=film))).max() <= 2
     finally:
+        engine.wait_for_compiles(COMPILE_TIMEOUT)  # no compile left running into later tests
         engine.unload()
 
 
@@ -300,3 +330,17 @@ def test_a_corrupt_cache_file_is_deleted_and_rebuilt(tmp_path, caplog):
         assert torch.equal(unet_call(unet), unet_call(build_pipeline("tiny-random").unet))
     finally:
         fast.close()
+
+
+def test_a_vae_the_sdxl_pipelines_upcast_for_each_job_is_not_compiled():
+    """SDXL's pipelines turn a half-precision VAE with force_upcast into float32 and back
+    during each job, under a background compile's feet: such a VAE stays eager."""
+    pipe = build_pipeline("tiny-random")
+    pipe.vae.register_to_config(force_upcast=True)
+    assert compiled.vae_to_compile(pipe, "sdxl") is pipe.vae  # float32: nothing changes
+    for dtype in (torch.float16, torch.bfloat16):
+        pipe.vae.to(dtype)
+        assert compiled.vae_to_compile(pipe, "sdxl") is None
+        assert compiled.vae_to_compile(pipe, "sd1") is pipe.vae  # SD 1.x pipelines never upcast
+    pipe.vae.register_to_config(force_upcast=False)
+    assert compiled.vae_to_compile(pipe, "sdxl") is pipe.vae

@@ -99,7 +99,8 @@ def add_job_flags(gen: argparse.ArgumentParser, out_help: str, skip: tuple[str, 
     gen.add_argument("--outputs-dir", default="outputs", help="outputs folder (default: outputs)")
     gen.add_argument("--device", default=None, help="cuda, cpu, ... (default: CUDA if present)")
     gen.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                     help="compiled UNet: auto is on for CUDA, off on the CPU (default auto)")
+                     help="compiled UNet and VAE: auto is on for CUDA, off on the CPU "
+                     "(default auto)")
     gen.add_argument("--lora-rank", default=LORA_HOT_RANK, help=LORA_RANK_HELP)
 
 

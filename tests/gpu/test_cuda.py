@@ -143,7 +143,7 @@ def test_a_soak_of_twenty_jobs_returns_to_its_memory_baseline(engine):
     assert torch.cuda.memory_allocated() <= baseline + 64 * 2**20
 
 
-def test_the_compiled_unet_with_cuda_graphs(models, tmp_path):
+def test_the_compiled_unet_and_vae_with_cuda_graphs(models, tmp_path):
     engine = Engine(models_dir=models, outputs_dir=tmp_path / "outputs", device="cuda",
                     compile="on", cache_dir=tmp_path / "cache")
     try:
@@ -158,6 +158,8 @@ def test_the_compiled_unet_with_cuda_graphs(models, tmp_path):
         compiled = job()
         fast = engine._fast
         assert fast.job.compiled_calls == compiled.effective_steps and fast.job.eager_calls == 0
+        # SD 1.5's VAE in float16 is compiled too (encoder and decoder, without CUDA graphs).
+        assert fast.job.vae_compiled_calls == 2 and fast.job.vae_eager_calls == 0
         difference = np.abs(np.asarray(eager.images[0].image, dtype=np.int16)
                             - np.asarray(compiled.images[0].image, dtype=np.int16))
         assert difference.mean() < 2 and difference.max() <= 32  # fp16: close, not exact
@@ -165,7 +167,7 @@ def test_the_compiled_unet_with_cuda_graphs(models, tmp_path):
         for settings in ({"seed": 7}, {"strength": 0.5}, {"guidance_scale": 4.0},
                          {"scheduler": "DPM++ 2M Karras"}, {"steps": 20}):
             job(**settings)
-            assert fast.job.eager_calls == 0, settings
+            assert fast.job.eager_calls == 0 and fast.job.vae_eager_calls == 0, settings
         assert fast.compiles == compiles
         assert fast.cache_file.exists()
     finally:

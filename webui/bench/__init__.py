@@ -13,8 +13,10 @@ previews sent per image, milliseconds each, and their share of the job's time.
 The models are random weights in the real layer shapes (random-sd15, random-sdxl: the FLOPs of
 a real checkpoint, no download) on CUDA, and tiny-random at 64x64 and 128x128 on the CPU (well
 under a minute). `--cold` also times a fresh process to its first image, with an empty and then
-with a warm compile cache. `--compile on|off|auto` picks the engine's compiled UNet (auto: on
-for CUDA); with it on, the warm-up includes each size's compile. The text parsers are timed on 1 MB of adversarial text each
+with a warm compile cache. `--compile on|off|auto` picks the engine's compiled UNet and VAE
+(auto: on for CUDA); with it on, the warm-up includes each size's compile, and each case
+reports its last timed job's compiled and eager calls. The text parsers are timed on 1 MB of
+adversarial text each
 (`--parsers-only` for those alone). `--cluster local --replicas N` measures the cluster
 engine's throughput instead (cluster.py), and `--load --clients N --requests K` serves the
 studio on loopback to N concurrent clients, page and REST API together (load.py).
@@ -154,7 +156,7 @@ def engine_side(engine, model: str, size: tuple[int, int], scheduler: str, pag: 
     for _ in range(warmup):
         job()
     if warmup and engine.compile_status() is not None:
-        # The compiled UNet builds each size in the background: wait for it, then run once
+        # The compiled path builds each size in the background: wait for it, then run once
         # more so the timed jobs meet ready graphs (warm-up then includes the compile).
         engine.wait_for_compiles(3600)
         job()
@@ -170,6 +172,11 @@ def engine_side(engine, model: str, size: tuple[int, int], scheduler: str, pag: 
            "warmup_s": round(warm, 3), **_memory(engine.device, engine),
            **preview_cost(engine, size, statistics.median(shown[-runs:]),
                           statistics.median(times))}
+    status = engine.compile_status()
+    if status is not None:
+        # The last timed job's UNet and VAE calls, compiled and eager: a figure for the
+        # compiled path is only one if its calls ran compiled.
+        out["compiled_calls"] = status["last_job"]
     if result.notice:
         out["notice"] = result.notice
     return out, result.images[0].image

@@ -1,4 +1,4 @@
-"""The compiled UNet: torch.compile per latent shape, built in the background, never waited for.
+"""The compiled UNet and VAE: torch.compile per shape, built in the background, never waited for.
 
 How a UNet call finds its way (the resident UNet's `forward` is replaced by `FastPath.forward`,
 so every pipeline built from it, PAG, ControlNet and inpaint alike, goes through it):
@@ -26,6 +26,15 @@ Jobs the compiled graphs cannot serve run eager: LoRAs the slot cannot take (lor
 an IP-Adapter (its scale is a Python float the graph would be specialised on) and CPU offload
 (its hooks move the weights during the call). The engine says so in the job's notice.
 
+The VAE's encoder and decoder are compiled the same way (each a *part*, like the UNet: its own
+keys, twins and graphs, one compile thread for all, the UNet's sizes first). Their graphs run
+without CUDA graphs: a VAE call is a few large convolutions, not hundreds of small kernels, so
+launches cost little there, while a CUDA graph would keep the call's activations (gigabytes at
+1024 px) reserved between jobs. The VAE runs eager under tiling (its tiles are other shapes,
+and tiling is the mode for too little memory) and under CPU offload; the SDXL pipelines turn
+a half-precision VAE into float32 and back during each job (its config's force_upcast), so
+such a VAE is not compiled at all (vae_to_compile).
+
 The compile cache lives in a folder of the data directory: TORCHINDUCTOR_CACHE_DIR for the
 inductor's own caches, plus the mega-cache (torch.compiler.save_cache_artifacts) in one file
 named for torch, the device and the model; a file that cannot be loaded is deleted and rebuilt.
@@ -34,7 +43,9 @@ named for torch, the device and the model; a file that cannot be loaded is delet
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
+import itertools
 import logging
 import os
 import queue
@@ -49,7 +60,9 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("auto", "on", "off")
-# Keys (latent shape x processors x ...) compiled at most per model; beyond it, eager.
+# The parts compiled: their names in keys, labels and the status.
+UNET, VAE_ENCODER, VAE_DECODER = "UNet", "VAE encoder", "VAE decoder"
+# Keys (latent shape x processors x ...) compiled at most per part; beyond it, eager.
 MAX_KEYS = 8
 # Inductor settings the published diffusers recipes use on CUDA (not measured here yet).
 CUDA_INDUCTOR = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True,
@@ -99,13 +112,16 @@ def _float_timestep(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     return args, {**kwargs, "timestep": timestep}
 
 
-def _label(args: tuple, kwargs: dict, processors, lora: int = 0) -> str:
-    """A key as the status line names it: '768x512', '768x512 with PAG', ..."""
+def _label(args: tuple, kwargs: dict, processors, lora: int = 0, part: str = UNET,
+           scale: int = 8) -> str:
+    """A key as the status line names it: '768x512', '768x512 with PAG', 'VAE decoder
+    768x512', ... scale: pixels per cell of the call's input (8 for the UNet's latents)."""
     sample = args[0] if args else kwargs.get("sample")
     if not isinstance(sample, torch.Tensor):
         return "?"
-    scale = 8  # pixels per latent cell in every SD family
     label = f"{sample.shape[-1] * scale}x{sample.shape[-2] * scale}"
+    if part != UNET:
+        return f"{part} {label}"
     if any(type(p).__name__.startswith("PAG") for p in processors):
         label += " with PAG"
     if kwargs.get("down_block_additional_residuals") is not None:
@@ -141,56 +157,76 @@ class _Twin:
     runner: Any  # run-only: uses a graph whose guards hold, else eager
 
 
+@dataclass(eq=False)
+class _Part:
+    """One compiled module (the UNet, the VAE's encoder or its decoder)."""
+
+    name: str
+    module: Any
+    eager: Any  # the module's own forward
+    attention: list  # (name, attention module), listed once
+    options: dict  # the inductor's settings for its graphs
+    scale: int  # pixels per cell of its input, for the labels
+    priority: int  # compiled in this order when several wait (the UNet first)
+    twins: dict = field(default_factory=dict)  # (processors, LoRA generation) -> _Twin
+    graph_calls: int = 0  # the runs of its compiled graphs
+
+
 @dataclass
 class JobView:
-    """What the fast path did during one job (see FastPath.job)."""
+    """What the fast path did during one job (see FastPath.job): the UNet's calls, the VAE's."""
 
     compiled_calls: int = 0
     eager_calls: int = 0
+    vae_compiled_calls: int = 0
+    vae_eager_calls: int = 0
     compiling: set = field(default_factory=set)  # labels that ran eager while they compiled
     failed: set = field(default_factory=set)  # labels that ran eager since compiling failed
 
 
 class FastPath:
-    """The compiled path of one resident UNet. `allowed` is set by the engine around a job's
-    pipeline call (off for the jobs the graphs cannot serve); everything else is automatic."""
+    """The compiled path of one resident UNet and, given one, its VAE. `allowed` (the UNet)
+    and `vae_allowed` are set by the engine around a job's pipeline call (off for the jobs the
+    graphs cannot serve); everything else is automatic."""
 
     def __init__(self, unet, device: str, cache_dir: Path | None, cache_name: str,
-                 max_keys: int = MAX_KEYS):
+                 max_keys: int = MAX_KEYS, vae=None):
         self.unet = unet
         self.device = device
         self.max_keys = max_keys
         self.allowed = False
+        self.vae_allowed = False
         self.lora = 0  # the LoRA hot slot's generation while a job uses it (lora.py), else 0
         self.disabled = ""  # why the whole path is off, once it had to be
         self.ready: set = set()
         self.pending: set = set()
         self.failed: dict = {}
         self.compiles = 0
-        self.graph_calls = 0
         self.job = JobView()
         self._sizes: dict = {}
-        self._twins: dict[tuple, _Twin] = {}  # (processors, LoRA generation) -> twin
         self._lora_generation = 0
         self._lock = threading.Lock()
-        self._work: "queue.Queue[tuple | None]" = queue.Queue()
-        self._eager = type(unet).forward.__get__(unet)
-        # The attention modules, named as unet.attn_processors names their processors.
-        self._attention = [(f"{name}.processor", module) for name, module in
-                           unet.named_modules() if hasattr(module, "get_processor")]
-        # Frozen weights, as loading a LoRA leaves them (the library freezes the base model):
-        # requires_grad is part of what a graph's guards check, so a graph compiled before a
-        # LoRA's first load would otherwise never match again (its calls silently eager).
-        unet.requires_grad_(False)
-        self._options = dict(CUDA_INDUCTOR) if device.startswith("cuda") else {}
-        if device.startswith("cuda"):
+        self._order = itertools.count()  # ties in the work queue: first come, first compiled
+        self._work: "queue.PriorityQueue[tuple]" = queue.PriorityQueue()
+        cuda = device.startswith("cuda")
+        options = dict(CUDA_INDUCTOR) if cuda else {}
+        # CUDA graphs for the UNet's batch-1 latency; "max-autotune" would also search kernels,
+        # which takes minutes per size (to be measured against this on a GPU).
+        unet_options = {**options, **torch._inductor.list_mode_options("reduce-overhead")} \
+            if cuda else options
+        self.parts = [self._part(UNET, unet, unet_options, 8, 0)]
+        if vae is not None:
+            scale = 2 ** (len(vae.config.block_out_channels) - 1)
+            self.parts += [self._part(VAE_ENCODER, vae.encoder, options, 1, 1),
+                           self._part(VAE_DECODER, vae.decoder, options, scale, 1)]
+        self._unet = self.parts[0]
+        if cuda:
             # Convolutions run faster channels-last on tensor cores; the weights are converted
             # in place, so the eager path (same tensors) gets it too.
             unet.to(memory_format=torch.channels_last)
-            # CUDA graphs for batch-1 latency; "max-autotune" would also search kernels, which
-            # takes minutes per size (to be measured against this on a GPU).
-            self._options.update(torch._inductor.list_mode_options("reduce-overhead"))
-        # Each key is a cache entry of the UNet's forward; dynamo's default limit (8) would
+            if vae is not None:
+                vae.to(memory_format=torch.channels_last)
+        # Each key is a cache entry of a part's forward; dynamo's default limit (8) would
         # silently stop compiling new sizes before MAX_KEYS is reached.
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit,
                                                     4 * max_keys)
@@ -208,42 +244,77 @@ class FastPath:
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir / "inductor")
             self.cache_file = cache_dir / f"{cache_name}.bin"
             self._load_cache()
-        unet.forward = self.forward
-        self._thread = threading.Thread(target=self._compile_loop, name="unet-compile",
+        for part in self.parts:
+            part.module.forward = functools.partial(self._call, part)
+        self._thread = threading.Thread(target=self._compile_loop, name="compile",
                                         daemon=True)
         self._thread.start()
 
+    def _part(self, name: str, module, options: dict, scale: int, priority: int) -> _Part:
+        # Frozen weights, as loading a LoRA leaves them (the library freezes the base model):
+        # requires_grad is part of what a graph's guards check, so a graph compiled before a
+        # LoRA's first load would otherwise never match again (its calls silently eager).
+        module.requires_grad_(False)
+        # The attention modules, listed once (PAG and the IP-Adapter swap processors, never
+        # modules): a walk of the whole tree on every call would cost more than a graph's run.
+        attention = [(n, m) for n, m in module.named_modules() if hasattr(m, "get_processor")]
+        return _Part(name, module, type(module).forward.__get__(module), attention, options,
+                     scale, priority)
+
+    @property
+    def graph_calls(self) -> int:
+        """The runs of the UNet's compiled graphs (a guard that failed would not count)."""
+        return self._unet.graph_calls
+
+    @property
+    def vae_graph_calls(self) -> int:
+        return sum(part.graph_calls for part in self.parts[1:])
+
     # -- the call ------------------------------------------------------------------------
-    def forward(self, *args, **kwargs):
-        if not self.allowed or self.disabled:
-            return self._eager(*args, **kwargs)
-        args, kwargs = _float_timestep(args, kwargs)
-        # Read per call, so cheaply: the attention modules were listed once (PAG and the
-        # IP-Adapter swap processors, never modules); unet.attn_processors walks the whole tree.
-        signature = tuple(id(module.processor) for _, module in self._attention)
-        lora = self.lora
+    def _call(self, part: _Part, *args, **kwargs):
+        """A part's call (its forward is this while the fast path is on)."""
+        unet = part is self._unet
+        if self.disabled or not (self.allowed if unet else self.vae_allowed):
+            return part.eager(*args, **kwargs)
+        if unet:
+            args, kwargs = _float_timestep(args, kwargs)
+        # Read per call, so cheaply: the attention modules were listed once.
+        signature = tuple(id(module.processor) for _, module in part.attention)
+        lora = self.lora if unet else 0
         if lora and lora != self._lora_generation:
             self._retire_lora(lora)
-        key = (signature, lora, _describe(args), _describe(kwargs))
+        key = (part.name, signature, lora, _describe(args), _describe(kwargs))
         if key not in self._sizes:
-            self._sizes[key] = _label(args, kwargs, self._processors().values(), lora)
+            self._sizes[key] = _label(args, kwargs, [m.processor for _, m in part.attention],
+                                      lora, part.name, part.scale)
         if key in self.ready:
-            self.job.compiled_calls += 1
-            return self._twin(signature, lora).runner(*args, **kwargs)
-        self.job.eager_calls += 1
+            self._count(unet, compiled=True)
+            return self._twin(part, signature, lora).runner(*args, **kwargs)
+        self._count(unet, compiled=False)
         with self._lock:
             fresh = (key not in self.pending and key not in self.failed and
-                     len(self.ready) + len(self.pending) < self.max_keys)
+                     sum(k[0] == part.name for k in self.ready | self.pending) < self.max_keys)
             if fresh:
                 self.pending.add(key)
         if fresh:
-            twin = self._twin(signature, lora)
-            self._work.put((key, twin, _copy_inputs(args), _copy_inputs(kwargs)))
+            twin = self._twin(part, signature, lora)
+            self._work.put((part.priority, next(self._order),
+                            (key, part, twin, _copy_inputs(args), _copy_inputs(kwargs))))
         if key in self.failed:
             self.job.failed.add(self._sizes[key])
         elif key in self.pending:
             self.job.compiling.add(self._sizes[key])
-        return self._eager(*args, **kwargs)
+        return part.eager(*args, **kwargs)
+
+    def _count(self, unet: bool, compiled: bool) -> None:
+        if unet and compiled:
+            self.job.compiled_calls += 1
+        elif unet:
+            self.job.eager_calls += 1
+        elif compiled:
+            self.job.vae_compiled_calls += 1
+        else:
+            self.job.vae_eager_calls += 1
 
     def start_job(self) -> None:
         self.job = JobView()
@@ -263,11 +334,18 @@ class FastPath:
         return self._sizes.get(key, "?")
 
     def status(self) -> dict:
+        """The labels ready, compiling and failed, why the path is off (if it is) and the
+        last job's calls: compiled and eager, of the UNet and of the VAE."""
+        job = self.job
         with self._lock:
             return {"ready": sorted({self.size(k) for k in self.ready}),
                     "compiling": sorted({self.size(k) for k in self.pending}),
                     "failed": sorted({self.size(k) for k in self.failed}),
-                    "disabled": self.disabled}
+                    "disabled": self.disabled,
+                    "last_job": {"unet_compiled": job.compiled_calls,
+                                 "unet_eager": job.eager_calls,
+                                 "vae_compiled": job.vae_compiled_calls,
+                                 "vae_eager": job.vae_eager_calls}}
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing is left to compile (for tests and the benchmark); whether so."""
@@ -279,67 +357,68 @@ class FastPath:
         return not self.pending
 
     def close(self) -> None:
-        """Put the resident UNet's own forward back and stop the compile thread."""
-        self.unet.__dict__.pop("forward", None)
-        self._work.put(None)
+        """Put each part's own forward back and stop the compile thread."""
+        for part in self.parts:
+            part.module.__dict__.pop("forward", None)
+        self._work.put((-1, next(self._order), None))
 
     # -- twins and compiling ---------------------------------------------------------------
-    def _processors(self) -> dict:
-        """The resident UNet's attention processors by name, as set_attn_processor takes them."""
-        return {name: module.processor for name, module in self._attention}
-
     def _retire_lora(self, generation: int) -> None:
         """A new LoRA slot: the graphs of the old one hold its old tensors, so they go."""
         with self._lock:
             self._lora_generation = generation
-            for key in [k for k in self.ready if k[1] not in (0, generation)]:
+            for key in [k for k in self.ready if k[2] not in (0, generation)]:
                 self.ready.discard(key)
-            for key in [k for k in self._twins if k[1] not in (0, generation)]:
-                del self._twins[key]
+            twins = self._unet.twins
+            for key in [k for k in twins if k[1] not in (0, generation)]:
+                del twins[key]
 
-    def _twin(self, signature: tuple, lora: int = 0) -> _Twin:
-        twin = self._twins.get((signature, lora))
+    def _twin(self, part: _Part, signature: tuple, lora: int = 0) -> _Twin:
+        twin = part.twins.get((signature, lora))
         if twin is None:
             # Every tensor is shared through the memo: the copy holds modules, not weights.
             # With the LoRA slot, its scaling tensors too (a LoRA weight is written into them).
-            shared = [*self.unet.parameters(), *self.unet.buffers()]
+            source = part.module
+            shared = [*source.parameters(), *source.buffers()]
             if lora:
-                shared += [t for m in self.unet.modules() if isinstance(m, BaseTunerLayer)
+                shared += [t for m in source.modules() if isinstance(m, BaseTunerLayer)
                            for t in getattr(m, "scaling", {}).values()
                            if isinstance(t, torch.Tensor)]
             memo = {id(t): t for t in shared}
-            saved = self.unet.__dict__.pop("forward", None)
+            saved = source.__dict__.pop("forward", None)
             try:
-                module = copy.deepcopy(self.unet, memo)
+                module = copy.deepcopy(source, memo)
             finally:
                 if saved is not None:
-                    self.unet.forward = saved
+                    source.forward = saved
             if not lora:
                 _without_lora(module)
-            module.set_attn_processor(self._processors())
-            twin = _Twin(module, torch.compile(module, backend=self._backend, fullgraph=True,
-                                               dynamic=False),
-                         torch._dynamo.run(module))
-            self._twins[(signature, lora)] = twin
+            # The processors installed now, fixed in the twin (the same objects: the
+            # pipeline's later swaps on the resident modules do not reach it).
+            for name, resident in part.attention:
+                module.get_submodule(name).set_processor(resident.processor)
+            twin = _Twin(module, torch.compile(module, backend=functools.partial(
+                self._backend, part), fullgraph=True, dynamic=False), torch._dynamo.run(module))
+            part.twins[(signature, lora)] = twin
         return twin
 
-    def _backend(self, graph, example_inputs):
+    def _backend(self, part: _Part, graph, example_inputs):
         from torch._inductor.compile_fx import compile_fx
 
-        compiled = compile_fx(graph, example_inputs, config_patches=self._options or None)
+        compiled = compile_fx(graph, example_inputs, config_patches=part.options or None)
 
         def run(*args):
-            self.graph_calls += 1
+            part.graph_calls += 1
             return compiled(*args)
 
         return run
 
     def _compile_loop(self) -> None:
         while True:
-            item = self._work.get()
+            item = self._work.get()[2]
             if item is None:
                 return
-            key, twin, args, kwargs = item
+            key, part, twin, args, kwargs = item
             try:
                 # no_grad as the pipelines run (inference mode would be another guard).
                 with torch.no_grad():
@@ -351,18 +430,18 @@ class FastPath:
                     exc = inner
                     inner = getattr(exc, "inner_exception", None) or exc.__cause__
                 first = (str(exc).strip().splitlines() or [""])[0][:200]
-                log.warning("compiling the UNet for %s failed (%s: %s); that size stays eager",
-                            self.size(key), type(exc).__name__, first)
+                log.warning("compiling the %s for %s failed (%s: %s); that size stays eager",
+                            part.name, self.size(key), type(exc).__name__, first)
                 with self._lock:
                     self.pending.discard(key)
                     self.failed[key] = f"{type(exc).__name__}: {exc}"
                     if len(self.failed) >= 3:
-                        self.disabled = "compiling failed three times; the UNet runs eager"
+                        self.disabled = "compiling failed three times; the UNet and VAE run eager"
                 continue
             with self._lock:
                 self.compiles += 1
                 self.pending.discard(key)
-                if key[1] in (0, self._lora_generation):  # else its LoRA slot was replaced
+                if key[2] in (0, self._lora_generation):  # else its LoRA slot was replaced
                     self.ready.add(key)
             self._save_cache()
 
@@ -394,6 +473,19 @@ class FastPath:
         except Exception as exc:  # noqa: BLE001 - a cache that cannot be written costs speed only
             log.warning("the compile cache could not be written (%s: %s)", type(exc).__name__,
                         exc)
+
+
+def vae_to_compile(pipe, family: str):
+    """The pipeline's VAE if its graphs can serve every job, else None: the SDXL pipelines
+    turn a half-precision VAE whose config says force_upcast into float32 for each job and
+    back after, which a background compile tracing at the same time would see half done."""
+    vae = getattr(pipe, "vae", None)
+    if vae is None or not hasattr(vae, "encoder") or not hasattr(vae, "decoder"):
+        return None
+    if family == "sdxl" and vae.dtype != torch.float32 and getattr(vae.config, "force_upcast",
+                                                                   False):
+        return None
+    return vae
 
 
 def cache_name(model_key: str, device: str, dtype) -> str:

@@ -180,7 +180,7 @@ class Engine:
     max_pixels: largest output (width x height), overriding limits.max_pixels; larger init
         images are scaled down, larger explicit sizes refused.
     queue_size: jobs that may wait; one more gets QueueFull.
-    compile: the compiled UNet (compiled.py): 'auto' (on for CUDA), 'on' or 'off'.
+    compile: the compiled UNet and VAE (compiled.py): 'auto' (on for CUDA), 'on' or 'off'.
     cache_dir: its on-disk cache (default: cache/compile beside the models folder).
     lora_rank: with the compiled UNet on, the LoRA rank reserved in its hot slot (lora.py):
         a job with one UNet LoRA of rank up to this runs compiled, any LoRA and any weight
@@ -623,9 +623,10 @@ class Engine:
             try:
                 self._fast = compiled.FastPath(
                     pipe.unet, self.device, self.cache_dir,
-                    compiled.cache_name(source.key, self.device, torch_dtype))
+                    compiled.cache_name(source.key, self.device, torch_dtype),
+                    vae=compiled.vae_to_compile(pipe, family))
             except Exception as exc:  # noqa: BLE001 - no compiled path is no failure
-                log.warning("the compiled UNet is off (%s: %s); jobs run eager",
+                log.warning("the compiled UNet and VAE are off (%s: %s); jobs run eager",
                             type(exc).__name__, exc)
         # The LoRA hot slot serves the compiled graphs only: without them, named adapters.
         self.adapters = Adapters(pipe, lora_dir=self.registry.models_dir / LORA_SUBDIR,
@@ -638,11 +639,11 @@ class Engine:
             self._fast = None
 
     def warm_compile(self, width: int | None = None, height: int | None = None) -> str:
-        """Start compiling the UNet for the default job at start-up, so the first clicks at
+        """Start compiling the UNet and VAE for the default job at start-up, so the first clicks at
         that size find it ready: loads the model, then queues one 1-step job at `width` x
         `height` (default: the model's native size) with the page's default settings, which
         runs eager at once and hands the size to the background compiler. Returns the size
-        ('' when the compiled UNet is off). Call from a thread: the model load takes a while."""
+        ('' when the compiled path is off). Call from a thread: the model load takes a while."""
         if not compiled.resolve(self.compile_mode, self.device):
             return ""
         self.load_model()
@@ -657,13 +658,14 @@ class Engine:
         return f"{width}x{height}"
 
     def wait_for_compiles(self, timeout: float) -> bool:
-        """Wait until the compiled UNet has nothing left to compile (the benchmark does, so
+        """Wait until the compiled path has nothing left to compile (the benchmark does, so
         that its timed jobs run compiled); whether it got there in time."""
         fast = self._fast
         return fast.wait_idle(timeout) if fast is not None else True
 
     def compile_status(self) -> dict | None:
-        """The compiled UNet's sizes (ready, compiling, failed), None when it is off."""
+        """The compiled sizes of the UNet and VAE (ready, compiling, failed); None when the
+        compiled path is off."""
         fast = self._fast
         return fast.status() if fast is not None else None
 
@@ -953,6 +955,9 @@ class Engine:
             fast.start_job()
             fast.lora = self.adapters.loras.hot_generation
             fast.allowed = not why_eager
+            # Tiling decodes tiles of other shapes, in the mode for too little memory: eager.
+            fast.vae_allowed = not (memory.offloaded(pipe) or getattr(pipe.vae, "use_tiling",
+                                                                      False))
         try:
             with stop if stop is not None else contextlib.nullcontext(), reuse:
                 output = call(
@@ -971,7 +976,7 @@ class Engine:
             return [], job.cancel_requested.is_set()
         finally:
             if fast is not None:
-                fast.allowed = False
+                fast.allowed = fast.vae_allowed = False
         compile_notice = fast.job_notice() if fast is not None else ""
         if compile_notice:
             notices[compile_notice] = None

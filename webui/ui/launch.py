@@ -65,8 +65,8 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--outputs-dir", default="outputs",
                        help="where results are written and served from (default: outputs)")
     group.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                       help="compiled UNet, built per size in the background while jobs run "
-                       "eager: auto is on for CUDA, off on the CPU (default auto)")
+                       help="compiled UNet and VAE, built per size in the background while "
+                       "jobs run eager: auto is on for CUDA, off on the CPU (default auto)")
     group.add_argument("--lora-rank", type=lora_rank_flag, default=LORA_HOT_RANK,
                        help=LORA_RANK_HELP + "; not with --cluster")
     group.add_argument("--preview-decoder", choices=PREVIEW_DECODERS, default="approx",
@@ -427,7 +427,7 @@ def _serve_api_alone(app, host: str, port: int) -> int:
 
 
 def _start_compiling(engine) -> None:
-    """With the compiled UNet on (--compile; auto on CUDA), its default size compiles in the
+    """With the compiled path on (--compile; auto on CUDA), its default size compiles in the
     background from start-up; the studio serves meanwhile, its jobs eager until it is ready."""
     import threading
 
@@ -435,14 +435,14 @@ def _start_compiling(engine) -> None:
         try:
             size = engine.warm_compile()
         except Exception as exc:  # noqa: BLE001 - a failed warm-up leaves the studio eager
-            print(f"note: the compiled UNet could not be prepared at start-up ({exc}); jobs "
-                  "run eager", file=sys.stderr, flush=True)
+            print(f"note: the compiled UNet and VAE could not be prepared at start-up ({exc}); "
+                  "jobs run eager", file=sys.stderr, flush=True)
             return
         if size:
-            print(f"compiling the UNet for {size} in the background (eager until ready)",
+            print(f"compiling the UNet and VAE for {size} in the background (eager until ready)",
                   file=sys.stderr, flush=True)
             if engine.wait_for_compiles(3600):
-                print(f"compiled UNet ready for {size}", file=sys.stderr, flush=True)
+                print(f"compiled UNet and VAE ready for {size}", file=sys.stderr, flush=True)
 
     threading.Thread(target=warm, name="compile-warm-up", daemon=True).start()
 
