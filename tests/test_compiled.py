@@ -5,9 +5,11 @@ Compiling costs tens of seconds on the CPU, so one engine compiles the UNet four
 sizes; every other check reuses those graphs or never compiles: the compiled output matches
 eager; a new size runs eager at once and compiles in the background; changing prompt, seed,
 strength, CFG, steps, sampler or batch count compiles nothing; VAE tiling runs the VAE eager;
-a LoRA compiles once (64x64 with LoRA) and every other LoRA and weight hotswaps into that
-graph; LoRAs the hot slot cannot take run eager with a notice; the start-up warm-up compiles
-the default job; a failing compile stays eager; a corrupt cache file is rebuilt."""
+the fused QKV projections are views of the weights (no memory added) and are joined again
+after a move splits them; a LoRA compiles once (64x64 with LoRA) and every other LoRA and
+weight hotswaps into that graph; LoRAs the hot slot cannot take run eager with a notice; the
+start-up warm-up compiles the default job; a failing compile stays eager; a corrupt cache
+file is rebuilt."""
 
 from __future__ import annotations
 
@@ -157,6 +159,54 @@ def test_a_new_size_compiles_once_in_the_background(fast_engine):
     job(fast_engine, 96, 64, seed=6)
     assert fast.job.compiled_calls == 2 and fast.job.eager_calls == 0
     assert fast.job.vae_compiled_calls == 2 and fast.job.vae_eager_calls == 0
+
+
+def shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def test_fused_qkv_projections_are_views_and_a_move_that_splits_them_is_joined_again(
+        fast_engine, eager_engine):
+    job(fast_engine)
+    assert fast_engine.wait_for_compiles(COMPILE_TIMEOUT)
+    fast, unet = fast_engine._fast, fast_engine._pipe.unet
+    fused = fast._fused
+    assert {names for names, _ in fused.values()} == {("to_q", "to_k", "to_v"), ("to_k", "to_v")}
+    twin = next(t.module for key, t in fast._unet.twins.items() if key[1] == 0)
+    for name, (names, joined) in fused.items():
+        module = unet.get_submodule(name)
+        assert all(shares_storage(getattr(module, n).weight, joined.weight) for n in names)
+        # The plain twin reads them as one matrix with the library's fused processor.
+        assert type(twin.get_submodule(name).processor).__name__ == "FusedAttnProcessor2_0"
+    # A move of each weight alone (as model CPU offload makes) splits the views; the next
+    # job joins them again, and its graphs read the joined weights.
+    for parameter in unet.parameters():
+        parameter.data = parameter.data.clone()
+    assert not any(shares_storage(unet.get_submodule(name).to_k.weight, joined.weight)
+                   for name, (_, joined) in fused.items())
+    calls = fast.graph_calls
+    result = job(fast_engine, seed=8)
+    assert fast.graph_calls - calls == 2 and fast.job.eager_calls == 0
+    assert np.abs(pixels(result) - pixels(job(eager_engine, seed=8))).max() <= 2
+    for name, (names, joined) in fused.items():
+        module = unet.get_submodule(name)
+        assert all(shares_storage(getattr(module, n).weight, joined.weight) for n in names)
+
+
+def test_fused_qkv_projections_cost_no_memory():
+    unet = build_pipeline("tiny-random").unet
+
+    def storage_bytes(tensors) -> int:
+        return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                    for t in tensors}.values())
+
+    before = storage_bytes(unet.parameters())
+    fast = compiled.FastPath(unet, "cpu", None, "unet-test")
+    try:
+        joined = [t for _, linear in fast._fused.values() for t in linear.parameters()]
+        assert joined and storage_bytes([*unet.parameters(), *joined]) == before
+    finally:
+        fast.close()
 
 
 def test_a_lora_compiles_once_then_every_lora_and_weight_hotswaps_into_it(fast_engine,

@@ -1,7 +1,7 @@
 """The compiled UNet and VAE: torch.compile per shape, built in the background, never waited for.
 
-How a UNet call finds its way (the resident UNet's `forward` is replaced by `FastPath.forward`,
-so every pipeline built from it, PAG, ControlNet and inpaint alike, goes through it):
+How a UNet call finds its way (the resident UNet's `forward` is replaced by the fast path's
+`_call`, so every pipeline built from it, PAG, ControlNet and inpaint alike, goes through it):
 
 - The call's *key* is what a compiled graph is specialised on: the shapes and dtypes of its
   tensors (latents, timestep, embeddings, ControlNet residuals, SDXL's added conditions) and the
@@ -13,6 +13,9 @@ so every pipeline built from it, PAG, ControlNet and inpaint alike, goes through
   tensor (no second copy of the weights) but has its own attention processors, fixed to the
   set the key names, so that the pipeline swapping processors on the resident UNet mid-trace
   cannot corrupt a graph.
+- Fused QKV projections: each attention module's q, k and v weights are one tensor (the
+  resident's separate weights are views of its rows, so no memory is added) and a twin's
+  standard attention reads them with one matrix multiply (the library's fused processor).
 - A graph runs under dynamo's run-only mode (`torch._dynamo.run`): if its guards do not hold
   for a call after all, that call runs eager instead of recompiling, so no job ever compiles.
 
@@ -150,6 +153,63 @@ def _copy_inputs(value: Any) -> Any:
     return value
 
 
+def _base(layer):
+    """A projection's own Linear (under a LoRA layer, its base layer)."""
+    return layer.get_base_layer() if isinstance(layer, BaseTunerLayer) else layer
+
+
+def _projections(module) -> tuple[str, ...]:
+    """The projections of an attention module that the fused processor reads as one: q, k and
+    v of a self-attention (to_qkv), k and v of a cross-attention (to_kv); () if none."""
+    names = ("to_k", "to_v") if getattr(module, "is_cross_attention", False) else \
+        ("to_q", "to_k", "to_v")
+    layers = [_base(getattr(module, name, None)) for name in names]
+    if not all(isinstance(layer, torch.nn.Linear) for layer in layers):
+        return ()
+    if len({(layer.in_features, layer.out_features, layer.bias is not None)
+            for layer in layers}) != 1:
+        return ()
+    return tuple(names)
+
+
+def _join(module, names: tuple[str, ...], joined: torch.nn.Linear | None):
+    """One Linear whose weight (and bias) is the projections' weights one after another, and
+    each projection's weight (and bias) a view of its rows: the same numbers in the same
+    memory as before, readable as one matrix. The library's fuse_projections copies them into
+    a new Linear instead, a second copy beside the originals that the eager jobs, the LoRA
+    layers and PAG's processors go on using. Given `joined` (after a move split the views,
+    as model offload moves each weight alone), its tensors are replaced in place."""
+    layers = [_base(getattr(module, name)) for name in names]
+    if joined is not None and all(
+            layer.weight.device == joined.weight.device and
+            layer.weight.untyped_storage().data_ptr() ==
+            joined.weight.untyped_storage().data_ptr() for layer in layers):
+        return joined  # still views of it
+    with torch.no_grad():
+        weight = torch.cat([layer.weight.detach() for layer in layers])
+        bias = torch.cat([layer.bias.detach() for layer in layers]) \
+            if layers[0].bias is not None else None
+    rows = 0
+    for layer in layers:
+        count = layer.weight.shape[0]
+        layer.weight.data = weight[rows:rows + count]
+        if bias is not None:
+            layer.bias.data = bias[rows:rows + count]
+        rows += count
+    if joined is None:
+        # On the meta device: the Linear's own weight is replaced at once, never allocated.
+        joined = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
+                                 device="meta")
+        joined.weight = torch.nn.Parameter(weight, requires_grad=False)
+        if bias is not None:
+            joined.bias = torch.nn.Parameter(bias, requires_grad=False)
+    else:
+        joined.weight.data = weight
+        if bias is not None:
+            joined.bias.data = bias
+    return joined
+
+
 @dataclass
 class _Twin:
     module: Any
@@ -226,6 +286,10 @@ class FastPath:
             unet.to(memory_format=torch.channels_last)
             if vae is not None:
                 vae.to(memory_format=torch.channels_last)
+        # Attention module name -> (projections, their joined Linear) for the fused QKV
+        # projections of the UNet's graphs (its VAE attention runs once per picture: not worth it).
+        self._fused: dict[str, tuple[tuple[str, ...], torch.nn.Linear]] = {}
+        self.fuse()
         # Each key is a cache entry of a part's forward; dynamo's default limit (8) would
         # silently stop compiling new sizes before MAX_KEYS is reached.
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit,
@@ -260,6 +324,16 @@ class FastPath:
         attention = [(n, m) for n, m in module.named_modules() if hasattr(m, "get_processor")]
         return _Part(name, module, type(module).forward.__get__(module), attention, options,
                      scale, priority)
+
+    def fuse(self) -> None:
+        """The UNet's q, k and v weights (k and v in cross-attention) joined into one tensor
+        per attention module, of which they are views (see _join); joined again where a move
+        split them. The engine calls it before each job: cheap when nothing moved."""
+        for name, module in self._unet.attention:
+            names, joined = self._fused.get(name, ((), None))
+            names = names or _projections(module)
+            if names:
+                self._fused[name] = (names, _join(module, names, joined))
 
     @property
     def graph_calls(self) -> int:
@@ -397,10 +471,29 @@ class FastPath:
             # pipeline's later swaps on the resident modules do not reach it).
             for name, resident in part.attention:
                 module.get_submodule(name).set_processor(resident.processor)
+            if part is self._unet:
+                self._fused_projections(module)
             twin = _Twin(module, torch.compile(module, backend=functools.partial(
                 self._backend, part), fullgraph=True, dynamic=False), torch._dynamo.run(module))
             part.twins[(signature, lora)] = twin
         return twin
+
+    def _fused_projections(self, twin) -> None:
+        """In a UNet twin, each attention module that runs the library's standard processor
+        and has no LoRA on its projections reads them as one matrix (its joined Linear, the
+        same tensor as the resident's weights) with the library's fused processor: one
+        matrix multiply instead of three. LoRA twins keep the separate projections where the
+        slot's LoRA layers sit on them; other processors (PAG's, slicing) stay as they are."""
+        from diffusers.models.attention_processor import (AttnProcessor2_0,
+                                                          FusedAttnProcessor2_0)
+
+        for name, (names, joined) in self._fused.items():
+            module = twin.get_submodule(name)
+            if type(module.processor) is not AttnProcessor2_0 or any(
+                    isinstance(getattr(module, n), BaseTunerLayer) for n in names):
+                continue
+            setattr(module, "to_qkv" if len(names) == 3 else "to_kv", joined)
+            module.set_processor(FusedAttnProcessor2_0())
 
     def _backend(self, part: _Part, graph, example_inputs):
         from torch._inductor.compile_fx import compile_fx
@@ -430,8 +523,10 @@ class FastPath:
                     exc = inner
                     inner = getattr(exc, "inner_exception", None) or exc.__cause__
                 first = (str(exc).strip().splitlines() or [""])[0][:200]
-                log.warning("compiling the %s for %s failed (%s: %s); that size stays eager",
-                            part.name, self.size(key), type(exc).__name__, first)
+                what = f"the UNet for {self.size(key)}" if part is self._unet else \
+                    f"the {self.size(key)}"
+                log.warning("compiling %s failed (%s: %s); that size stays eager", what,
+                            type(exc).__name__, first)
                 with self._lock:
                     self.pending.discard(key)
                     self.failed[key] = f"{type(exc).__name__}: {exc}"

@@ -953,6 +953,10 @@ class Engine:
             if why_eager:
                 notices[f"compiled UNet not used: {why_eager}"] = None
             fast.start_job()
+            if not memory.offloaded(pipe):
+                # Offload moves each weight alone, splitting the q/k/v views of the compiled
+                # UNet's joined projections (compiled.py); they are joined again once it ends.
+                fast.fuse()
             fast.lora = self.adapters.loras.hot_generation
             fast.allowed = not why_eager
             # Tiling decodes tiles of other shapes, in the mode for too little memory: eager.
