@@ -16,10 +16,10 @@ under a minute). `--cold` also times a fresh process to its first image, with an
 with a warm compile cache. `--compile on|off|auto` picks the engine's compiled UNet and VAE
 (auto: on for CUDA); with it on, the warm-up includes each size's compile, and each case
 reports its last timed job's compiled and eager calls. The text parsers are timed on 1 MB of
-adversarial text each
-(`--parsers-only` for those alone). `--cluster local --replicas N` measures the cluster
-engine's throughput instead (cluster.py), and `--load --clients N --requests K` serves the
-studio on loopback to N concurrent clients, page and REST API together (load.py).
+adversarial text each (`--parsers-only` for those alone). `--cluster local --replicas N`
+measures the cluster engine's throughput instead (cluster.py), and `--load --clients N
+--requests K` serves the studio on loopback to N concurrent clients, page and REST API
+together (load.py).
 """
 
 from __future__ import annotations

@@ -639,11 +639,12 @@ class Engine:
             self._fast = None
 
     def warm_compile(self, width: int | None = None, height: int | None = None) -> str:
-        """Start compiling the UNet and VAE for the default job at start-up, so the first clicks at
-        that size find it ready: loads the model, then queues one 1-step job at `width` x
-        `height` (default: the model's native size) with the page's default settings, which
-        runs eager at once and hands the size to the background compiler. Returns the size
-        ('' when the compiled path is off). Call from a thread: the model load takes a while."""
+        """Start compiling the UNet and VAE for the default job at start-up, so the first
+        clicks at that size find it ready: loads the model, then queues one 1-step job at
+        `width` x `height` (default: the model's native size) with the page's default
+        settings, which runs eager at once and hands the size to the background compiler.
+        Returns the size ('' when the compiled path is off). Call from a thread: the model
+        load takes a while."""
         if not compiled.resolve(self.compile_mode, self.device):
             return ""
         self.load_model()
