@@ -319,8 +319,8 @@ def arguments(argv: list[str] | None):
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp16", "bf16", "fp32"))
     parser.add_argument("--device", default=None)
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                        help="the engine's compiled UNet (auto: on for CUDA); the warm-up waits "
-                        "for each size's compile, so the timed jobs run compiled")
+                        help="the engine's compiled UNet and VAE (auto: on for CUDA); the "
+                        "warm-up waits for each size's compile, so the timed jobs run compiled")
     parser.add_argument("--compile-cache", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--draft", type=int, default=0, choices=range(0, 5), metavar="0-4",
                         help="the engine's draft mode (lossy feature reuse; the plain side runs "
