@@ -513,9 +513,7 @@ class FastPath:
                 return
             key, part, twin, args, kwargs = item
             try:
-                # no_grad as the pipelines run (inference mode would be another guard).
-                with torch.no_grad():
-                    twin.compiled(*args, **kwargs)
+                _in_a_passing_thread(twin.compiled, args, kwargs)
             except Exception as exc:  # noqa: BLE001 - any compiler failure means: stay eager
                 # Dynamo wraps the compiler's own error; the innermost one says what happened.
                 inner = getattr(exc, "inner_exception", None) or exc.__cause__
@@ -568,6 +566,31 @@ class FastPath:
         except Exception as exc:  # noqa: BLE001 - a cache that cannot be written costs speed only
             log.warning("the compile cache could not be written (%s: %s)", type(exc).__name__,
                         exc)
+
+
+def _in_a_passing_thread(compiled, args: tuple, kwargs: dict) -> None:
+    """Compile by running `compiled` once, in a thread of its own that ends with it. The run
+    executes the new graph, whose CPU kernels start an OpenMP team for the thread that runs
+    them. Seen on a 2-core machine: after one compiled call in a thread that lives on (as the
+    compile thread does), every later job, eager or compiled, ran 2 to 2.5 times slower (the
+    OpenMP runtime, with more threads than cores, stops them spinning between its parallel
+    regions, so each small kernel waits for its threads to wake); after the same call in a
+    thread that had ended, no job was slower."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            # no_grad as the pipelines run (inference mode would be another guard).
+            with torch.no_grad():
+                compiled(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the compile thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="compile-run", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
 
 
 def vae_to_compile(pipe, family: str):
