@@ -399,9 +399,9 @@ def test_a_vae_the_sdxl_pipelines_upcast_for_each_job_is_not_compiled():
 
 def test_a_compile_runs_its_graph_in_a_thread_that_ends_with_it(monkeypatch):
     """The compile's run of its new graph starts an OpenMP team for the thread that runs it;
-    kept alive beside the job thread's team, it slowed every later job on the CPU (2.5 times
-    on 2 cores; see compiled._in_a_passing_thread): the run happens in a thread that has
-    ended by the time the graph is ready, never in the long-lived compile thread."""
+    kept alive beside the job thread's team, it slowed every later job on the CPU (2 to 2.5
+    times on 2 cores; see webui/threads.py): the run happens in a thread that has ended by
+    the time the graph is ready, never in the long-lived compile thread."""
     import threading
 
     from torch._inductor import compile_fx as inductor

@@ -35,6 +35,7 @@ import tempfile
 import time
 
 from ..engine import PREVIEW_DECODERS
+from ..threads import run_in_passing_thread
 from .parsers import PARSER_BUDGET_S, PARSER_TEXT_BYTES, adversarial_texts, parser_cases
 
 PROMPT = "a lighthouse at dusk, oil painting"
@@ -233,8 +234,11 @@ def run_cases(engine, cases, schedulers, pags, settings: dict, runs: int, warmup
     lines = []
     for model, size in cases:
         for scheduler in schedulers:
-            plain, plain_image = plain_side(model, size, scheduler, engine.device, torch_dtype,
-                                            settings, runs, warmup)
+            # In a thread that ends with it, as the engine's compiles run: an OpenMP team left
+            # in this thread would slow the engine's job thread on the CPU (threads.py).
+            plain, plain_image = run_in_passing_thread(
+                plain_side, model, size, scheduler, engine.device, torch_dtype, settings, runs,
+                warmup)
             for pag in pags:
                 ours, image = engine_side(engine, model, size, scheduler, pag, dtype, settings,
                                           runs, warmup)

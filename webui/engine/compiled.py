@@ -60,6 +60,8 @@ from typing import Any
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from ..threads import run_in_passing_thread
+
 log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("auto", "on", "off")
@@ -506,6 +508,12 @@ class FastPath:
 
         return run
 
+    @staticmethod
+    def _compile_one(twin: _Twin, args: tuple, kwargs: dict) -> None:
+        # no_grad as the pipelines run (inference mode would be another guard).
+        with torch.no_grad():
+            twin.compiled(*args, **kwargs)
+
     def _compile_loop(self) -> None:
         while True:
             item = self._work.get()[2]
@@ -513,7 +521,10 @@ class FastPath:
                 return
             key, part, twin, args, kwargs = item
             try:
-                _in_a_passing_thread(twin.compiled, args, kwargs)
+                # The compile runs the new graph once, in a thread that ends with it, so that
+                # the OpenMP team its CPU kernels start ends too (see threads.py: a team kept
+                # in this long-lived thread slowed every later job on the CPU).
+                run_in_passing_thread(self._compile_one, twin, args, kwargs)
             except Exception as exc:  # noqa: BLE001 - any compiler failure means: stay eager
                 # Dynamo wraps the compiler's own error; the innermost one says what happened.
                 inner = getattr(exc, "inner_exception", None) or exc.__cause__
@@ -566,31 +577,6 @@ class FastPath:
         except Exception as exc:  # noqa: BLE001 - a cache that cannot be written costs speed only
             log.warning("the compile cache could not be written (%s: %s)", type(exc).__name__,
                         exc)
-
-
-def _in_a_passing_thread(compiled, args: tuple, kwargs: dict) -> None:
-    """Compile by running `compiled` once, in a thread of its own that ends with it. The run
-    executes the new graph, whose CPU kernels start an OpenMP team for the thread that runs
-    them. Seen on a 2-core machine: after one compiled call in a thread that lives on (as the
-    compile thread does), every later job, eager or compiled, ran 2 to 2.5 times slower (the
-    OpenMP runtime, with more threads than cores, stops them spinning between its parallel
-    regions, so each small kernel waits for its threads to wake); after the same call in a
-    thread that had ended, no job was slower."""
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            # no_grad as the pipelines run (inference mode would be another guard).
-            with torch.no_grad():
-                compiled(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - raised again in the compile thread
-            failure.append(exc)
-
-    thread = threading.Thread(target=run, name="compile-run", daemon=True)
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
 
 
 def vae_to_compile(pipe, family: str):
